@@ -195,7 +195,7 @@ class ThrowawayPostgres(_Service):
         self._initialised = True
 
     def start(self) -> None:
-        """Start the server (initdb and db/role creation the first time); wait until it accepts connections."""
+        """Start the server (initdb and db/role creation the first time); wait until it accepts clients."""
         if self._running:
             return
         _check_port(self.host, self.port, "ThrowawayPostgres")
