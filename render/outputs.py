@@ -1,0 +1,183 @@
+"""Render an environment's build inputs into build/<env>/ — the same inputs always give the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from render.settings import Settings, secret_ref_kind
+
+TEMPLATES = Path(__file__).parent / "templates"
+# The trees whose content goes into the image; a change to any file in them is a new image.
+IMAGE_TREES = ("image", "packer")
+_IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", "packer_cache"}
+_IGNORED_SUFFIXES = (".pyc", ".swp", "~")
+
+# Environment variable names the secrets are delivered as (the contract with the image's resolver and init).
+SECRET_VARIABLES = {
+    "db_password": "NEXTCLOUD_DB_PASSWORD",
+    "redis_password": "NEXTCLOUD_REDIS_PASSWORD",
+    "instanceid": "NEXTCLOUD_INSTANCEID",
+    "passwordsalt": "NEXTCLOUD_PASSWORDSALT",
+    "secret": "NEXTCLOUD_SECRET",
+    "admin_password": "NEXTCLOUD_ADMIN_PASSWORD",
+}
+
+USER_DATA = "user-data.yaml"
+PACKER_VARS = "packer-vars.json"
+NEXTCLOUD_ENV = "nextcloud.env"
+FINGERPRINT = "fingerprint"
+
+
+def _jinja() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def packer_variables(s: Settings) -> dict[str, object]:
+    """The Packer variables that follow from the settings (volatile ones are added by infra at build time)."""
+    return {
+        "env_name": s.name,
+        "region": s.region,
+        "instance_type": s.instance_type,
+        "source_ami_owner": s.base_image.owner or "",
+        "source_ami_name_filter": s.base_image.name_filter or "",
+        "ami_name_prefix": s.ami.name_prefix,
+        "ami_regions": list(s.ami.regions),
+        "extra_tags": dict(sorted(s.tags.items())),
+        "debian_release": s.base_image.debian_release,
+        "nextcloud_image": s.nextcloud.image,
+        "nextcloud_version": s.nextcloud.version,
+        "docker_version": s.docker.version,
+        "root_volume_size_gb": s.ami.root_volume_size_gb,
+        "ssh_username": "admin",
+    }
+
+
+def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
+    """Non-secret runtime environment of the Nextcloud container, baked into the image."""
+    trusted = list(dict.fromkeys([s.site.domain, *s.site.trusted_domains]))
+    variables = {
+        "NEXTCLOUD_ENVIRONMENT": s.name,
+        "NEXTCLOUD_DB_HOST": s.database.host,
+        "NEXTCLOUD_DB_PORT": str(s.database.port),
+        "NEXTCLOUD_DB_NAME": s.database.name,
+        "NEXTCLOUD_DB_USER": s.database.user,
+        "NEXTCLOUD_REDIS_HOST": s.redis.host,
+        "NEXTCLOUD_REDIS_PORT": str(s.redis.port),
+        "NEXTCLOUD_REDIS_TLS": "1" if s.redis.tls else "0",
+        "NEXTCLOUD_S3_BUCKET": s.s3.bucket or "",
+        "NEXTCLOUD_S3_REGION": s.s3.region or (s.region if s.s3.bucket else ""),
+        "NEXTCLOUD_S3_ENDPOINT": s.s3.endpoint or "",
+        "NEXTCLOUD_S3_PATH_STYLE": "1" if s.s3.path_style else "0",
+        "NEXTCLOUD_TRUSTED_DOMAINS": " ".join(trusted),
+        "NEXTCLOUD_TRUSTED_PROXIES": " ".join(s.site.trusted_proxies),
+        "NEXTCLOUD_OVERWRITE_HOST": s.site.domain,
+        "NEXTCLOUD_OVERWRITE_PROTOCOL": s.site.overwrite_protocol,
+        "NEXTCLOUD_OVERWRITE_CLI_URL": f"{s.site.overwrite_protocol}://{s.site.domain}",
+        "NEXTCLOUD_ADMIN_USER": s.cluster.admin_user,
+    }
+    for name, value in variables.items():
+        if "\n" in value:  # pragma: no cover - validators already refuse these
+            raise ValueError(f"{name} contains a newline")
+    return sorted(variables.items())
+
+
+def instance_document(s: Settings) -> dict[str, object]:
+    """What the instance learns at boot: its role and where its secrets are (contract with resolve-secrets)."""
+    secrets = {}
+    for field, variable in SECRET_VARIABLES.items():
+        ref = getattr(s.secrets, field)
+        secret_ref_kind(ref)
+        secrets[variable] = ref
+    return {
+        "schema": 1,
+        "environment": s.name,
+        "region": s.region,
+        "role": {"allow_install": s.cluster.allow_install, "allow_upgrade": s.cluster.allow_upgrade},
+        "secrets": dict(sorted(secrets.items())),
+    }
+
+
+def render_user_data(s: Settings) -> str:
+    """The launch-template user data (cloud-config) for settings ``s``."""
+    doc = json.dumps(instance_document(s), indent=2, sort_keys=True)
+    return _jinja().get_template("user-data.yaml.j2").render(environment=s.name, instance_json=doc)
+
+
+def render_nextcloud_env(s: Settings) -> str:
+    return _jinja().get_template("nextcloud.env.j2").render(variables=nextcloud_environment(s))
+
+
+def render_packer_vars(s: Settings) -> str:
+    return json.dumps(packer_variables(s), indent=2, sort_keys=True) + "\n"
+
+
+def tree_files(root: Path, trees: tuple[str, ...] = IMAGE_TREES) -> list[Path]:
+    """Every file under the image-defining trees, sorted, skipping caches and editor droppings."""
+    files = []
+    for tree in trees:
+        base = root / tree
+        if not base.is_dir():
+            continue
+        for path in base.rglob("*"):
+            rel = path.relative_to(root)
+            if any(part in _IGNORED_PARTS for part in rel.parts) or path.name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if path.is_file():
+                files.append(rel)
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def fingerprint(root: Path, build_inputs: dict[str, str]) -> str:
+    """One digest over everything that determines the image: the image/ and packer/ trees (content and executable
+    bit) and the rendered build inputs (which hold the base image selector and the Nextcloud image reference)."""
+    h = hashlib.sha256()
+    h.update(b"nextcloud-image fingerprint v1\n")
+    for rel in tree_files(root):
+        path = root / rel
+        mode = "x" if os.access(path, os.X_OK) else "-"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        h.update(f"file {rel.as_posix()} {mode} {digest}\n".encode())
+    for name in sorted(build_inputs):
+        digest = hashlib.sha256(build_inputs[name].encode()).hexdigest()
+        h.update(f"input {name} {digest}\n".encode())
+    return h.hexdigest()
+
+
+def render_all(root: Path, s: Settings) -> dict[str, str]:
+    """Every output file of ``inv render`` (name → text), computed in memory."""
+    build_inputs = {PACKER_VARS: render_packer_vars(s), NEXTCLOUD_ENV: render_nextcloud_env(s)}
+    return {
+        **build_inputs,
+        USER_DATA: render_user_data(s),
+        FINGERPRINT: fingerprint(root, build_inputs) + "\n",
+    }
+
+
+def write_outputs(out_dir: Path, files: dict[str, str]) -> list[Path]:
+    """Write rendered files atomically (temp + rename); user data is 0600 because it may hold secret values."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(files):
+        target = out_dir / name
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(files[name])
+            os.chmod(tmp, 0o600 if name == USER_DATA else 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(target)
+    return written

@@ -1,0 +1,583 @@
+"""Environment settings: load one TOML file per environment, layer overrides, validate into a typed model.
+
+Layering, lowest to highest precedence:
+  1. built-in defaults (the field defaults below),
+  2. the environment file ``environments/<name>.toml``,
+  3. environment variables ``NCIMAGE_<SECTION>__<KEY>`` (values parsed as TOML when they parse, else strings),
+  4. command-line flags ``--set section.key=value`` (same value parsing).
+
+Every error names the field (as a dotted path), where the bad value came from, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "NCIMAGE_"
+ENVIRONMENTS_DIR = "environments"
+
+# A reference is resolved on the instance at boot; only the local twin may carry a literal value.
+_SECRETSMANAGER_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z]{2}(-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+)
+_SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:parameter/[A-Za-z0-9/_.-]+$")
+_SSM_NAME = re.compile(r"^ssm:/[A-Za-z0-9/_.-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+_DIGEST_PINNED = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})@sha256:(?P<digest>[0-9a-f]{64})$"
+)
+_IMAGE_REF = re.compile(
+    r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+_FLOATING_TAGS = {"latest", "stable", "production", "apache", "fpm", "fpm-alpine"}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_AWS_NAME = re.compile(r"^[A-Za-z0-9()./_-]{3,128}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.(nano|micro|small|medium|large|metal|\d*xlarge)$")
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; ``problems`` lists one line per problem, each naming field and fix."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid settings\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+SecretRef = Annotated[str, Field(min_length=1)]
+
+
+def secret_ref_kind(ref: str) -> str:
+    """Classify a secret reference: 'literal', 'secretsmanager' or 'ssm'; raise ValueError with a fix otherwise."""
+    if ref.startswith("literal:"):
+        return "literal"
+    if _SECRETSMANAGER_ARN.match(ref):
+        return "secretsmanager"
+    if _SSM_ARN.match(ref) or _SSM_NAME.match(ref):
+        return "ssm"
+    raise ValueError(
+        "not a secret reference: use a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME), "
+        "an SSM parameter (ssm:/path/name or its ARN), or, in the local environment only, literal:VALUE"
+    )
+
+
+class BaseImage(_Section):
+    """Which base the image is baked on: an AMI selector on AWS, a Debian release for the local twin."""
+
+    owner: str | None = Field(default=None, description="AWS account id that publishes the source AMI")
+    name_filter: str | None = Field(default=None, description="AMI name filter, newest match wins")
+    debian_release: Literal["bookworm"] = "bookworm"
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str | None) -> str | None:
+        if v is not None and not (re.fullmatch(r"\d{12}", v) or v in {"amazon", "self", "aws-marketplace"}):
+            raise ValueError("must be a 12-digit AWS account id (Debian's is 136693071363) or 'amazon'/'self'")
+        return v
+
+
+class Nextcloud(_Section):
+    image: str = Field(description="Nextcloud image reference; AWS environments pin it by digest")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$", description="Nextcloud version the image carries")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not _IMAGE_REF.match(v):
+            raise ValueError(
+                "not an image reference: use repo:tag@sha256:<64 hex>, e.g. nextcloud:29.0.7-apache@sha256:…"
+            )
+        return v
+
+
+class Docker(_Section):
+    version: str = Field(
+        default="debian",
+        description="'debian' installs Debian's docker.io; otherwise an exact docker-ce apt version",
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if v != "debian" and not re.fullmatch(r"[0-9]+:[0-9][0-9A-Za-z.+~-]*", v):
+            raise ValueError("must be 'debian' or an exact docker-ce apt version such as 5:27.3.1-1~debian.12~bookworm")
+        return v
+
+
+class Site(_Section):
+    domain: str
+    trusted_domains: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    overwrite_protocol: Literal["http", "https"] = "https"
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be a DNS name or IP address such as cloud.example.com")
+        return v
+
+    @field_validator("trusted_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        for d in v:
+            host = d.split(":", 1)[0] if d.count(":") == 1 else d
+            if not (_HOSTNAME.match(host) or _is_ip(host)):
+                raise ValueError(f"{d!r} is not a DNS name or IP address")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR ({exc}); write e.g. 10.0.0.0/16") from None
+        return v
+
+
+class S3(_Section):
+    bucket: str | None = Field(default=None, description="primary object storage bucket; unset = local data dir")
+    region: str | None = None
+    endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL; unset = AWS")
+    path_style: bool = False
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
+            raise ValueError("must be a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is not None and not _REGION.match(v):
+            raise ValueError("must be an AWS region such as eu-central-1")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?", v):
+            raise ValueError("must be an http(s) URL such as https://s3.eu-central-1.amazonaws.com")
+        return v
+
+
+class Database(_Section):
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    name: str = Field(default="nextcloud", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    user: str = Field(default="nextcloud", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not (_HOSTNAME.match(v) or _is_ip(v)):
+            raise ValueError("must be a DNS name or IP address (the RDS endpoint)")
+        return v
+
+
+class Redis(_Section):
+    host: str
+    port: int = Field(default=6379, ge=1, le=65535)
+    tls: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not (_HOSTNAME.match(v) or _is_ip(v)):
+            raise ValueError("must be a DNS name or IP address (the ElastiCache endpoint)")
+        return v
+
+
+class Secrets(_Section):
+    """References resolved at boot by the instance role; literals only in the local environment."""
+
+    db_password: SecretRef
+    redis_password: SecretRef = "literal:"
+    instanceid: SecretRef
+    passwordsalt: SecretRef
+    secret: SecretRef
+    admin_password: SecretRef
+
+    @field_validator("*")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        secret_ref_kind(v)
+        return v
+
+
+class Cluster(_Section):
+    admin_user: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    allow_install: bool = Field(default=True, description="an instance may install Nextcloud on an empty database")
+    allow_upgrade: bool = Field(default=False, description="an instance may upgrade the database to its code")
+
+
+class LaunchTemplate(_Section):
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _AWS_NAME.match(v):
+            raise ValueError("must be 3-128 characters of letters, digits and ()./_-")
+        return v
+
+
+class Autoscaling(_Section):
+    group_name: str | None = None
+
+    @field_validator("group_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w .:/@+=-]{1,255}", v):
+            raise ValueError("must be 1-255 characters (letters, digits, spaces and .:/@+=-_)")
+        return v
+
+
+class Rollout(_Section):
+    """Instance refresh preferences (StartInstanceRefresh Preferences)."""
+
+    min_healthy_percentage: int = Field(default=90, ge=0, le=100)
+    max_healthy_percentage: int = Field(default=150, ge=100, le=200)
+    instance_warmup_seconds: int = Field(default=120, ge=0, le=3600)
+    checkpoint_percentages: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [50, 100])
+    checkpoint_delay_seconds: int = Field(default=300, ge=0, le=172800)
+    auto_rollback: bool = True
+    skip_matching: bool = True
+
+    @field_validator("checkpoint_percentages")
+    @classmethod
+    def _checkpoints(cls, v: list[int]) -> list[int]:
+        if v and (v != sorted(set(v)) or v[-1] != 100):
+            raise ValueError("must be strictly increasing and end with 100, e.g. [50, 100]")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> Rollout:
+        if self.max_healthy_percentage - self.min_healthy_percentage > 100:
+            raise ValueError(
+                "max_healthy_percentage - min_healthy_percentage must be at most 100 (an AWS limit); "
+                "raise min_healthy_percentage or lower max_healthy_percentage"
+            )
+        return self
+
+
+class Ami(_Section):
+    name_prefix: str = Field(default="nextcloud", pattern=r"^[A-Za-z0-9()./_-]{3,100}$")
+    retention: int = Field(default=3, ge=1, le=100, description="AMIs kept per environment when pruning")
+    regions: list[str] = Field(default_factory=list, description="extra regions to copy the AMI to")
+    root_volume_size_gb: int = Field(default=8, ge=4, le=1024)
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not _REGION.match(r):
+                raise ValueError(f"{r!r} is not an AWS region such as eu-west-1")
+        return v
+
+
+class Settings(_Section):
+    """One environment, fully validated."""
+
+    name: str
+    builder: Literal["local", "aws"]
+    region: str = "eu-central-1"
+    instance_type: str = "t3.medium"
+    base_image: BaseImage = BaseImage()
+    nextcloud: Nextcloud
+    docker: Docker = Docker()
+    site: Site
+    s3: S3 = S3()
+    database: Database
+    redis: Redis
+    secrets: Secrets
+    cluster: Cluster = Cluster()
+    launch_template: LaunchTemplate = LaunchTemplate()
+    autoscaling: Autoscaling = Autoscaling()
+    rollout: Rollout = Rollout()
+    ami: Ami = Ami()
+    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 2-32 lowercase letters, digits and hyphens, starting with a letter")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _REGION.match(v):
+            raise ValueError("must be an AWS region such as eu-central-1")
+        return v
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, v: str) -> str:
+        if not _INSTANCE_TYPE.match(v):
+            raise ValueError("must be an EC2 instance type such as t3.medium")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower().startswith("aws:"):
+                raise ValueError(f"tag key {key!r} uses the reserved 'aws:' prefix; rename it")
+        return v
+
+    @model_validator(mode="after")
+    def _aws_rules(self) -> Settings:
+        if self.builder != "aws":
+            return self
+        problems: list[tuple[str, str]] = []
+        if not self.base_image.owner:
+            problems.append(("base_image.owner", "required for AWS: set it to the AMI owner, e.g. '136693071363'"))
+        if not self.base_image.name_filter:
+            problems.append(("base_image.name_filter", "required for AWS: e.g. 'debian-12-amd64-*'"))
+        m = _DIGEST_PINNED.match(self.nextcloud.image)
+        if not m:
+            problems.append(
+                (
+                    "nextcloud.image",
+                    f"{self.nextcloud.image!r} is not pinned by digest; an AWS environment needs "
+                    "repo:tag@sha256:<64 hex> (find it with `docker buildx imagetools inspect nextcloud:TAG`)",
+                )
+            )
+        elif m["tag"] in _FLOATING_TAGS or not re.match(r"^\d", m["tag"]):
+            problems.append(
+                (
+                    "nextcloud.image",
+                    f"floating tag {m['tag']!r}; use a versioned tag such as "
+                    f"{self.nextcloud.version}-apache with its digest",
+                )
+            )
+        if self.docker.version == "debian":
+            problems.append(("docker.version", "an AWS environment pins docker-ce, e.g. 5:27.3.1-1~debian.12~bookworm"))
+        if not self.s3.bucket:
+            problems.append(("s3.bucket", "required for AWS: the primary object storage bucket"))
+        for field in Secrets.model_fields:
+            ref = getattr(self.secrets, field)
+            if secret_ref_kind(ref) == "literal" and ref != "literal:":
+                problems.append(
+                    (
+                        f"secrets.{field}",
+                        "literal secrets are only allowed in the local environment; store the value in Secrets Manager "
+                        "or SSM and reference it (arn:aws:secretsmanager:… or ssm:/…)",
+                    )
+                )
+        if self.secrets.redis_password == "literal:" and self.redis.tls:
+            pass  # ElastiCache with TLS but without AUTH is legal.
+        if not self.launch_template.name:
+            problems.append(("launch_template.name", "required for AWS: the launch template the rollout versions"))
+        if not self.autoscaling.group_name:
+            problems.append(("autoscaling.group_name", "required for AWS: the Auto Scaling group to refresh"))
+        if problems:
+            raise _AwsRuleErrors(problems)
+        return self
+
+
+class _AwsRuleErrors(ValueError):
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+
+
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Validated settings plus where they came from (for messages and provenance)."""
+
+    settings: Settings
+    path: Path
+    origins: Mapping[str, str]
+
+
+def environment_path(root: Path, env: str) -> Path:
+    return root / ENVIRONMENTS_DIR / f"{env}.toml"
+
+
+def available_environments(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / ENVIRONMENTS_DIR).glob("*.toml"))
+
+
+def parse_value(raw: str) -> Any:
+    """Parse an override the way TOML would (numbers, booleans, arrays, quoted strings); else keep the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, origin: str, origins: dict[str, str]) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise SettingsError(origin, [f"{dotted!r}: empty key segment; write section.key=value"])
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(origin, [f"{dotted}: {part!r} is a value, not a section; fix the key path"])
+        node = child
+    node[parts[-1]] = value
+    origins[dotted] = origin
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """NCIMAGE_SECTION__KEY=value → ('section.key', parsed value, 'NCIMAGE_SECTION__KEY')."""
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            found.append((dotted, parse_value(environ[name]), name))
+    return found
+
+
+def flag_overrides(items: Iterable[str]) -> list[tuple[str, Any, str]]:
+    """--set section.key=value → ('section.key', parsed value, '--set section.key')."""
+    found = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError("--set", [f"{item!r}: expected section.key=value, e.g. --set database.port=5433"])
+        found.append((key.strip(), parse_value(raw), f"--set {key.strip()}"))
+    return found
+
+
+def load_settings(
+    root: Path,
+    env: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    sets: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> Loaded:
+    """Load and validate environment ``env`` from ``root/environments``, layering env vars, flags and overrides.
+
+    ``overrides`` (dotted key → value) is for programs, e.g. test-ami's canary secrets; it wins over everything.
+    Raises SettingsError naming each bad field and its fix; never writes anything.
+    """
+    path = environment_path(root, env)
+    source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", env):
+        raise SettingsError(
+            "--env", [f"{env!r} is not an environment name; use one of: {', '.join(available_environments(root))}"]
+        )
+    if not path.is_file():
+        known = ", ".join(available_environments(root)) or "none"
+        raise SettingsError(
+            source,
+            [
+                f"no such environment file; known environments: {known} "
+                f"(copy environments/example.toml to {source} to create one)"
+            ],
+        )
+    text = path.read_bytes()
+    if not text.strip():
+        raise SettingsError(source, ["the file is empty; start from environments/example.toml"])
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(source, ["not UTF-8 text; save the file as UTF-8"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(
+            source, [f"not valid TOML: {exc}; fix the syntax (see environments/example.toml)"]
+        ) from None
+
+    origins: dict[str, str] = {}
+    layered = [*env_overrides(environ if environ is not None else os.environ), *flag_overrides(sets)]
+    layered += [(k, v, "override") for k, v in (overrides or {}).items()]
+    for dotted, value, origin in layered:
+        _set_path(data, dotted, value, origin, origins)
+
+    if data.get("name") not in (None, env) and "name" not in origins:
+        raise SettingsError(source, [f"name: is {data.get('name')!r} but the file is {env}.toml; make them match"])
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(source, _explain(exc, data, origins)) from None
+    return Loaded(settings=settings, path=path, origins=origins)
+
+
+def _model_for(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _explain(exc: ValidationError, data: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """Turn pydantic's errors into one line each: field, problem, fix."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _AwsRuleErrors):
+            lines.extend(f"{f}: {m}" for f, m in ctx_error.problems)
+            continue
+        dotted = ".".join(str(p) for p in loc) or "(file)"
+        origin = origins.get(dotted)
+        where = f" (from {origin})" if origin else ""
+        kind = err["type"]
+        if kind == "missing":
+            parent = ".".join(str(p) for p in loc[:-1])
+            section = f"under [{parent}]" if parent else "at the top of the file"
+            lines.append(
+                f"{dotted}: required field is missing; add `{loc[-1]} = …` {section} (see environments/example.toml)"
+            )
+        elif kind == "extra_forbidden":
+            parent_model = _model_for(loc[:-1])
+            known = sorted(parent_model.model_fields) if parent_model else []
+            guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            lines.append(f"{dotted}{where}: unknown key; {hint}remove it (known keys here: {', '.join(known)})")
+        elif kind == "model_type":
+            lines.append(f"{dotted}{where}: must be a table ([{dotted}] section), not {type(err['input']).__name__}")
+        elif kind == "literal_error":
+            lines.append(f"{dotted}{where}: {err['msg'].replace('Input should be', 'must be')}; got {err['input']!r}")
+        elif kind == "value_error":
+            lines.append(f"{dotted}{where}: {str(ctx_error or err['msg']).removeprefix('Value error, ')}")
+        elif kind.endswith("_type") or kind.endswith("_parsing"):
+            want = err["msg"].replace("Input should be", "must be")
+            lines.append(f"{dotted}{where}: {want}; got {type(err['input']).__name__} {err['input']!r}")
+        else:
+            lines.append(f"{dotted}{where}: {err['msg']}; got {err['input']!r}")
+    return lines

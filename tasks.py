@@ -1,0 +1,179 @@
+"""The front door: `inv --list`. Thin on purpose — parse flags, call one function in render/ or infra/, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, Context, Exit, task
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent
+# Defaults live here and only here; `invoke.yaml` or INVOKE_PIPELINE_* variables can override them.
+DEFAULTS = {"pipeline": {"env": "local", "instances": 1, "bench_runs": 3}}
+
+console = Console(stderr=False, highlight=False)
+
+ENV_HELP = "environment name: environments/<env>.toml (default: local, the QEMU twin that needs no AWS account)"
+SET_HELP = "override one setting, e.g. --set database.port=5433 (repeatable; wins over NCIMAGE_* variables)"
+
+
+def _env(c: Context, env: str | None) -> str:
+    return env or c.config.pipeline.env
+
+
+def _load(c: Context, env: str | None, sets: list[str] | None):
+    from render.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(ROOT, _env(c, env), sets=sets or [])
+    except SettingsError as exc:
+        raise Exit(f"error: {exc}\nNothing was written.", code=2) from None
+
+
+def _not_yet(what: str, why: str) -> None:
+    raise Exit(f"{what} is not available yet: {why}", code=3)
+
+
+@task(
+    iterable=["set_"],
+    help={"env": ENV_HELP, "set": SET_HELP},
+)
+def render(c, env=None, set_=None):
+    """Render user data, Packer variables, the Nextcloud environment and the fingerprint into build/<env>/."""
+    from render.outputs import render_all, write_outputs
+
+    loaded = _load(c, env, set_)
+    out = ROOT / "build" / loaded.settings.name
+    written = write_outputs(out, render_all(ROOT, loaded.settings))
+    for path in written:
+        console.print(f"  wrote {path.relative_to(ROOT)}")
+    console.print(f"fingerprint {(out / 'fingerprint').read_text().strip()}")
+
+
+@task(
+    iterable=["set_"],
+    help={"env": ENV_HELP, "set": SET_HELP},
+)
+def validate(c, env=None, set_=None):
+    """Check the settings and run every linter that applies (packer, shellcheck, php -l, cloud-init, ruff)."""
+    from infra.validate import run_checks
+
+    loaded = _load(c, env, set_)
+    checks = run_checks(ROOT, loaded.settings, packer_validate=_packer_validate())
+    table = Table(title=f"validate --env {loaded.settings.name}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for ch in checks:
+        result = "[yellow]skip[/]" if ch.skipped else ("[green]pass[/]" if ch.ok else "[red]FAIL[/]")
+        detail = ch.detail if not ch.ok else ch.detail.splitlines()[0] if ch.detail else ""
+        table.add_row(ch.name, result, detail)
+    console.print(table)
+    failed = [ch.name for ch in checks if not ch.ok]
+    if failed:
+        raise Exit(f"validate failed: {', '.join(failed)}", code=1)
+
+
+def _packer_validate():
+    try:
+        from infra.packer import validate_template
+    except ImportError:
+        return None
+    return validate_template
+
+
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "force": "bake even when an artifact with the same fingerprint exists",
+    },
+)
+def build_ami(c, env=None, set_=None, force=False):
+    """Bake the image (local: qcow2 via Packer's qemu source; reuses an artifact with the same fingerprint)."""
+    loaded = _load(c, env, set_)
+    if loaded.settings.builder != "local":
+        _not_yet("build-ami for AWS environments", "the AWS bake (amazon-ebs + AMI fingerprint reuse) is a later issue")
+    try:
+        from infra.localtwin.build import build_local_image
+    except ImportError:
+        _not_yet("build-ami", "the local bake driver (infra/localtwin/build.py) has not landed")
+    try:
+        build_local_image(ROOT, loaded.settings, force=force)
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
+
+
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "instances": "how many throwaway instances to boot against the same services (default 1)",
+        "keep_going": "run the whole testinfra suite even after a failure",
+    },
+)
+def test_ami(c, env=None, set_=None, instances=None, keep_going=False):
+    """Boot throwaway instances of the baked image with canary secrets and run tests/image against them."""
+    loaded = _load(c, env, set_)
+    if loaded.settings.builder != "local":
+        _not_yet("test-ami for AWS environments", "throwaway EC2 instances are a later issue")
+    try:
+        from infra.localtwin.test_ami import test_local_image
+    except ImportError:
+        _not_yet("test-ami", "the local boot driver (infra/localtwin/test_ami.py) has not landed")
+    count = int(instances or c.config.pipeline.instances)
+    if count < 1:
+        raise Exit("--instances must be at least 1", code=2)
+    try:
+        ok = test_local_image(ROOT, loaded.settings, instances=count, keep_going=keep_going)
+    except KeyboardInterrupt:
+        raise Exit("interrupted; everything was torn down", code=130) from None
+    if not ok:
+        raise Exit("test-ami failed", code=1)
+
+
+@task(help={"env": ENV_HELP, "runs": "boots per measurement (default 3)"})
+def bench(c, env=None, runs=None):
+    """Measure readiness after boot (bare, baked, seed-style), no-op rebuild, bake steps and footprint."""
+    _not_yet("bench", "the benchmark needs the local twin end to end first")
+
+
+@task(help={"env": ENV_HELP})
+def rollout(c, env=None):
+    """Point the launch template at the new AMI and start an instance refresh with checkpoints and auto-rollback."""
+    _not_yet("rollout", "launch template versions and instance refresh are a later issue")
+
+
+@task(help={"env": ENV_HELP})
+def rollback(c, env=None):
+    """Cancel or roll back the running instance refresh to the previous launch template version."""
+    _not_yet("rollback", "instance refresh rollback is a later issue")
+
+
+@task(help={"env": ENV_HELP, "dry_run": "only list what would be deleted"})
+def prune_amis(c, env=None, dry_run=False):
+    """Deregister AMIs (and their snapshots) beyond the retention count, never one a launch template uses."""
+    _not_yet("prune-amis", "AMI pruning is a later issue")
+
+
+@task(help={"env": ENV_HELP})
+def status(c, env=None):
+    """Show the environment's current AMI, launch template version and instance refresh progress."""
+    _not_yet("status", "AWS status reporting is a later issue")
+
+
+@task(help={"env": ENV_HELP})
+def deploy_stack(c, env=None):
+    """Create or update the CloudFormation stack through a reviewed change set."""
+    _not_yet("deploy-stack", "the CloudFormation stack is a later issue")
+
+
+ns = Collection(render, validate, build_ami, test_ami, bench, rollout, rollback, prune_amis, status, deploy_stack)
+ns.configure(DEFAULTS)
+
+if __name__ == "__main__":  # pragma: no cover - `inv` is the entry point
+    sys.exit("run tasks with `inv`, e.g. `inv --list`")
