@@ -1,0 +1,48 @@
+"""The invoke front door: every task is listed with help, unfinished ones refuse honestly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = ["render", "validate", "build-ami", "test-ami", "rollout", "rollback", "prune-amis", "status",
+         "deploy-stack", "bench"]
+
+
+def inv(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_list_shows_the_whole_front_door_with_help():
+    out = inv("--list").stdout
+    for name in TASKS:
+        line = next((ln for ln in out.splitlines() if ln.strip().startswith(name + " ")), None)
+        assert line and len(line.split(None, 1)[1]) > 10, f"{name} has no one-line help in:\n{out}"
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_every_flag_has_help(name):
+    out = inv(name, "--help").stdout
+    options = out.split("Options:", 1)[1] if "Options:" in out else ""
+    flags = [ln for ln in options.splitlines() if ln.strip().startswith("-")]
+    assert flags, out
+    for ln in flags:
+        assert len(ln.split("  ")) > 1 and ln.split("  ")[-1].strip(), f"{name}: flag without help: {ln!r}"
+
+
+@pytest.mark.parametrize("name", ["rollout", "rollback", "prune-amis", "status", "deploy-stack"])
+def test_unfinished_tasks_refuse_with_a_clear_message(name):
+    proc = inv(name)
+    assert proc.returncode != 0
+    assert "not available yet" in proc.stderr
+
+
+def test_aws_build_is_refused_until_it_exists():
+    proc = inv("build-ami", "--env", "example")
+    assert proc.returncode != 0
+    assert "not available yet" in proc.stderr
