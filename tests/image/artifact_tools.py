@@ -1,0 +1,151 @@
+"""Host-side, read-only access to a local disk image (the baked artifact): byte scans and file reads.
+
+Never writes to the artifact: scans read it, conversions go to a private work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+CHUNK = 16 * 1024 * 1024
+
+
+class ArtifactView:
+    """A disk image file (qcow2 or raw, whole-disk ext4 or partitioned) seen from the test host."""
+
+    def __init__(self, path: Path, workdir: Path) -> None:
+        self.path = path
+        self.workdir = workdir
+        self._raw: Path | None = None
+        self._fs_spec: str | None = None
+        self.info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True, text=True
+            ).stdout
+        )
+
+    def close(self) -> None:
+        if self._raw is not None and self._raw != self.path:
+            with contextlib.suppress(OSError):
+                self._raw.unlink()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- bytes -----------------------------------------------------------------------------------------------
+    def _needs_flattening(self) -> bool:
+        if self.info.get("format") == "raw":
+            return False
+        if self.info.get("backing-filename"):
+            return True  # part of the content lives in another file
+        check = subprocess.run(
+            ["qemu-img", "check", "--output=json", str(self.path)], capture_output=True, text=True
+        )
+        try:
+            compressed = json.loads(check.stdout).get("compressed-clusters", 0)
+        except ValueError:
+            return True
+        return compressed > 0  # compressed clusters hide their bytes from a plain scan
+
+    def raw(self) -> Path:
+        """The image as a raw (sparse) file: the artifact itself if raw, else a private conversion."""
+        if self._raw is None:
+            if self.info.get("format") == "raw":
+                self._raw = self.path
+            else:
+                target = self.workdir / "artifact.raw"
+                subprocess.run(
+                    ["qemu-img", "convert", "-O", "raw", str(self.path), str(target)],
+                    check=True, capture_output=True,
+                )
+                self._raw = target
+        return self._raw
+
+    def scan_target(self) -> Path:
+        """What to stream for a byte scan: the artifact file itself, unless its bytes are not all in it."""
+        return self.raw() if self._needs_flattening() else self.path
+
+    def find(self, needles: dict[str, bytes]) -> dict[str, list[int]]:
+        """Offsets (in the scanned file) where each needle occurs; streams the file, skips sparse holes."""
+        target = self.scan_target()
+        hits: dict[str, list[int]] = {name: [] for name in needles}
+        overlap = max(len(n) for n in needles.values()) - 1
+        with open(target, "rb") as f:
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            for start, end in _data_segments(fd, size):
+                f.seek(start)
+                pos, carry = start, b""
+                while pos < end:
+                    block = f.read(min(CHUNK, end - pos))
+                    if not block:
+                        break
+                    buf = carry + block
+                    base = pos - len(carry)
+                    for name, needle in needles.items():
+                        i = buf.find(needle)
+                        while i != -1:
+                            if base + i not in hits[name]:
+                                hits[name].append(base + i)
+                            i = buf.find(needle, i + 1)
+                    carry = buf[-overlap:] if overlap else b""
+                    pos += len(block)
+        return hits
+
+    # ---- files in the root filesystem (debugfs reads ext4 without mounting) -------------------------------
+    def _fs(self) -> str:
+        if self._fs_spec is None:
+            raw = self.raw()
+            candidates = [str(raw)]
+            parts = subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True)
+            if parts.returncode == 0:
+                table = json.loads(parts.stdout)["partitiontable"]
+                sector = table.get("sectorsize", 512)
+                for p in sorted(table.get("partitions", []), key=lambda p: -p["size"]):
+                    candidates.append(f"{raw}?offset={p['start'] * sector}")
+            for spec in candidates:
+                probe = subprocess.run(["debugfs", "-R", "stat /etc", spec], capture_output=True, text=True)
+                if probe.returncode == 0 and "Inode:" in probe.stdout:
+                    self._fs_spec = spec
+                    break
+            else:
+                raise RuntimeError(f"{self.path}: no ext2/3/4 root filesystem found (whole disk or partition)")
+        return self._fs_spec
+
+    def read(self, path: str) -> bytes | None:
+        """Contents of ``path`` in the image's root filesystem, or None if it does not exist."""
+        out = subprocess.run(["debugfs", "-R", f"cat {path}", self._fs()], capture_output=True)
+        if b"File not found" in out.stderr or out.returncode != 0:
+            return None
+        return out.stdout
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory ``path`` of the image's root filesystem (empty if missing)."""
+        out = subprocess.run(["debugfs", "-R", f"ls -p {path}", self._fs()], capture_output=True, text=True)
+        names = []
+        for line in out.stdout.splitlines():
+            fields = line.strip("/").split("/")
+            if len(fields) >= 5 and fields[4] not in (".", ".."):
+                names.append(fields[4])
+        return names
+
+
+def _data_segments(fd: int, size: int):
+    """(start, end) ranges holding data; the whole file if the filesystem cannot report holes."""
+    pos = 0
+    try:
+        while pos < size:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            yield start, end
+            pos = end
+    except OSError as e:
+        if e.errno == 6:  # ENXIO: no data after pos
+            return
+        if pos == 0:
+            yield 0, size
+            return
+        raise

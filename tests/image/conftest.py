@@ -1,0 +1,154 @@
+"""Shared fixtures and options of the image suite (pytest-testinfra).
+
+The target comes from the command line, so the same files check a local QEMU instance, a throwaway EC2
+instance or (for the suite's own negative tests) a directory used as a chroot:
+
+    pytest tests/image --hosts=paramiko://nc-test-1 --ssh-config=FILE --sudo
+    pytest tests/image --connection=chroot --hosts=/path/to/rootfs -m "not live"
+
+Expected values come from the target's /etc/nextcloud-image/version-info.json and from these inputs, never
+from constants in the tests:
+
+- ``NEXTCLOUD_TEST_CANARIES`` (env, JSON object name -> value): the secret values this boot was given; kept
+  out of argv because argv is visible to every local user.
+- ``--image-artifact PATH`` (or ``NEXTCLOUD_TEST_ARTIFACT``): the disk image the instance was booted from,
+  scanned on the test host (a local qcow2/raw file; not given for an AMI).
+- ``--expected-instance-ids`` (or ``NEXTCLOUD_TEST_INSTANCE_IDS``, JSON host -> cloud-init instance id).
+- ``--expected-tcp-ports`` / ``--expected-udp-ports``: what may listen on non-loopback addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # artifact_tools, whatever the import mode
+
+from artifact_tools import ArtifactView  # noqa: E402
+
+VERSION_INFO = "/etc/nextcloud-image/version-info.json"
+
+MARKERS = {
+    "docker": "Docker engine: package, unit, daemon configuration",
+    "nextcloud": "the derived Nextcloud image, its units, container health and readiness",
+    "secrets": "secret delivery: runtime env file and canary values",
+    "hygiene": "per-instance identity: host keys, machine-id, cloud-init state",
+    "hardening": "SSH, accounts, listening ports",
+    "live": "needs a booted system (systemd state, sockets, HTTP, Docker daemon); not meaningful in a chroot",
+    "host_side": "runs on the test host against the artifact file, not on the target",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nextcloud-image", "Nextcloud image suite")
+    group.addoption(
+        "--image-artifact",
+        default=os.environ.get("NEXTCLOUD_TEST_ARTIFACT") or None,
+        help="disk image file the target was booted from (qcow2 or raw), scanned on this host for canaries "
+        "and bake identity; env NEXTCLOUD_TEST_ARTIFACT",
+    )
+    group.addoption(
+        "--expected-instance-ids",
+        default=os.environ.get("NEXTCLOUD_TEST_INSTANCE_IDS") or None,
+        help='JSON object {"<testinfra host name>": "<cloud-init instance id>"}; env NEXTCLOUD_TEST_INSTANCE_IDS',
+    )
+    group.addoption(
+        "--expected-tcp-ports",
+        default=os.environ.get("NEXTCLOUD_TEST_TCP_PORTS", "22,80"),
+        help="comma-separated TCP ports allowed to listen on non-loopback addresses (default 22,80)",
+    )
+    group.addoption(
+        "--expected-udp-ports",
+        default=os.environ.get("NEXTCLOUD_TEST_UDP_PORTS", "68"),
+        help="comma-separated UDP ports allowed on non-loopback addresses (default 68, the DHCP client)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+# ---- helpers shared by the test files -------------------------------------------------------------------
+def decode_on_target(value: str) -> str:
+    """A shell fragment that yields ``value`` on the target without the value appearing in the command.
+
+    With ``--sudo`` every command line is logged by sudo to the journal; sending a canary literally would
+    plant it in the very journal we check. The base64 form is not the canary's bytes.
+    """
+    encoded = base64.b64encode(value.encode()).decode()
+    return f"$(printf %s {shlex.quote(encoded)} | base64 -d)"
+
+
+def port_list(raw: str, option: str) -> set[int]:
+    try:
+        return {int(p) for p in raw.split(",") if p.strip()}
+    except ValueError:
+        raise pytest.UsageError(f"{option}: expected comma-separated port numbers, got {raw!r}") from None
+
+
+# ---- fixtures -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def canaries() -> dict[str, str]:
+    """The secret values given to this boot (NEXTCLOUD_TEST_CANARIES); the canary tests skip without them."""
+    raw = os.environ.get("NEXTCLOUD_TEST_CANARIES")
+    if not raw:
+        pytest.skip("NEXTCLOUD_TEST_CANARIES not set: no canary values to look for")
+    try:
+        values = json.loads(raw)
+    except ValueError as e:
+        raise pytest.UsageError(f"NEXTCLOUD_TEST_CANARIES is not JSON: {e}") from None
+    if not isinstance(values, dict) or not values or not all(
+        isinstance(v, str) and len(v) >= 12 for v in values.values()
+    ):
+        raise pytest.UsageError(
+            "NEXTCLOUD_TEST_CANARIES must be a JSON object of name -> value with values of 12+ characters "
+            "(short values would match by accident)"
+        )
+    return values
+
+
+@pytest.fixture(scope="session")
+def artifact(request: pytest.FixtureRequest) -> Path:
+    """The local disk image the target was booted from; tests needing it skip when none was given."""
+    value = request.config.getoption("--image-artifact")
+    if not value:
+        pytest.skip("no --image-artifact given (an AMI cannot be scanned from here)")
+    path = Path(value)
+    if not path.is_file():
+        raise pytest.UsageError(f"--image-artifact {path}: no such file")
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifact_view(artifact: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Read-only access to the artifact's bytes and root filesystem (see artifact_tools)."""
+    view = ArtifactView(artifact, tmp_path_factory.mktemp("artifact"))
+    yield view
+    view.close()
+
+
+@pytest.fixture(scope="module")
+def version_info(host) -> dict:
+    """The target's version-info.json: what the bake says it installed (the suite's expected values)."""
+    f = host.file(VERSION_INFO)
+    assert f.is_file, f"{VERSION_INFO} missing: the bake must record what it installed"
+    info = json.loads(f.content_string)
+    missing = {"nextcloud_version", "nextcloud_image", "nextcloud_image_id", "docker_version", "fingerprint"} - set(
+        info
+    )
+    assert not missing, f"{VERSION_INFO} lacks {sorted(missing)}"
+    return info
+
+
+@pytest.fixture(scope="module")
+def boot_time(host) -> int:
+    """Kernel boot time of the target (epoch seconds, /proc/stat btime)."""
+    out = host.check_output("awk '/^btime/ {print $2}' /proc/stat")
+    return int(out)

@@ -1,0 +1,95 @@
+"""The derived Nextcloud image and its service: the recorded image, enabled units, a healthy, ready container."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.nextcloud
+
+CONTAINER = "nextcloud"
+WEBROOT = "/var/www/html"
+WEB_USER = "www-data"
+
+
+def _tags(info: dict) -> list[str]:
+    return ["nextcloud-cluster:current", f"nextcloud-cluster:{info['fingerprint'][:12]}"]
+
+
+@pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-secrets.service"])
+def test_units_enabled(host, unit):
+    out = host.run(f"systemctl is-enabled {unit}")
+    assert out.stdout.strip() == "enabled", f"{unit} is {out.stdout.strip() or out.stderr.strip()!r}, not enabled"
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("tag_index", [0, 1], ids=["current", "fingerprint"])
+def test_derived_image_has_recorded_id(host, version_info, tag_index):
+    tag = _tags(version_info)[tag_index]
+    out = host.run(f"docker image inspect --format '{{{{.Id}}}}' {tag}")
+    assert out.rc == 0, f"image {tag} is not in the local image store: {out.stderr.strip()}"
+    assert out.stdout.strip() == version_info["nextcloud_image_id"], (
+        f"{tag} is {out.stdout.strip()}, version-info nextcloud_image_id is {version_info['nextcloud_image_id']}"
+    )
+
+
+@pytest.mark.live
+def test_nextcloud_service_active(host):
+    assert host.service("nextcloud").is_running, "nextcloud.service is not active"
+
+
+@pytest.mark.live
+def test_secrets_unit_succeeded(host):
+    props = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show nextcloud-secrets.service -p Result -p ExecMainStatus -p ExecMainExitTimestampMonotonic"
+        ).splitlines()
+    )
+    assert props["ExecMainExitTimestampMonotonic"] != "0", "nextcloud-secrets.service never ran"
+    assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), f"nextcloud-secrets.service: {props}"
+
+
+@pytest.mark.live
+def test_container_runs_recorded_image_and_is_healthy(host, version_info):
+    out = host.run(f"docker inspect --format '{{{{json .}}}}' {CONTAINER}")
+    assert out.rc == 0, f"no container {CONTAINER!r}: {out.stderr.strip()}"
+    state = json.loads(out.stdout)
+    assert state["Image"] == version_info["nextcloud_image_id"], "container runs another image than the baked one"
+    health = (state["State"].get("Health") or {}).get("Status")
+    assert health == "healthy", f"container health is {health!r} (no HEALTHCHECK?)"
+
+
+@pytest.mark.live
+def test_readiness_endpoint(host):
+    out = host.run("curl -sS --max-time 20 -o - -w '\\n%{http_code}' http://127.0.0.1/readyz")
+    assert out.rc == 0, f"curl failed: {out.stderr.strip()}"
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", f"/readyz answered {code}: {body[:300]}"
+    doc = json.loads(body)
+    assert doc.get("ready") is True, f"/readyz JSON says {doc}"
+
+
+@pytest.mark.live
+def test_webroot_prepopulated_in_image(host, version_info):
+    # A fresh container from the image, not the running one: the code must be in the image, not copied at boot.
+    image = version_info["nextcloud_image_id"]
+    out = host.run(
+        f"docker run --rm --network none --entrypoint /bin/sh {image} -c "
+        f"'test -s {WEBROOT}/version.php && test -s {WEBROOT}/index.php && echo present'"
+    )
+    assert out.stdout.strip() == "present", (
+        f"{WEBROOT} in image {image} lacks version.php/index.php (would be rsynced at boot): {out.stderr.strip()}"
+    )
+
+
+@pytest.mark.live
+def test_config_not_writable_by_web_user(host):
+    out = host.run(
+        f"docker exec -u {WEB_USER} {CONTAINER} sh -c "
+        f"'test -d {WEBROOT}/config || echo NO-CONFIG-DIR; find {WEBROOT}/config -writable'"
+    )
+    assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
+    writable = out.stdout.split()
+    assert writable == [], f"writable by {WEB_USER} inside the container: {writable}"
