@@ -1,0 +1,399 @@
+<?php
+/*
+ * Cluster init: run once per container start (by nextcloud-cluster-entrypoint, beside Apache).
+ *
+ *   1. validate the cluster config (cluster.config.php) - a missing variable is a terminal failure;
+ *   2. wait for PostgreSQL and Redis (exponential backoff, capped delay, overall deadline);
+ *   3. take the cluster-wide lock (session-level PostgreSQL advisory lock on a dedicated connection) and
+ *      decide from the database alone:
+ *        empty DB             -> install exactly once (NEXTCLOUD_ALLOW_INSTALL=1), record the cluster state;
+ *                                otherwise wait for a node that may install;
+ *        same version         -> join, writing nothing;
+ *        code newer than DB   -> upgrade exactly once (NEXTCLOUD_ALLOW_UPGRADE=1); otherwise wait, writing
+ *                                nothing;
+ *        other identity       -> not ready, "identity mismatch" (terminal);
+ *   4. publish the outcome in state.json on tmpfs (read by cluster.config.php and /readyz).
+ *
+ * Exit codes: 0 joined; 1 terminal failure (state.json says why, the container keeps answering 503);
+ * 75 gave up waiting (NEXTCLOUD_INIT_WAIT_TIMEOUT): the entrypoint stops the container so it is restarted.
+ *
+ * Also: `cluster-init.php --write-php-ini` writes the PHP session settings (Redis, with its password) to the
+ * tmpfs state dir before Apache starts.
+ */
+
+declare(strict_types=1);
+
+namespace NextcloudCluster;
+
+require_once __DIR__ . '/lib.php';
+
+const EXIT_FAILED = 1;
+const EXIT_GAVE_UP = 75;
+
+final class Outcome {
+	public function __construct(
+		public readonly string $kind, // ready | wait | fail
+		public readonly string $code,
+		public readonly string $reason = '',
+		public readonly array $row = [],
+	) {
+	}
+}
+
+final class Init {
+	private float $deadline;
+	private int $attempt = 0;
+
+	public function __construct(private array $config) {
+		$timeout = (float)envOr('NEXTCLOUD_INIT_WAIT_TIMEOUT', '600');
+		$this->deadline = $timeout > 0 ? microtime(true) + $timeout : INF;
+	}
+
+	public static function log(string $msg): void {
+		fwrite(STDERR, 'nextcloud-cluster-init[' . getmypid() . ']: ' . redact($msg) . "\n");
+	}
+
+	public static function state(string $phase, string $code, string $reason, array $extra = []): void {
+		writeState($extra + ['phase' => $phase, 'code' => $code, 'reason' => redact($reason), 'installed' => false]);
+	}
+
+	/** Sleep with exponential backoff (capped, jittered); false once the overall deadline has passed. */
+	private function backoff(string $phase, string $code, string $reason): bool {
+		$initial = (float)envOr('NEXTCLOUD_INIT_BACKOFF_INITIAL', '1');
+		$cap = (float)envOr('NEXTCLOUD_INIT_BACKOFF_MAX', '30');
+		$delay = min($cap, $initial * (2 ** min($this->attempt, 20)));
+		$delay *= 0.8 + 0.4 * mt_rand() / mt_getrandmax();
+		$this->attempt++;
+		if (microtime(true) + $delay > $this->deadline) {
+			self::state('failed', $code, "gave up after NEXTCLOUD_INIT_WAIT_TIMEOUT: $reason");
+			self::log("gave up waiting: $reason");
+			return false;
+		}
+		self::state($phase, $code, sprintf('%s (attempt %d, retrying in %.1fs)', $reason, $this->attempt, $delay));
+		self::log(sprintf('%s; retrying in %.1fs', $reason, $delay));
+		usleep((int)($delay * 1e6));
+		return true;
+	}
+
+	public function run(): int {
+		$dbWhere = sprintf('%s:%d', $this->config['dbhost'], $this->config['dbport']);
+		while (true) {
+			try {
+				$pdo = pgConnect($this->config);
+				$pdo = null;
+				break;
+			} catch (\Throwable $e) {
+				if (!$this->backoff('waiting', 'db_unreachable', "waiting for database $dbWhere: " . $e->getMessage())) {
+					return EXIT_GAVE_UP;
+				}
+			}
+		}
+		$this->attempt = 0;
+		while (true) {
+			try {
+				redisPing($this->config);
+				break;
+			} catch (\Throwable $e) {
+				if (!$this->backoff('waiting', 'redis_unreachable', 'waiting for redis ' . $e->getMessage())) {
+					return EXIT_GAVE_UP;
+				}
+			}
+		}
+		$this->attempt = 0;
+		while (true) {
+			try {
+				$outcome = $this->underLock();
+			} catch (\Throwable $e) {
+				$outcome = new Outcome('wait', 'db_unreachable', "database error during cluster init ($dbWhere): "
+					. ($e instanceof \PDOException ? describePdoError($e) : $e->getMessage()));
+			}
+			if ($outcome->kind === 'ready') {
+				$row = $outcome->row;
+				self::state('ready', 'ready', '', [
+					'installed' => true, 'version' => $row['version'], 'versionstring' => $row['versionstring'],
+					'instanceid' => $row['instanceid'],
+				]);
+				self::log("ready: cluster {$row['instanceid']} at {$row['version']}");
+				return 0;
+			}
+			if ($outcome->kind === 'fail') {
+				self::state('failed', $outcome->code, $outcome->reason);
+				self::log("not ready: {$outcome->reason}");
+				return EXIT_FAILED;
+			}
+			if (!$this->backoff('waiting', $outcome->code, $outcome->reason)) {
+				return EXIT_GAVE_UP;
+			}
+		}
+	}
+
+	/** Take the cluster lock on its own connection, decide and act, always release the lock. */
+	private function underLock(): Outcome {
+		$lock = pgConnect($this->config);
+		// A node that dies while holding the lock must release it soon: let the server probe the client.
+		$lock->exec("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; SET lock_timeout = '5s'");
+		try {
+			$lock->query('SELECT pg_advisory_lock(' . LOCK_KEY . ')');
+		} catch (\PDOException $e) {
+			if (($e->errorInfo[0] ?? '') === '55P03') {
+				return new Outcome('wait', 'lock_wait', 'waiting for the cluster lock: another node is installing or upgrading');
+			}
+			throw $e;
+		}
+		try {
+			return $this->decide($lock);
+		} finally {
+			try {
+				$lock->query('SELECT pg_advisory_unlock(' . LOCK_KEY . ')');
+			} catch (\Throwable) {
+				// Closing the session releases it anyway.
+			}
+			$lock = null;
+		}
+	}
+
+	private function decide(\PDO $pdo): Outcome {
+		$code = codeVersion();
+		$row = clusterRow($pdo);
+		if ($row === null) {
+			$prefix = (string)($this->config['dbtableprefix'] ?? 'oc_');
+			$nc = $pdo->query("SELECT to_regclass(" . $pdo->quote('public.' . $prefix . 'appconfig') . ") IS NOT NULL AS e")->fetch();
+			if ($nc['e']) {
+				return new Outcome('fail', 'foreign_install', "the database already holds a Nextcloud installation ({$prefix}appconfig) "
+					. 'but no cluster state (table ' . STATE_TABLE . '); refusing to install over it or join it - see the image README, '
+					. '"Adopting an existing installation"');
+			}
+			if (envOr('NEXTCLOUD_ALLOW_INSTALL', '0') !== '1') {
+				return new Outcome('wait', 'not_installed', 'not installed: the database is empty and this node may not install '
+					. '(NEXTCLOUD_ALLOW_INSTALL is not 1); waiting for a node that may');
+			}
+			return $this->install($pdo, $code);
+		}
+		if ($row['instanceid'] !== $this->config['instanceid'] || $row['identity_digest'] !== identityDigest($this->config)) {
+			return new Outcome('fail', 'identity_mismatch', "identity mismatch: the database belongs to instanceid {$row['instanceid']}, "
+				. "this node is {$this->config['instanceid']} (or its passwordsalt/secret differ); fix the node's secrets");
+		}
+		$cmp = version_compare($code['version'], $row['version']);
+		if ($cmp === 0) {
+			return new Outcome('ready', 'ready', '', $row);
+		}
+		if ($cmp < 0) {
+			return new Outcome('fail', 'code_older', "code {$code['version']} is older than the cluster ({$row['version']}): "
+				. 'downgrades are not supported, run an image with Nextcloud >= ' . $row['version']);
+		}
+		if (envOr('NEXTCLOUD_ALLOW_UPGRADE', '0') !== '1') {
+			return new Outcome('wait', 'upgrade_pending', "upgrade pending: code {$code['version']} is newer than the cluster "
+				. "({$row['version']}) and this node may not upgrade (NEXTCLOUD_ALLOW_UPGRADE is not 1); waiting for a node that may");
+		}
+		return $this->upgrade($pdo, $code, $row);
+	}
+
+	private function install(\PDO $pdo, array $code): Outcome {
+		self::state('installing', 'installing', "installing Nextcloud {$code['version']} (this node holds the cluster lock)");
+		self::log("database is empty: installing Nextcloud {$code['version']}");
+		$c = $this->config;
+		$admin = getenv('NEXTCLOUD_ADMIN_USER');
+		$adminPass = getenv('NEXTCLOUD_ADMIN_PASSWORD');
+		if (!$admin || !$adminPass) {
+			return new Outcome('fail', 'config_error', 'cannot install: NEXTCLOUD_ADMIN_USER and NEXTCLOUD_ADMIN_PASSWORD must be set on the installing node');
+		}
+		$scratch = $this->scratchConfig(null);
+		try {
+			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--no-interaction', '--database=pgsql',
+				'--database-host=' . $c['dbhost'], '--database-port=' . $c['dbport'], '--database-name=' . $c['dbname'],
+				'--database-user=' . $c['dbuser'], '--database-pass=' . $c['dbpassword'], '--admin-user=' . $admin,
+				'--admin-pass=' . $adminPass, '--data-dir=' . $c['datadirectory']]);
+			if ($rc !== 0) {
+				return new Outcome('fail', 'install_failed', "occ maintenance:install failed (exit $rc): " . lastLine($out));
+			}
+			$status = $this->status($scratch);
+		} finally {
+			removeTree($scratch);
+		}
+		if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
+			return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
+		}
+		$pdo->beginTransaction();
+		$pdo->exec('CREATE TABLE IF NOT EXISTS ' . STATE_TABLE . ' (
+			id smallint PRIMARY KEY CHECK (id = 1),
+			instanceid text NOT NULL,
+			identity_digest text NOT NULL,
+			version text NOT NULL,
+			versionstring text NOT NULL,
+			installed_at timestamptz NOT NULL DEFAULT now(),
+			updated_at timestamptz NOT NULL DEFAULT now(),
+			updated_by text NOT NULL)');
+		$ins = $pdo->prepare('INSERT INTO ' . STATE_TABLE . ' (id, instanceid, identity_digest, version, versionstring, updated_by)
+			VALUES (1, ?, ?, ?, ?, ?)');
+		$ins->execute([$c['instanceid'], identityDigest($c), $status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
+		$pdo->commit();
+		self::log("installed Nextcloud {$status['version']} as cluster {$c['instanceid']}");
+		return new Outcome('ready', 'ready', '', clusterRow($pdo));
+	}
+
+	private function upgrade(\PDO $pdo, array $code, array $row): Outcome {
+		self::state('upgrading', 'upgrading', "upgrading the cluster from {$row['version']} to {$code['version']} (this node holds the cluster lock)");
+		self::log("upgrading the cluster from {$row['version']} to {$code['version']}");
+		$scratch = $this->scratchConfig(['installed' => true, 'version' => $row['version'], 'maintenance' => false]);
+		try {
+			[$rc, $out] = $this->occ($scratch, ['upgrade', '--no-interaction']);
+			if ($rc !== 0) {
+				return new Outcome('fail', 'upgrade_failed', "occ upgrade from {$row['version']} failed (exit $rc): " . lastLine($out));
+			}
+			$status = $this->status($scratch);
+		} finally {
+			removeTree($scratch);
+		}
+		if (($status['needsDbUpgrade'] ?? true) !== false || ($status['version'] ?? null) !== $code['version']) {
+			return new Outcome('fail', 'upgrade_failed', 'occ upgrade finished but occ status still reports version '
+				. ($status['version'] ?? '?') . ' / needsDbUpgrade');
+		}
+		$upd = $pdo->prepare('UPDATE ' . STATE_TABLE . ' SET version = ?, versionstring = ?, updated_at = now(), updated_by = ? WHERE id = 1');
+		$upd->execute([$status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
+		self::log("upgraded the cluster to {$status['version']}");
+		return new Outcome('ready', 'ready', '', clusterRow($pdo));
+	}
+
+	/**
+	 * A private config dir on tmpfs for one occ run (NEXTCLOUD_CONFIG_DIR): occ writes its config.php there
+	 * (secrets included) instead of into the image's webroot, and it is removed afterwards. It links the
+	 * webroot's *.config.php, so the cluster config still applies; only this occ process sees it writable.
+	 */
+	private function scratchConfig(?array $initial): string {
+		$owner = occOwner();
+		$dir = stateDir() . '/occ-config-' . getmypid();
+		removeTree($dir);
+		if (!mkdir($dir, 0700)) {
+			throw new \RuntimeException("cannot create $dir");
+		}
+		chown($dir, $owner['uid']);
+		foreach (glob(webroot() . '/config/*.config.php') ?: [] as $f) {
+			symlink($f, $dir . '/' . basename($f));
+		}
+		// occ insists on being run by the owner of config.php, like the web server user in the image.
+		$php = "<?php\n\$CONFIG = " . var_export($initial ?? [], true) . ";\n";
+		atomicWrite($dir . '/config.php', $php, 0640, $owner['uid'], $owner['gid']);
+		return $dir;
+	}
+
+	/** Run occ as the webroot's owner with the scratch config; returns [exit code, combined output]. */
+	private function occ(string $configDir, array $args): array {
+		$owner = occOwner();
+		$cmd = [PHP_BINARY, '-d', 'apc.enable_cli=1', '-d', 'memory_limit=512M', webroot() . '/occ', ...$args];
+		if (posix_geteuid() === 0 && $owner['uid'] !== 0) {
+			$cmd = ['runuser', '-u', $owner['name'], '--', ...$cmd];
+		}
+		$env = getenv();
+		$env['NEXTCLOUD_CONFIG_DIR'] = $configDir;
+		$env['NEXTCLOUD_CLUSTER_OCC_RUN'] = '1';
+		$proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes, webroot(), $env);
+		if (!is_resource($proc)) {
+			throw new \RuntimeException('cannot start occ');
+		}
+		$out = (string)stream_get_contents($pipes[1]);
+		fclose($pipes[1]);
+		$rc = proc_close($proc);
+		foreach (explode("\n", trim($out)) as $line) {
+			if ($line !== '' && $args[0] !== 'status') {
+				self::log("occ {$args[0]}: $line");
+			}
+		}
+		return [$rc, $out];
+	}
+
+	private function status(string $configDir): array {
+		[$rc, $out] = $this->occ($configDir, ['status', '--output=json']);
+		$start = strpos($out, '{');
+		$json = $start === false ? null : json_decode(substr($out, $start), true);
+		if ($rc !== 0 || !is_array($json)) {
+			throw new \RuntimeException("occ status failed (exit $rc): " . lastLine($out));
+		}
+		return $json;
+	}
+}
+
+function lastLine(string $out): string {
+	$lines = array_values(array_filter(array_map('trim', explode("\n", $out)), 'strlen'));
+	return redact($lines === [] ? '(no output)' : substr(end($lines), 0, 300));
+}
+
+function removeTree(string $dir): void {
+	if (!is_dir($dir) || is_link($dir)) {
+		return;
+	}
+	foreach (scandir($dir) ?: [] as $f) {
+		if ($f === '.' || $f === '..') {
+			continue;
+		}
+		$p = "$dir/$f";
+		is_dir($p) && !is_link($p) ? removeTree($p) : unlink($p);
+	}
+	rmdir($dir);
+}
+
+/** occ runs as the owner of the webroot's occ file: www-data in the image, the test user on the host. */
+function occOwner(): array {
+	$uid = fileowner(webroot() . '/occ');
+	$pw = $uid === false ? false : posix_getpwuid($uid);
+	if ($pw === false) {
+		throw new \RuntimeException('cannot determine the owner of ' . webroot() . '/occ');
+	}
+	return ['uid' => $pw['uid'], 'gid' => $pw['gid'], 'name' => $pw['name']];
+}
+
+/** PHP session settings for Redis (phpredis handler); tls:// scheme when NEXTCLOUD_REDIS_TLS=1. */
+function writePhpIni(): void {
+	$dir = stateDir() . '/php';
+	if (!is_dir($dir) && !mkdir($dir, 0700, true)) {
+		throw new \RuntimeException("cannot create $dir");
+	}
+	$host = (string)getenv('NEXTCLOUD_REDIS_HOST');
+	$port = envOr('NEXTCLOUD_REDIS_PORT', '6379');
+	if ($host === '' || !preg_match('/^[A-Za-z0-9.:\[\]-]+$/', $host) || !ctype_digit($port)) {
+		// cluster.config.php reports the missing/invalid variable; sessions stay on PHP's default meanwhile.
+		@unlink("$dir/zz-nextcloud-cluster-session.ini");
+		return;
+	}
+	$scheme = envOr('NEXTCLOUD_REDIS_TLS', '0') === '1' ? 'tls' : 'tcp';
+	$path = "$scheme://$host:$port";
+	$pass = (string)getenv('NEXTCLOUD_REDIS_PASSWORD');
+	if ($pass !== '') {
+		$path .= '?auth=' . rawurlencode($pass);
+	}
+	$ini = "; Written at container start by cluster-init.php; on tmpfs because it holds the Redis password.\n"
+		. "session.save_handler = redis\n"
+		. "session.save_path = \"$path\"\n"
+		. "redis.session.locking_enabled = 1\n"
+		. "redis.session.lock_retries = -1\n"
+		. "redis.session.lock_wait_time = 10000\n";
+	atomicWrite("$dir/zz-nextcloud-cluster-session.ini", $ini, 0600);
+}
+
+function main(array $argv): int {
+	$dir = stateDir();
+	if (!is_dir($dir) && !mkdir($dir, 0755, true)) {
+		fwrite(STDERR, "nextcloud-cluster-init: cannot create state dir $dir (NEXTCLOUD_CLUSTER_STATE_DIR)\n");
+		return EXIT_FAILED;
+	}
+	if (in_array('--write-php-ini', $argv, true)) {
+		writePhpIni();
+		return 0;
+	}
+	Init::state('starting', 'init_pending', 'cluster init starting');
+	try {
+		$config = loadConfig(webroot() . '/config');
+	} catch (\Throwable $e) {
+		Init::state('failed', 'config_error', 'configuration error: ' . $e->getMessage());
+		Init::log('configuration error: ' . $e->getMessage());
+		return EXIT_FAILED;
+	}
+	try {
+		codeVersion();
+	} catch (\Throwable $e) {
+		Init::state('failed', 'code_missing', $e->getMessage());
+		return EXIT_FAILED;
+	}
+	return (new Init($config))->run();
+}
+
+exit(main($argv));

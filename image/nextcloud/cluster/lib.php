@@ -1,0 +1,293 @@
+<?php
+/*
+ * Shared code of the cluster init (cluster-init.php) and the readiness endpoint (readyz/readyz.php).
+ * It needs no Nextcloud code: it reads the config the way Nextcloud merges it, version.php, and talks to
+ * PostgreSQL (PDO pgsql) and Redis (phpredis) itself, so it behaves the same on the official image and on
+ * the stand-in base.
+ *
+ * Paths have container defaults and can be overridden by the environment, so tests run these very files
+ * on the host: NEXTCLOUD_WEBROOT, NEXTCLOUD_CLUSTER_STATE_DIR, NEXTCLOUD_RUNTIME_ENV_FILE.
+ */
+
+declare(strict_types=1);
+
+namespace NextcloudCluster;
+
+/** Cluster-wide PostgreSQL advisory lock key ("NCCLUST" in ASCII): install/upgrade run under it. */
+const LOCK_KEY = 0x4E43434C555354;
+/** Our own table: the cluster state every node joins from (see README.md). */
+const STATE_TABLE = 'nextcloud_cluster_state';
+
+function envOr(string $name, string $default): string {
+	$v = getenv($name);
+	return ($v === false || $v === '') ? $default : $v;
+}
+
+function webroot(): string {
+	return rtrim(envOr('NEXTCLOUD_WEBROOT', '/var/www/html'), '/');
+}
+
+function stateDir(): string {
+	return rtrim(envOr('NEXTCLOUD_CLUSTER_STATE_DIR', '/dev/shm/nextcloud-cluster'), '/');
+}
+
+function configDir(): string {
+	return rtrim(envOr('NEXTCLOUD_CONFIG_DIR', webroot() . '/config'), '/');
+}
+
+/**
+ * The config as Nextcloud sees it: config.php, then every config/*.config.php in natural order (later
+ * keys win, top-level merge like array_merge), then NC_<key> environment overrides (strings).
+ * Throws whatever a config file throws (e.g. cluster.config.php naming a missing variable).
+ */
+function loadConfig(?string $dir = null): array {
+	$dir = $dir ?? configDir();
+	$files = [$dir . '/config.php'];
+	$extra = glob($dir . '/*.config.php');
+	if (is_array($extra)) {
+		natsort($extra);
+		$files = array_merge($files, array_values($extra));
+	}
+	$merged = [];
+	foreach ($files as $file) {
+		if (!is_file($file)) {
+			continue;
+		}
+		$one = (static function (string $__file) {
+			include $__file;
+			return isset($CONFIG) && is_array($CONFIG) ? $CONFIG : [];
+		})($file);
+		$merged = array_merge($merged, $one);
+	}
+	foreach (getenv() as $name => $value) {
+		if (str_starts_with((string)$name, 'NC_')) {
+			$merged[substr((string)$name, 3)] = $value;
+		}
+	}
+	return $merged;
+}
+
+/** Truthiness the way Nextcloud's getSystemValueBool() treats config and NC_ strings. */
+function configBool(array $config, string $key): bool {
+	$v = $config[$key] ?? false;
+	if (is_string($v)) {
+		return in_array(strtolower($v), ['1', 'true', 'yes', 'on'], true);
+	}
+	return (bool)$v;
+}
+
+/** Code version from version.php: ['version' => '29.0.7.1', 'versionstring' => '29.0.7']. */
+function codeVersion(?string $webroot = null): array {
+	$file = ($webroot ?? webroot()) . '/version.php';
+	if (!is_file($file)) {
+		throw new \RuntimeException("no Nextcloud code: $file is missing");
+	}
+	[$v, $s] = (static function (string $__file): array {
+		include $__file;
+		return [$OC_Version ?? null, $OC_VersionString ?? null];
+	})($file);
+	if (!is_array($v) || $v === []) {
+		throw new \RuntimeException("$file does not define \$OC_Version");
+	}
+	return ['version' => implode('.', $v), 'versionstring' => (string)($s ?? implode('.', array_slice($v, 0, 3)))];
+}
+
+function readState(?string $dir = null): ?array {
+	$file = ($dir ?? stateDir()) . '/state.json';
+	$raw = @file_get_contents($file);
+	if ($raw === false) {
+		return null;
+	}
+	$state = json_decode($raw, true);
+	return is_array($state) ? $state : null;
+}
+
+/** Write-then-rename in the same directory: readers see the old or the new file, never a partial one. */
+function atomicWrite(string $path, string $content, int $mode = 0644, ?int $uid = null, ?int $gid = null): void {
+	$tmp = $path . '.tmp.' . getmypid() . '.' . bin2hex(random_bytes(4));
+	$fh = fopen($tmp, 'x');
+	if ($fh === false) {
+		throw new \RuntimeException("cannot create $tmp");
+	}
+	try {
+		chmod($tmp, $mode);
+		if ($uid !== null) {
+			chown($tmp, $uid);
+			chgrp($tmp, $gid ?? $uid);
+		}
+		if (fwrite($fh, $content) !== strlen($content) || !fflush($fh)) {
+			throw new \RuntimeException("short write to $tmp");
+		}
+	} catch (\Throwable $e) {
+		fclose($fh);
+		@unlink($tmp);
+		throw $e;
+	}
+	fclose($fh);
+	if (!rename($tmp, $path)) {
+		@unlink($tmp);
+		throw new \RuntimeException("cannot rename $tmp to $path");
+	}
+}
+
+function writeState(array $state, ?string $dir = null): void {
+	$dir = $dir ?? stateDir();
+	$state['updated_at'] = gmdate('Y-m-d\TH:i:s\Z');
+	$state['host'] = gethostname();
+	atomicWrite($dir . '/state.json', json_encode($state, JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES) . "\n", 0644);
+}
+
+/** Every secret value in the environment, longest first, to scrub from anything we log or report. */
+function secretValues(): array {
+	$out = [];
+	foreach (['NEXTCLOUD_DB_PASSWORD', 'NEXTCLOUD_REDIS_PASSWORD', 'NEXTCLOUD_PASSWORDSALT', 'NEXTCLOUD_SECRET',
+		'NEXTCLOUD_ADMIN_PASSWORD', 'NEXTCLOUD_S3_SECRET'] as $name) {
+		$v = getenv($name);
+		if (is_string($v) && strlen($v) >= 3) {
+			$out[] = $v;
+			$out[] = rawurlencode($v);
+		}
+	}
+	usort($out, static fn ($a, $b) => strlen($b) <=> strlen($a));
+	return array_unique($out);
+}
+
+function redact(string $text): string {
+	foreach (secretValues() as $v) {
+		$text = str_replace($v, '***', $text);
+	}
+	return $text;
+}
+
+/** PDO connection to the cluster database from the merged config, with a short connect timeout. */
+function pgConnect(array $config, int $timeoutSeconds = 3): \PDO {
+	$dsn = sprintf(
+		'pgsql:host=%s;port=%d;dbname=%s;connect_timeout=%d;application_name=nextcloud-cluster',
+		$config['dbhost'] ?? '', (int)($config['dbport'] ?? 5432), $config['dbname'] ?? '', max(2, $timeoutSeconds)
+	);
+	try {
+		return new \PDO($dsn, (string)($config['dbuser'] ?? ''), (string)($config['dbpassword'] ?? ''), [
+			\PDO::ATTR_ERRMODE => \PDO::ERRMODE_EXCEPTION,
+			\PDO::ATTR_DEFAULT_FETCH_MODE => \PDO::FETCH_ASSOC,
+		]);
+	} catch (\PDOException $e) {
+		throw new \RuntimeException(describePdoError($e), 0, $e);
+	}
+}
+
+/** One readable line from a PDO error (libpq messages span several lines), secrets scrubbed. */
+function describePdoError(\Throwable $e): string {
+	$msg = preg_replace('/^SQLSTATE\[[^\]]*\]\s*(\[[^\]]*\]\s*)?/', '', $e->getMessage());
+	$lines = array_values(array_filter(array_map('trim', explode("\n", (string)$msg)), 'strlen'));
+	return redact(implode(' / ', array_slice($lines, 0, 2)));
+}
+
+/** The recorded cluster state row, or null when the table does not exist (not installed by us). */
+function clusterRow(\PDO $pdo): ?array {
+	$exists = $pdo->query("SELECT to_regclass('public." . STATE_TABLE . "') IS NOT NULL AS e")->fetch();
+	if (!$exists['e']) {
+		return null;
+	}
+	$row = $pdo->query('SELECT instanceid, identity_digest, version, versionstring, installed_at, updated_at, updated_by FROM '
+		. STATE_TABLE . ' WHERE id = 1')->fetch();
+	return $row === false ? null : $row;
+}
+
+/** What ties a node to a cluster: all three identity values, hashed (the salt and secret are not stored). */
+function identityDigest(array $config): string {
+	return hash('sha256', "nextcloud-cluster-identity\0" . ($config['instanceid'] ?? '') . "\0"
+		. ($config['passwordsalt'] ?? '') . "\0" . ($config['secret'] ?? ''));
+}
+
+/** Connect to Redis like Nextcloud does from the 'redis' config (tls:// host, ssl_context, password). */
+function redisPing(array $config, float $timeout = 1.5): void {
+	if (!class_exists('Redis')) {
+		throw new \RuntimeException('the PHP redis extension is not loaded');
+	}
+	$rc = $config['redis'] ?? [];
+	$r = new \Redis();
+	$ctx = isset($rc['ssl_context']) ? ['stream' => $rc['ssl_context']] : [];
+	try {
+		$ok = @$r->connect((string)($rc['host'] ?? ''), (int)($rc['port'] ?? 6379), $timeout, null, 0, $timeout, $ctx);
+		if (!$ok) {
+			throw new \RuntimeException('connection failed');
+		}
+		if (isset($rc['password']) && $rc['password'] !== '' && !$r->auth($rc['password'])) {
+			throw new \RuntimeException('authentication failed');
+		}
+		$pong = $r->ping();
+		if ($pong !== true && $pong !== '+PONG' && $pong !== 'PONG') {
+			throw new \RuntimeException('unexpected PING answer');
+		}
+	} catch (\Throwable $e) {
+		throw new \RuntimeException(sprintf('%s:%d: %s', $rc['host'] ?? '?', $rc['port'] ?? 0, redact($e->getMessage())), 0, $e);
+	} finally {
+		try {
+			$r->close();
+		} catch (\Throwable) {
+		}
+	}
+}
+
+/**
+ * The readiness verdict: ['ready' => bool, 'code' => string, 'reason' => string, ...].
+ * Order: config, cluster init state, installed, maintenance, upgrade pending, DB (and cluster row), Redis.
+ */
+function readiness(): array {
+	$notReady = static fn (string $code, string $reason, array $extra = []) => ['ready' => false, 'code' => $code, 'reason' => $reason] + $extra;
+	try {
+		$config = loadConfig();
+	} catch (\Throwable $e) {
+		return $notReady('config_error', 'configuration error: ' . redact($e->getMessage()));
+	}
+	$state = readState();
+	if ($state === null) {
+		return $notReady('init_pending', 'cluster init has not reported yet (no ' . stateDir() . '/state.json)');
+	}
+	if (($state['phase'] ?? '') !== 'ready') {
+		return $notReady((string)($state['code'] ?? 'init_pending'), (string)($state['reason'] ?? 'cluster init in progress'),
+			['phase' => $state['phase'] ?? null]);
+	}
+	if (!configBool($config, 'installed')) {
+		return $notReady('not_installed', 'not installed (config says installed=false)');
+	}
+	if (configBool($config, 'maintenance')) {
+		return $notReady('maintenance', 'maintenance mode is on');
+	}
+	try {
+		$code = codeVersion();
+	} catch (\Throwable $e) {
+		return $notReady('code_missing', $e->getMessage());
+	}
+	$installed = (string)($config['version'] ?? '');
+	if (version_compare($code['version'], $installed, '>')) {
+		return $notReady('upgrade_pending', "upgrade pending: code {$code['version']} is newer than installed $installed");
+	}
+	if (version_compare($code['version'], $installed, '<')) {
+		return $notReady('code_older', "code {$code['version']} is older than installed $installed (downgrade is not supported)");
+	}
+	try {
+		$pdo = pgConnect($config, 2);
+		$row = clusterRow($pdo);
+	} catch (\Throwable $e) {
+		$msg = $e instanceof \PDOException ? describePdoError($e) : redact($e->getMessage());
+		return $notReady('db_unreachable', sprintf('database unreachable (%s:%s): %s', $config['dbhost'] ?? '?', $config['dbport'] ?? '?', $msg));
+	}
+	$pdo = null;
+	if ($row === null) {
+		return $notReady('not_installed', 'not installed: the database holds no cluster state');
+	}
+	if ($row['instanceid'] !== ($config['instanceid'] ?? null) || $row['identity_digest'] !== identityDigest($config)) {
+		return $notReady('identity_mismatch', "identity mismatch: the database belongs to instanceid {$row['instanceid']}, this node is "
+			. ($config['instanceid'] ?? '?') . ' (or its passwordsalt/secret differ)');
+	}
+	if ($row['version'] !== $installed) {
+		return $notReady('cluster_changed', "cluster is now at {$row['version']}, this node joined at $installed: restart it");
+	}
+	try {
+		redisPing($config);
+	} catch (\Throwable $e) {
+		return $notReady('redis_unreachable', 'redis unreachable: ' . $e->getMessage());
+	}
+	return ['ready' => true, 'code' => 'ready', 'reason' => '', 'version' => $installed, 'versionstring' => $code['versionstring']];
+}

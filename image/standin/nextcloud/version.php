@@ -1,0 +1,12 @@
+<?php
+// TEST FIXTURE (stand-in Nextcloud code tree, see README.md): the same variables as Nextcloud's version.php.
+$OC_Version = array(29, 0, 7, 1);
+$OC_VersionString = '29.0.7';
+$OC_Edition = '';
+$OC_Channel = 'stable';
+$OC_VersionCanBeUpgradedFrom = array(
+	'nextcloud' => array('28.0' => true, '29.0' => true),
+	'owncloud' => array('10.13' => true),
+);
+$OC_Build = 'stand-in test fixture, no Nextcloud code';
+$vendor = 'nextcloud';
