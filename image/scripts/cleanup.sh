@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Last provisioning step: removes everything that is per-instance identity, build residue
+# or history, so every instance booted from the image starts as a first boot.
+#   STAGING_DIR  uploaded sources to remove
+set -o errexit -o nounset -o pipefail
+
+: "${STAGING_DIR:?STAGING_DIR is required (uploaded sources to remove)}"
+
+rm -rf "${STAGING_DIR}"
+
+# Build residue: Docker's build cache, apt's package cache and lists.
+docker builder prune --all --force > /dev/null
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+
+# Identity, regenerated at first boot: SSH host keys (cloud-init), machine-id (systemd;
+# an empty file means "first boot"), cloud-init state and seeds, DHCP leases, random seed.
+rm -f /etc/ssh/ssh_host_*
+truncate -s 0 /etc/machine-id
+if [[ -f /var/lib/dbus/machine-id && ! -L /var/lib/dbus/machine-id ]]; then
+  rm -f /var/lib/dbus/machine-id
+fi
+cloud-init clean --logs --seeds
+rm -f /var/lib/dhcp/*.leases /var/lib/systemd/random-seed /var/lib/docker/engine-id
+
+# The build's SSH key and any shell history.
+rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
+rm -f /root/.bash_history /home/*/.bash_history /root/.lesshst /home/*/.lesshst
+
+# Logs of the build (the journal included) and temporary files. Packer's own scripts
+# live in /tmp; the running one is already open, so removing it is safe.
+if command -v journalctl > /dev/null; then
+  journalctl --rotate > /dev/null 2>&1 || true
+  journalctl --vacuum-time=1s > /dev/null 2>&1 || true
+fi
+find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f ! -path '/var/log/journal/*' -exec truncate -s 0 {} +
+rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]*
+
+sync

@@ -1,0 +1,304 @@
+"""Bake the local twin's image: Packer's qemu source on the base disk, under TCG.
+
+``build_local_image()`` is what ``inv build-ami --env local`` calls. It takes the rendered
+build directory (``build/<env>/``: packer-vars.json, nextcloud.env, fingerprint), makes
+sure the base disk and the stand-in Nextcloud archive are cached, runs
+``packer build -only=qemu.nextcloud`` and writes ``build/<env>/manifest.json``::
+
+    {"artifact_id": ".../artifacts/<fingerprint>/nextcloud.qcow2", "sha256": "...",
+     "fingerprint": "...", "reused": false, "built_at": "...Z", "kernel": "...",
+     "initrd": "...", "timings": {...}, ...}
+
+With unchanged inputs (an artifact for this fingerprint, built on the same base disk and
+stand-in archive, whose sha256 still matches) it returns that artifact with
+``reused: true`` without starting a VM. The artifact is made read-only: instances boot
+from qcow2 overlays (``qemu-img create -b``), never from the artifact itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from infra.localtwin import base_disk, standin
+from infra.packer import PackerError, run_packer_build
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = REPO_ROOT / "packer"
+ONLY = "qemu.nextcloud"
+QCOW2_NAME = "nextcloud.qcow2"
+RENDERED = ("packer-vars.json", "nextcloud.env", "fingerprint")
+
+Log = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """The local image cannot be built; the message says why and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_fingerprint(build_dir: Path) -> str:
+    """The rendered fingerprint (one hex sha256 line); BuildError when missing or malformed."""
+    missing = [name for name in RENDERED if not (build_dir / name).is_file()]
+    if missing:
+        raise BuildError(
+            f"{build_dir} lacks {', '.join(missing)}: render the environment first (inv render --env <env>)"
+        )
+    fingerprint = (build_dir / "fingerprint").read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+        raise BuildError(f"{build_dir / 'fingerprint'} is not a hex sha256 line; re-render the environment")
+    return fingerprint
+
+
+def literal_secrets(user_data: Path) -> list[str]:
+    """Secret values written literally (``literal:<value>``) in rendered user data.
+
+    The local environment carries its secrets as literals; the bake must never see them,
+    so they become canaries that validate.sh proves are nowhere on the image.
+    """
+    if not user_data.is_file():
+        return []
+    values = re.findall(r'literal:([^"\\\s]*)', user_data.read_text())
+    return sorted({v for v in values if len(v) >= 8})
+
+
+def _git_sha() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return f"{sha}-dirty" if git("status", "--porcelain", "--", "packer", "image", "infra") else sha
+
+
+def _artifact_record(artifact_dir: Path) -> dict | None:
+    try:
+        return json.loads((artifact_dir / "artifact.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def find_reusable_artifact(build_dir: Path, fingerprint: str, base_key: str, standin_key: str) -> dict | None:
+    """The recorded artifact for this fingerprint and these cached inputs, if intact; else None."""
+    record = _artifact_record(build_dir / "artifacts" / fingerprint)
+    if not record:
+        return None
+    if (record.get("fingerprint"), record.get("base_disk_key"), record.get("standin_key")) != (
+        fingerprint, base_key, standin_key,
+    ):
+        return None
+    paths = [Path(record.get(k, "")) for k in ("artifact_id", "kernel", "initrd")]
+    if not all(p.is_file() for p in paths):
+        return None
+    if _sha256(paths[0]) != record.get("sha256"):
+        return None
+    return record
+
+
+def _write_seed(seed_dir: Path, public_key: str) -> None:
+    """NoCloud seed for the bake VM: only the bake's throwaway key for the default user."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / "user-data").write_text(
+        "#cloud-config\n"
+        "# Bake only: lets Packer log in as the default user. cleanup.sh removes the key.\n"
+        f"ssh_authorized_keys:\n  - {public_key}\n"
+    )
+    (seed_dir / "meta-data").write_text(f"instance-id: bake-{secrets.token_hex(8)}\nlocal-hostname: nextcloud-bake\n")
+
+
+def extract_boot_files(qcow2: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy the kernel and initrd out of the baked image (what it will really boot).
+
+    Host-side, without mounting: convert to a sparse raw file and read /boot with debugfs.
+    """
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        raw = Path(tmp) / "disk.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow2), str(raw)], check=True)
+        listing = subprocess.run(
+            ["debugfs", "-R", "ls -p /boot", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+        names = [fields[4] for line in listing.splitlines() if len(fields := line.strip("/").split("/")) > 4]
+        kernels = sorted(n for n in names if n.startswith("vmlinuz-"))
+        initrds = sorted(n for n in names if n.startswith("initrd.img-"))
+        if len(kernels) != 1 or len(initrds) != 1:
+            raise BuildError(f"baked image: expected one kernel and one initrd in /boot, found {kernels} {initrds}")
+        out = []
+        for name, target in ((kernels[0], "vmlinuz"), (initrds[0], "initrd.img")):
+            path = dest / target
+            path.unlink(missing_ok=True)
+            subprocess.run(
+                ["debugfs", "-R", f"dump /boot/{name} {path}", str(raw)], capture_output=True, check=True
+            )
+            if not path.is_file() or path.stat().st_size == 0:
+                raise BuildError(f"baked image: could not extract /boot/{name}")
+            path.chmod(0o444)
+            out.append(path)
+    return out[0], out[1]
+
+
+def build_local_image(
+    env: str = "local",
+    *,
+    build_root: Path = REPO_ROOT / "build",
+    extra_canaries: Sequence[str] = (),
+    force: bool = False,
+    log: Log = print,
+) -> dict:
+    """Bake (or reuse) the local image of ``build/<env>/`` and return its manifest.
+
+    ``extra_canaries`` are strings validate.sh must not find on the image (the literal
+    secrets of ``build/<env>/user-data.yaml`` and two random canaries are always added).
+    ``force`` bakes even when a reusable artifact exists. Raises BuildError (bad or
+    missing inputs) or PackerError (the bake failed; Packer's output says where).
+    """
+    started = time.monotonic()
+    build_dir = (build_root / env).resolve()
+    fingerprint = read_fingerprint(build_dir)
+    if not (REPO_ROOT / "image" / "nextcloud" / "Dockerfile").is_file():
+        raise BuildError("image/nextcloud/Dockerfile is missing: the image overlay has to exist before a bake")
+    base_key = base_disk.base_disk_key()
+    try:
+        standin_key = standin.standin_key()
+    except RuntimeError as exc:
+        raise BuildError(str(exc)) from exc
+    manifest_path = build_dir / "manifest.json"
+    artifact_dir = build_dir / "artifacts" / fingerprint
+
+    if not force:
+        record = find_reusable_artifact(build_dir, fingerprint, base_key, standin_key)
+        if record:
+            manifest = {**record, "reused": True}
+            manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+            log(f"bake: reusing {record['artifact_id']} (fingerprint {fingerprint[:12]}, inputs unchanged)")
+            return manifest
+
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    base = base_disk.ensure_base_disk(log=log)
+    timings["base_disk_seconds"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    try:
+        archive = standin.ensure_standin_archive(log=log)
+    except RuntimeError as exc:
+        raise BuildError(str(exc)) from exc
+    timings["standin_archive_seconds"] = round(time.monotonic() - t, 1)
+
+    # Packer refuses an existing output directory; whatever is there is a failed bake.
+    if artifact_dir.exists():
+        for p in artifact_dir.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(artifact_dir)
+    artifact_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = build_dir / ".bake"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700)
+    key = work / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "packer-bake", "-f", str(key)], check=True
+    )
+    _write_seed(work / "seed", (work / "id_ed25519.pub").read_text().strip())
+
+    canaries = [f"canary-{secrets.token_hex(16)}" for _ in range(2)]
+    canaries += literal_secrets(build_dir / "user-data.yaml") + [c for c in extra_canaries if c]
+    if any("," in c for c in canaries):
+        raise BuildError("a canary contains a comma; VALIDATE_CANARIES is comma-separated")
+    build_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    variables = {
+        "fingerprint": fingerprint,
+        "git_sha": _git_sha(),
+        "build_time": build_time,
+        "build_dir": str(build_dir),
+        "output_dir": str(artifact_dir),
+        "base_disk": str(base.disk),
+        "base_image": base.label,
+        "kernel": str(base.kernel),
+        "initrd": str(base.initrd),
+        "standin_archive": str(archive),
+        "ssh_private_key_file": str(key),
+        "bake_seed_dir": str(work / "seed"),
+    }
+    log(f"bake: packer build -only={ONLY} (fingerprint {fingerprint[:12]}, TCG: several minutes) ...")
+    t = time.monotonic()
+    try:
+        result = run_packer_build(
+            TEMPLATE_DIR,
+            var_file=build_dir / "packer-vars.json",
+            variables=variables,
+            sensitive_variables={"validate_canaries": ",".join(canaries)},
+            only=ONLY,
+            manifest_path=build_dir / "packer-manifest.json",
+            log=log,
+            cwd=REPO_ROOT,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timings["bake_seconds"] = round(time.monotonic() - t, 1)
+
+    qcow2s = [Path(f) for f in result.entry.files if f.endswith(".qcow2")]
+    if len(qcow2s) != 1 or not qcow2s[0].is_file():
+        raise PackerError(f"Packer manifest lists no single qcow2 artifact: {result.entry.files}")
+    qcow2 = qcow2s[0].resolve()
+    t = time.monotonic()
+    kernel, initrd = extract_boot_files(qcow2, artifact_dir)
+    qcow2.chmod(0o444)
+    sha = _sha256(qcow2)
+    timings["finalize_seconds"] = round(time.monotonic() - t, 1)
+    timings["total_seconds"] = round(time.monotonic() - started, 1)
+
+    record = {
+        "artifact_id": str(qcow2),
+        "sha256": sha,
+        "size_bytes": qcow2.stat().st_size,
+        "fingerprint": fingerprint,
+        "reused": False,
+        "built_at": build_time,
+        "kernel": str(kernel),
+        "initrd": str(initrd),
+        "git_sha": variables["git_sha"],
+        "base_image": base.label,
+        "base_disk_key": base_key,
+        "standin_key": standin_key,
+        "packer_run_uuid": result.entry.packer_run_uuid,
+        "timings": {**timings, "packer_steps": str(result.timings_path)},
+    }
+    (artifact_dir / "artifact.json").write_text(json.dumps(record, indent=2) + "\n")
+    manifest_path.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"bake: {qcow2} ({record['size_bytes'] / 1e6:.0f} MB) in {timings['bake_seconds']:.0f}s")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m infra.localtwin.build [ENV] [--force]``: bake and print the manifest."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    force = "--force" in args
+    rest = [a for a in args if a != "--force"]
+    try:
+        manifest = build_local_image(rest[0] if rest else "local", force=force)
+    except (BuildError, PackerError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main())

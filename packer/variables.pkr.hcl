@@ -1,0 +1,168 @@
+# Inputs of the bake. Two kinds:
+# - rendered from environments/<env>.toml into build/<env>/packer-vars.json (-var-file);
+#   they determine the image and are covered by the fingerprint;
+# - volatile or machine-specific, passed by infra/ with -var at build time (they must not
+#   change the fingerprint): fingerprint, git_sha, build_time, paths, canaries.
+
+packer {
+  required_version = ">= 1.6.6"
+}
+
+# ---- rendered (build/<env>/packer-vars.json) ----
+
+variable "env_name" {
+  type        = string
+  description = "Environment name (environments/<env>.toml)."
+}
+
+variable "region" {
+  type        = string
+  description = "AWS region the AMI is built in."
+  default     = "eu-central-1"
+}
+
+variable "instance_type" {
+  type        = string
+  description = "EC2 instance type of the build instance."
+  default     = "t3.medium"
+}
+
+variable "source_ami_owner" {
+  type        = string
+  description = "Owner account of the source AMI (Debian: 136693071363)."
+  default     = "136693071363"
+}
+
+variable "source_ami_name_filter" {
+  type        = string
+  description = "Name filter of the source AMI; the most recent match is used."
+  default     = "debian-12-amd64-*"
+}
+
+variable "ami_name_prefix" {
+  type        = string
+  description = "AMI names are <prefix>-<fingerprint[:12]>-<build time>."
+  default     = "nextcloud"
+}
+
+variable "ami_regions" {
+  type        = list(string)
+  description = "Extra regions the AMI is copied to."
+  default     = []
+}
+
+variable "extra_tags" {
+  type        = map(string)
+  description = "Tags added to the AMI, its snapshots and the build's temporary resources."
+  default     = {}
+}
+
+variable "debian_release" {
+  type        = string
+  description = "Debian release of the source image (recorded, not used to select)."
+  default     = "bookworm"
+}
+
+variable "nextcloud_image" {
+  type        = string
+  description = "Base Nextcloud image: full reference with @sha256 digest, or <name>:<tag>@local for the stand-in."
+}
+
+variable "nextcloud_version" {
+  type        = string
+  description = "Nextcloud version of nextcloud_image, e.g. 29.0.7."
+}
+
+variable "docker_version" {
+  type        = string
+  description = "\"debian\" for Debian's docker.io, otherwise the apt version pin of docker-ce."
+}
+
+variable "root_volume_size_gb" {
+  type        = number
+  description = "Root volume size of the image in GiB."
+  default     = 20
+}
+
+variable "ssh_username" {
+  type        = string
+  description = "Default user of the source image."
+  default     = "admin"
+}
+
+# ---- volatile (-var from infra/) ----
+
+variable "fingerprint" {
+  type        = string
+  description = "sha256 of the rendered inputs (build/<env>/fingerprint)."
+}
+
+variable "git_sha" {
+  type        = string
+  description = "Commit the image is built from."
+}
+
+variable "build_time" {
+  type        = string
+  description = "Build start, RFC 3339 UTC (e.g. 2026-01-02T03:04:05Z)."
+}
+
+variable "build_dir" {
+  type        = string
+  description = "Absolute path of build/<env> (nextcloud.env in, manifest out)."
+}
+
+variable "output_dir" {
+  type        = string
+  description = "qemu only: directory the qcow2 is written to (must not exist)."
+  default     = ""
+}
+
+variable "base_disk" {
+  type        = string
+  description = "qemu only: raw base disk, the local stand-in for the source AMI."
+  default     = ""
+}
+
+variable "base_image" {
+  type        = string
+  description = "Identity of the base disk recorded in version-info (qemu); empty on AWS, where the source AMI id is read from the instance metadata."
+  default     = ""
+}
+
+variable "kernel" {
+  type        = string
+  description = "qemu only: kernel booted with -kernel."
+  default     = ""
+}
+
+variable "initrd" {
+  type        = string
+  description = "qemu only: initrd booted with -initrd."
+  default     = ""
+}
+
+variable "standin_archive" {
+  type        = string
+  description = "qemu only: stand-in Nextcloud base archive (test fixture) loaded with docker import."
+  default     = ""
+}
+
+variable "bake_seed_dir" {
+  type        = string
+  description = "qemu only: NoCloud seed (user-data with the bake's SSH key, meta-data) served over Packer's HTTP server."
+  default     = ""
+}
+
+variable "ssh_private_key_file" {
+  type        = string
+  description = "qemu only: private key of the bake's throwaway key pair."
+  default     = ""
+}
+
+variable "validate_canaries" {
+  type        = string
+  description = "Comma-separated strings that must not be found anywhere on the image filesystem."
+  sensitive   = true
+  default     = ""
+}
