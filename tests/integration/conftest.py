@@ -1,0 +1,285 @@
+"""Fixtures for the Nextcloud cluster init and readiness tests: real PostgreSQL and Redis (infra/localservices),
+and "nodes" that run the image's very PHP files on the host with php-cli / `php -S`.
+
+A node is what one container would be: its own copy of the webroot (the stand-in code tree laid out the way
+image/nextcloud/Dockerfile lays it out), its own state dir on tmpfs (/dev/shm), and the cluster environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = ROOT / "image" / "nextcloud"
+STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
+CLUSTER_LIB = OVERLAY / "cluster"
+INIT = CLUSTER_LIB / "cluster-init.php"
+READYZ = CLUSTER_LIB / "readyz" / "readyz.php"
+ENTRYPOINT = OVERLAY / "bin" / "nextcloud-cluster-entrypoint"
+ROUTER = ROOT / "tests" / "fixtures" / "nextcloud" / "router.php"
+
+# Passwords with characters that break naive env-file, DSN or URL handling; they must survive verbatim.
+DB_PASSWORD = "pg=p@ss w0rd'\"$HOME" + secrets.token_hex(4)
+REDIS_PASSWORD = "r3dis=p@ss$HOME&x" + secrets.token_hex(4)
+IDENTITY = {
+    "NEXTCLOUD_INSTANCEID": "oc" + secrets.token_hex(5),
+    "NEXTCLOUD_PASSWORDSALT": secrets.token_urlsafe(22),
+    "NEXTCLOUD_SECRET": secrets.token_urlsafe(36),
+}
+ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
+SECRET_NAMES = ("NEXTCLOUD_DB_PASSWORD", "NEXTCLOUD_REDIS_PASSWORD", "NEXTCLOUD_INSTANCEID",
+                "NEXTCLOUD_PASSWORDSALT", "NEXTCLOUD_SECRET", "NEXTCLOUD_ADMIN_PASSWORD")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[ThrowawayPostgres]:
+    # Dynamic ports: never collide with the local twin (55432/56379) or another test run.
+    with ThrowawayPostgres(free_port(), DB_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ThrowawayRedis]:
+    with ThrowawayRedis(free_port(), REDIS_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def services(pg: ThrowawayPostgres, redis_server: ThrowawayRedis) -> Iterator[tuple[ThrowawayPostgres, ThrowawayRedis]]:
+    """Running services and an empty cluster database; both are running again after the test."""
+    if not pg.running:
+        pg.start()
+    if not redis_server.running:
+        redis_server.start()
+    pg.reset_database()
+    yield pg, redis_server
+    if not pg.running:
+        pg.start()
+    if not redis_server.running:
+        redis_server.start()
+
+
+def db_snapshot(pg: ThrowawayPostgres) -> dict[str, Any]:
+    """Every table in the cluster database with its columns and all rows: to prove nothing was written."""
+    with psycopg.connect(host=pg.host, port=pg.port, dbname=pg.dbname, user=pg.user, password=pg.password) as c:
+        tables = [r[0] for r in c.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")]
+        snap: dict[str, Any] = {}
+        for t in tables:
+            cols = [r[0] for r in c.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+                (t,))]
+            rows = c.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall()
+            snap[t] = {"columns": cols, "rows": [tuple(str(v) for v in r) for r in rows]}
+        return snap
+
+
+def query(pg: ThrowawayPostgres, sql: str) -> list[tuple]:
+    with psycopg.connect(host=pg.host, port=pg.port, dbname=pg.dbname, user=pg.user, password=pg.password) as c:
+        return c.execute(sql).fetchall()
+
+
+def occ_calls(pg: ThrowawayPostgres, verb: str) -> list[tuple]:
+    """The occ double's call log for one verb (empty when occ was never called)."""
+    if not query(pg, "SELECT to_regclass('public.occ_double_calls') IS NOT NULL")[0][0]:
+        return []
+    return query(pg, f"SELECT host, pid, exit_code, note FROM occ_double_calls WHERE verb = '{verb}' ORDER BY id")
+
+
+class Node:
+    """One would-be container: own webroot copy and tmpfs state dir, the cluster environment."""
+
+    def __init__(self, base: Path, name: str, pg: ThrowawayPostgres, redis_server: ThrowawayRedis) -> None:
+        self.name = name
+        self.dir = base / name
+        self.webroot = self.dir / "webroot"
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"nc-state-{name}-", dir="/dev/shm"))
+        self._build_webroot()
+        self.public_env = {
+            "NEXTCLOUD_DB_HOST": pg.host, "NEXTCLOUD_DB_PORT": str(pg.port), "NEXTCLOUD_DB_NAME": pg.dbname,
+            "NEXTCLOUD_DB_USER": pg.user, "NEXTCLOUD_REDIS_HOST": redis_server.host,
+            "NEXTCLOUD_REDIS_PORT": str(redis_server.port), "NEXTCLOUD_REDIS_TLS": "0",
+            "NEXTCLOUD_TRUSTED_DOMAINS": "localhost nc.example.test", "NEXTCLOUD_TRUSTED_PROXIES": "10.0.0.0/16",
+            "NEXTCLOUD_OVERWRITE_PROTOCOL": "https", "NEXTCLOUD_OVERWRITE_HOST": "nc.example.test",
+            "NEXTCLOUD_OVERWRITE_CLI_URL": "https://nc.example.test", "NEXTCLOUD_ADMIN_USER": "admin",
+            "NEXTCLOUD_ENVIRONMENT": "test",
+        }
+        self.secret_env = {
+            "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD, "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
+            "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD, "NEXTCLOUD_ALLOW_INSTALL": "0", "NEXTCLOUD_ALLOW_UPGRADE": "0",
+            **IDENTITY,
+        }
+        self.procs: list[subprocess.Popen[str]] = []
+        self.http_port: int | None = None
+        self.last_log = self.dir / "none.log"
+
+    def _build_webroot(self) -> None:
+        # Mirror of the Dockerfile's webroot stage.
+        shutil.copytree(STANDIN_TREE, self.webroot)
+        cfg = self.webroot / "config"
+        for f in cfg.glob("*.php"):
+            if f.name != "config.sample.php":
+                f.unlink()
+        shutil.copy(OVERLAY / "config" / "cluster.config.php", cfg)
+        shutil.copy(OVERLAY / "config" / "config.php", cfg)
+        (self.webroot / "data").mkdir()
+        (self.webroot / "data" / ".ocdata").touch()
+
+    def env(self, **overrides: str | None) -> dict[str, str]:
+        """Process environment with everything in it (as Apache has it after the entrypoint)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXTCLOUD_", "NC_", "PHP_INI"))}
+        env.update(self.public_env)
+        env.update(self.secret_env)
+        env.update(self.paths_env())
+        for k, v in overrides.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def paths_env(self) -> dict[str, str]:
+        return {
+            "NEXTCLOUD_WEBROOT": str(self.webroot), "NEXTCLOUD_CLUSTER_STATE_DIR": str(self.state_dir),
+            "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB), "NEXTCLOUD_INIT_BACKOFF_INITIAL": "0.2",
+            "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120", "NEXTCLOUD_OCC_DOUBLE_DELAY": "1",
+        }
+
+    # -- running the image's scripts ---------------------------------------------------------------
+    def _log(self, what: str) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir / f"{what}-{len(self.procs)}.log"
+
+    def start_init(self, **overrides: str | None) -> subprocess.Popen[str]:
+        """cluster-init.php in the background (output in self.last_log)."""
+        self.last_log = self._log("init")
+        with self.last_log.open("w") as log:
+            p = subprocess.Popen(["php", str(INIT)], env=self.env(**overrides), text=True,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def run_init(self, timeout: float = 60, **overrides: str | None) -> tuple[int, str]:
+        p = self.start_init(**overrides)
+        p.wait(timeout=timeout)
+        return p.returncode, self.last_log.read_text()
+
+    def start_container(self, **overrides: str | None) -> subprocess.Popen[str]:
+        """The entrypoint as in the container: runtime secrets only in the env file, `php -S` as the web server."""
+        runtime = self.dir / "runtime.env"
+        lines = [f"{k}={v}" for k, v in self.secret_env.items()]
+        runtime.write_text("# runtime secrets (test)\n\n" + "\n".join(lines) + "\n")
+        runtime.chmod(0o600)
+        self.http_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXTCLOUD_", "NC_", "PHP_INI"))}
+        env.update(self.public_env)
+        env.update(self.paths_env())
+        env["NEXTCLOUD_RUNTIME_ENV_FILE"] = str(runtime)
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        cmd = [str(ENTRYPOINT), "php", "-S", f"127.0.0.1:{self.http_port}", str(ROUTER)]
+        self.last_log = self._log("container")
+        with self.last_log.open("w") as log:
+            p = subprocess.Popen(cmd, env=env, text=True, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        self.procs.append(p)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return p
+
+    def readyz_http(self) -> tuple[int, dict[str, Any]]:
+        assert self.http_port, "start_container() first"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def readyz_cli(self, **overrides: str | None) -> dict[str, Any]:
+        r = subprocess.run(["php", str(READYZ)], env=self.env(**overrides), text=True, capture_output=True, timeout=20)
+        result = json.loads(r.stdout)
+        assert (r.returncode == 0) == result["ready"], r
+        return result
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.state_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_state(self, code: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.state()
+            if s and s.get("code") == code:
+                return s
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: state never reached {code!r}; last: {self.state()}")
+
+    def set_code_version(self, version: tuple[int, ...]) -> None:
+        """Replace version.php as a newer/older image would have it."""
+        vf = self.webroot / "version.php"
+        text = vf.read_text()
+        start = text.index("$OC_Version = array(")
+        end = text.index(");", start)
+        vf.write_text(text[:start] + f"$OC_Version = array({', '.join(map(str, version))}" + text[end:])
+        vf.write_text(vf.read_text().replace("$OC_VersionString = '29.0.7'",
+                                             f"$OC_VersionString = '{'.'.join(map(str, version[:3]))}'"))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                # Own session each: this ends the entrypoint and its web server and init, not just the first.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, services: tuple[ThrowawayPostgres, ThrowawayRedis]) -> Iterator[Any]:
+    """Factory: make_node("a") -> Node; every node's processes and tmpfs state are removed afterwards."""
+    nodes: list[Node] = []
+
+    def factory(name: str) -> Node:
+        node = Node(tmp_path, name, *services)
+        nodes.append(node)
+        return node
+
+    yield factory
+    for n in nodes:
+        n.stop()

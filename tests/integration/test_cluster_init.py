@@ -1,0 +1,228 @@
+"""The cluster init against a real PostgreSQL and Redis: install and upgrade happen exactly once per cluster,
+however many nodes start at the same time; nodes that may not act wait and write nothing.
+
+Nextcloud itself is the stand-in's occ test double (image/standin/nextcloud/occ), which records every call in
+the database; everything else (cluster-init.php, lib.php, cluster.config.php, the entrypoint) is the image's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ADMIN_PASSWORD,
+    CLUSTER_LIB,
+    DB_PASSWORD,
+    ENTRYPOINT,
+    IDENTITY,
+    REDIS_PASSWORD,
+    db_snapshot,
+    occ_calls,
+    query,
+)
+
+pytestmark = pytest.mark.integration
+
+NODES = 8
+NEWER = (29, 0, 8, 1)
+
+
+def effective_identity(node) -> dict[str, str]:
+    """What Nextcloud on this node would use: the merged config, loaded the way Nextcloud loads it."""
+    code = (f"require '{CLUSTER_LIB}/lib.php'; $c = \\NextcloudCluster\\loadConfig();"
+            " echo json_encode([$c['instanceid'], $c['passwordsalt'], $c['secret'], $c['installed'], $c['version']]);")
+    out = subprocess.run(["php", "-r", code], env=node.env(), capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def install_cluster(make_node) -> None:
+    installer = make_node("installer")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+
+
+def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
+    nodes = [make_node(f"n{i}") for i in range(NODES)]
+    with ThreadPoolExecutor(NODES) as pool:
+        results = list(pool.map(lambda n: n.run_init(timeout=90, NEXTCLOUD_ALLOW_INSTALL="1"), nodes))
+
+    for node, (rc, out) in zip(nodes, results, strict=True):
+        assert rc == 0, f"{node.name}: {out}"
+    installs = occ_calls(pg, "maintenance:install")
+    assert len(installs) == 1 and installs[0][2] == 0, installs
+    rows = query(pg, "SELECT instanceid, version FROM nextcloud_cluster_state")
+    assert rows == [(IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1")]
+    assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
+
+    identities = {json.dumps(effective_identity(n)) for n in nodes}
+    assert len(identities) == 1
+    instanceid, salt, secret, installed, version = json.loads(identities.pop())
+    assert (instanceid, salt, secret) == tuple(IDENTITY.values())  # not the installer's random ones
+    assert installed is True and version == "29.0.7.1"
+    for n in nodes:
+        assert n.readyz_cli() == {"ready": True, "code": "ready", "reason": "", "version": "29.0.7.1",
+                                  "versionstring": "29.0.7"}
+
+
+def test_install_leaves_no_config_or_secret_in_the_webroot(make_node, pg):
+    node = make_node("installer")
+    rc, out = node.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+    placeholder = (Path(__file__).parents[2] / "image/nextcloud/config/config.php").read_text()
+    assert (node.webroot / "config" / "config.php").read_text() == placeholder
+    assert sorted(p.name for p in (node.webroot / "config").iterdir()) == [
+        "cluster.config.php", "config.php", "config.sample.php"]
+    for path in node.webroot.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            for value in (DB_PASSWORD, REDIS_PASSWORD, ADMIN_PASSWORD, IDENTITY["NEXTCLOUD_SECRET"]):
+                assert value.encode() not in text, f"secret found in {path}"
+    # occ's scratch config (which did hold secrets) lived on tmpfs and is gone.
+    assert sorted(p.name for p in node.state_dir.iterdir()) == ["state.json"]
+    for value in (DB_PASSWORD, ADMIN_PASSWORD):
+        assert value not in out, "a secret reached the log"
+    # The double's call log (in the DB) has no password either.
+    argv = query(pg, "SELECT argv::text FROM occ_double_calls")
+    assert argv and all(DB_PASSWORD not in a[0] and ADMIN_PASSWORD not in a[0] for a in argv)
+
+
+def test_node_without_install_permission_waits_then_joins(make_node, pg):
+    waiter = make_node("waiter")
+    proc = waiter.start_init()
+    state = waiter.wait_state("not_installed")
+    assert "NEXTCLOUD_ALLOW_INSTALL" in state["reason"]
+    assert occ_calls(pg, "maintenance:install") == []
+    assert query(pg, "SELECT to_regclass('public.nextcloud_cluster_state')") == [(None,)]
+
+    install_cluster(make_node)
+    assert proc.wait(timeout=30) == 0
+    assert waiter.readyz_cli()["ready"] is True
+
+
+def test_db_unreachable_at_start_then_ready_when_it_comes_up(make_node, pg):
+    install_cluster(make_node)
+    node = make_node("late")
+    pg.stop()
+    node.start_container()
+    deadline = time.monotonic() + 20
+    status, body = node.readyz_http()
+    while body.get("code") != "db_unreachable" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, body = node.readyz_http()
+    assert status == 503 and body["ready"] is False and body["code"] == "db_unreachable", body
+    assert "waiting for database" in body["reason"] and f"{pg.host}:{pg.port}" in body["reason"]
+    assert DB_PASSWORD not in body["reason"]
+
+    pg.start()
+    deadline = time.monotonic() + 30
+    while (status, body["ready"]) != (200, True) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, body = node.readyz_http()
+    assert (status, body["ready"]) == (200, True), (body, node.last_log.read_text())
+
+
+def test_newer_code_without_permission_is_not_ready_and_writes_nothing(make_node, pg):
+    install_cluster(make_node)
+    before = db_snapshot(pg)
+    nodes = [make_node(f"new{i}") for i in range(2)]
+    procs = []
+    for n in nodes:
+        n.set_code_version(NEWER)
+        procs.append(n.start_init())
+    for n in nodes:
+        state = n.wait_state("upgrade_pending")
+        assert "29.0.8.1" in state["reason"] and "29.0.7.1" in state["reason"]
+        assert "NEXTCLOUD_ALLOW_UPGRADE" in state["reason"]
+    time.sleep(1.5)  # several more decision rounds under the lock
+    for n in nodes:
+        result = n.readyz_cli()
+        assert result["ready"] is False and result["code"] == "upgrade_pending"
+    assert all(p.poll() is None for p in procs), "a waiting node must keep waiting, not exit"
+    assert db_snapshot(pg) == before
+    assert occ_calls(pg, "upgrade") == []
+
+
+def test_newer_code_with_permission_upgrades_exactly_once_across_concurrent_starters(make_node, pg):
+    install_cluster(make_node)
+    nodes = [make_node(f"up{i}") for i in range(NODES)]
+    for n in nodes:
+        n.set_code_version(NEWER)
+    # Half may upgrade, half may not: the others wait for the upgrade and then join.
+    with ThreadPoolExecutor(NODES) as pool:
+        results = list(pool.map(
+            lambda i: nodes[i].run_init(timeout=90, NEXTCLOUD_ALLOW_UPGRADE="1" if i % 2 else "0"), range(NODES)))
+    for node, (rc, out) in zip(nodes, results, strict=True):
+        assert rc == 0, f"{node.name}: {out}"
+    upgrades = [c for c in occ_calls(pg, "upgrade") if c[3].startswith("upgraded")]
+    assert len(upgrades) == 1, occ_calls(pg, "upgrade")
+    assert upgrades[0][3] == "upgraded 29.0.7.1 -> 29.0.8.1"
+    assert query(pg, "SELECT version, versionstring FROM nextcloud_cluster_state") == [("29.0.8.1", "29.0.8")]
+    assert len(occ_calls(pg, "maintenance:install")) == 1
+    for n in nodes:
+        assert n.readyz_cli()["version"] == "29.0.8.1"
+
+
+@pytest.mark.parametrize("override", [
+    {"NEXTCLOUD_INSTANCEID": "ocother12345"},
+    {"NEXTCLOUD_SECRET": "a-different-secret-value"},
+    {"NEXTCLOUD_PASSWORDSALT": "a-different-salt"},
+], ids=["instanceid", "secret", "passwordsalt"])
+def test_identity_mismatch_is_not_ready(make_node, pg, override):
+    install_cluster(make_node)
+    before = db_snapshot(pg)
+    stranger = make_node("stranger")
+    rc, out = stranger.run_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_ALLOW_UPGRADE="1", **override)
+    assert rc == 1, out
+    result = stranger.readyz_cli(**override)
+    assert result["ready"] is False and result["code"] == "identity_mismatch"
+    assert "identity mismatch" in result["reason"]
+    assert db_snapshot(pg) == before
+
+
+def test_foreign_installation_is_refused(make_node, pg):
+    # A database some other Nextcloud installed (e.g. the old hand-made deployment): no cluster state.
+    pg.psql("CREATE TABLE oc_appconfig (appid text, configkey text, configvalue text);")
+    node = make_node("n")
+    rc, out = node.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 1, out
+    assert node.state()["code"] == "foreign_install"
+    assert occ_calls(pg, "maintenance:install") == []
+
+
+def test_entrypoint_loads_runtime_env_file_verbatim(tmp_path):
+    runtime = tmp_path / "runtime.env"
+    runtime.write_text(
+        "# comment\n\n  NEXTCLOUD_DB_PASSWORD=a=b \"c\" $HOME 'd'\nNEXTCLOUD_SECRET=x y\nNEXTCLOUD_BARE\n")
+    out = tmp_path / "env.json"
+    state = Path("/dev/shm") / f"nc-ep-{tmp_path.name}"
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_RUNTIME_ENV_FILE": str(runtime),
+           "NEXTCLOUD_CLUSTER_STATE_DIR": str(state), "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB),
+           "NEXTCLOUD_WEBROOT": str(tmp_path), "NEXTCLOUD_BARE": "kept"}
+    code = ("file_put_contents($argv[1], json_encode([getenv('NEXTCLOUD_DB_PASSWORD'), getenv('NEXTCLOUD_SECRET'),"
+            " getenv('NEXTCLOUD_BARE'), getenv('PHP_INI_SCAN_DIR')]));")
+    try:
+        r = subprocess.run([str(ENTRYPOINT), "php", "-r", code, str(out)], env=env, capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(out.read_text()) == ["a=b \"c\" $HOME 'd'", "x y", "kept", f":{state}/php"]
+        assert "a=b" not in r.stderr  # values are never logged
+    finally:
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def test_entrypoint_rejects_bad_env_file_and_non_tmpfs_state(tmp_path):
+    bad = tmp_path / "runtime.env"
+    bad.write_text("GOOD=1\nBAD NAME=secret-value\n")
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_RUNTIME_ENV_FILE": str(bad),
+           "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB), "NEXTCLOUD_CLUSTER_STATE_DIR": str(tmp_path / "state")}
+    r = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "line 2: invalid variable name" in r.stderr and "secret-value" not in r.stderr
+
+    bad.write_text("GOOD=1\n")
+    r = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "not tmpfs" in r.stderr  # tmp_path is on disk here
