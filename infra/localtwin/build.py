@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
 from infra.localtwin import base_disk, standin
 from infra.packer import PackerError, run_packer_build
 
@@ -70,13 +72,28 @@ def read_fingerprint(build_dir: Path) -> str:
 def literal_secrets(user_data: Path) -> list[str]:
     """Secret values written literally (``literal:<value>``) in rendered user data.
 
-    The local environment carries its secrets as literals; the bake must never see them,
-    so they become canaries that validate.sh proves are nowhere on the image.
+    The local environment carries its secrets as literals in instance.json; the bake must
+    never see them, so they become canaries that validate.sh proves are nowhere on the image.
     """
     if not user_data.is_file():
         return []
-    values = re.findall(r'literal:([^"\\\s]*)', user_data.read_text())
-    return sorted({v for v in values if len(v) >= 8})
+    try:
+        cloud_config = yaml.safe_load(user_data.read_text()) or {}
+        contents = [
+            json.loads(f.get("content", "{}"))
+            for f in cloud_config.get("write_files") or []
+            if f.get("path") == "/etc/nextcloud/instance.json"
+        ]
+    except (yaml.YAMLError, json.JSONDecodeError, AttributeError) as exc:
+        raise BuildError(f"{user_data}: cannot read instance.json from the user data ({exc})") from exc
+    values = {
+        ref.removeprefix("literal:")
+        for content in contents
+        for ref in (content.get("secrets") or {}).values()
+        if isinstance(ref, str) and ref.startswith("literal:")
+    }
+    # Short values would match by chance; the random canaries still guard the check.
+    return sorted(v for v in values if len(v) >= 8 and "," not in v)
 
 
 def _git_sha() -> str:
