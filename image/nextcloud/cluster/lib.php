@@ -53,6 +53,10 @@ function loadConfig(?string $dir = null): array {
 		if (!is_file($file)) {
 			continue;
 		}
+		// Like OC\Config: a config file edited at runtime must be seen now, not after opcache's revalidate_freq.
+		if (function_exists('opcache_invalidate')) {
+			@opcache_invalidate($file, false);
+		}
 		$one = (static function (string $__file) {
 			include $__file;
 			return isset($CONFIG) && is_array($CONFIG) ? $CONFIG : [];
@@ -81,6 +85,9 @@ function codeVersion(?string $webroot = null): array {
 	$file = ($webroot ?? webroot()) . '/version.php';
 	if (!is_file($file)) {
 		throw new \RuntimeException("no Nextcloud code: $file is missing");
+	}
+	if (function_exists('opcache_invalidate')) {
+		@opcache_invalidate($file, false);
 	}
 	[$v, $s] = (static function (string $__file): array {
 		include $__file;

@@ -1,0 +1,109 @@
+"""GET /readyz against a real PostgreSQL and Redis, served by `php -S` from the image's own readyz.php (the
+router stands in for the Apache Alias): 503 + a precise reason for each way a node can be unfit for traffic,
+200 only when installed, not in maintenance, no upgrade pending, DB and Redis reachable.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ready_node(make_node):
+    """An installed cluster and one node that joined it, serving /readyz over HTTP."""
+    installer = make_node("installer")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+    node = make_node("web")
+    node.start_container()
+    wait_for(node, 200)
+    return node
+
+
+def wait_for(node, status: int, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got, body = node.readyz_http()
+        if got == status or time.monotonic() > deadline:
+            assert got == status, (body, node.last_log.read_text())
+            return body
+        time.sleep(0.2)
+
+
+def test_ready_when_installed_and_everything_reachable(ready_node):
+    status, body = ready_node.readyz_http()
+    assert status == 200
+    assert body == {"ready": True, "code": "ready", "reason": "", "version": "29.0.7.1", "versionstring": "29.0.7"}
+
+
+def test_not_installed(make_node):
+    node = make_node("web")
+    node.start_container()  # empty DB, this node may not install
+    body = wait_for(node, 503)
+    deadline = time.monotonic() + 20
+    while body["code"] != "not_installed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        _, body = node.readyz_http()
+    assert body["ready"] is False and body["code"] == "not_installed"
+    assert body["reason"].startswith("not installed: the database is empty")
+
+
+def _maintenance_on(node, pg, redis):
+    # What an operator's drop-in would do; Nextcloud merges config/*.config.php the same way.
+    (node.webroot / "config" / "zz-maintenance.config.php").write_text("<?php\n$CONFIG = ['maintenance' => true];\n")
+
+
+def _maintenance_off(node, pg, redis):
+    (node.webroot / "config" / "zz-maintenance.config.php").unlink()
+
+
+def _newer_code(node, pg, redis):
+    node.set_code_version((29, 0, 8, 1))
+
+
+def _same_code(node, pg, redis):
+    node.set_code_version((29, 0, 7, 1))
+
+
+# (name, break, expected code, words the reason must contain, repair)
+CASES = [
+    ("maintenance", _maintenance_on, "maintenance", ["maintenance mode is on"], _maintenance_off),
+    ("upgrade pending", _newer_code, "upgrade_pending",
+     ["upgrade pending", "29.0.8.1", "newer than installed 29.0.7.1"], _same_code),
+    ("db down", lambda n, pg, r: pg.stop(), "db_unreachable", ["database unreachable"], lambda n, pg, r: pg.start()),
+    ("redis down", lambda n, pg, r: r.stop(), "redis_unreachable", ["redis unreachable"],
+     lambda n, pg, r: r.start()),
+]
+
+
+@pytest.mark.parametrize(("name", "breaker", "code", "words", "repair"), CASES, ids=[c[0] for c in CASES])
+def test_not_ready_reason_then_ready_again(ready_node, services, name, breaker, code, words, repair):
+    pg, redis = services
+    breaker(ready_node, pg, redis)
+    started = time.monotonic()
+    status, body = ready_node.readyz_http()
+    assert time.monotonic() - started < 5, "readiness must answer quickly even when a dependency is down"
+    assert status == 503 and body["ready"] is False and body["code"] == code, body
+    for w in words:
+        assert w in body["reason"], body
+    repair(ready_node, pg, redis)
+    wait_for(ready_node, 200)
+
+
+def test_missing_variable_is_named(make_node):
+    node = make_node("web")
+    node.secret_env.pop("NEXTCLOUD_DB_PASSWORD")
+    node.start_container()
+    body = wait_for(node, 503)
+    assert body["code"] == "config_error"
+    assert "NEXTCLOUD_DB_PASSWORD is not set" in body["reason"]
+
+
+def test_wrong_redis_password_is_not_ready(ready_node):
+    result = ready_node.readyz_cli(NEXTCLOUD_REDIS_PASSWORD="wrong-password")
+    assert result["code"] == "redis_unreachable"
+    assert "wrong-password" not in result["reason"]
