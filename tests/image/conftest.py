@@ -19,18 +19,16 @@ from constants in the tests:
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # artifact_tools, whatever the import mode
+sys.path.insert(0, str(Path(__file__).parent))  # image_suite_support, whatever the import mode
 
-from artifact_tools import ArtifactView  # noqa: E402
+from image_suite_support import ArtifactView  # noqa: E402
 
 VERSION_INFO = "/etc/nextcloud-image/version-info.json"
 
@@ -75,42 +73,39 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
 
 
-# ---- helpers shared by the test files -------------------------------------------------------------------
-def decode_on_target(value: str) -> str:
-    """A shell fragment that yields ``value`` on the target without the value appearing in the command.
-
-    With ``--sudo`` every command line is logged by sudo to the journal; sending a canary literally would
-    plant it in the very journal we check. The base64 form is not the canary's bytes.
-    """
-    encoded = base64.b64encode(value.encode()).decode()
-    return f"$(printf %s {shlex.quote(encoded)} | base64 -d)"
-
-
-def port_list(raw: str, option: str) -> set[int]:
+def _canary_values() -> dict[str, str] | None:
+    raw = os.environ.get("NEXTCLOUD_TEST_CANARIES")
+    if not raw:
+        return None
     try:
-        return {int(p) for p in raw.split(",") if p.strip()}
-    except ValueError:
-        raise pytest.UsageError(f"{option}: expected comma-separated port numbers, got {raw!r}") from None
+        values = json.loads(raw)
+    except ValueError as e:
+        raise pytest.UsageError(f"NEXTCLOUD_TEST_CANARIES is not JSON: {e}") from None
+    if (
+        not isinstance(values, dict)
+        or not values
+        or not all(isinstance(v, str) and len(v) >= 12 for v in values.values())
+    ):
+        raise pytest.UsageError(
+            "NEXTCLOUD_TEST_CANARIES must be a JSON object of name -> value with values of 12+ characters "
+            "(short values would match by accident)"
+        )
+    return values
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # One test per secret, named after it, so a report says which secret leaked.
+    if "canary_name" in metafunc.fixturenames:
+        metafunc.parametrize("canary_name", sorted(_canary_values() or {}))
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def canaries() -> dict[str, str]:
     """The secret values given to this boot (NEXTCLOUD_TEST_CANARIES); the canary tests skip without them."""
-    raw = os.environ.get("NEXTCLOUD_TEST_CANARIES")
-    if not raw:
+    values = _canary_values()
+    if values is None:
         pytest.skip("NEXTCLOUD_TEST_CANARIES not set: no canary values to look for")
-    try:
-        values = json.loads(raw)
-    except ValueError as e:
-        raise pytest.UsageError(f"NEXTCLOUD_TEST_CANARIES is not JSON: {e}") from None
-    if not isinstance(values, dict) or not values or not all(
-        isinstance(v, str) and len(v) >= 12 for v in values.values()
-    ):
-        raise pytest.UsageError(
-            "NEXTCLOUD_TEST_CANARIES must be a JSON object of name -> value with values of 12+ characters "
-            "(short values would match by accident)"
-        )
     return values
 
 

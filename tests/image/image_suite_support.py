@@ -1,18 +1,39 @@
-"""Host-side, read-only access to a local disk image (the baked artifact): byte scans and file reads.
-
-Never writes to the artifact: scans read it, conversions go to a private work directory.
+"""Support code for the image suite: shell helpers for target commands, and host-side read-only access to
+the baked artifact (byte scans, file reads). Never writes to the artifact: conversions go to a private directory.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 CHUNK = 16 * 1024 * 1024
+
+
+# ---- target command helpers -------------------------------------------------------------------
+def decode_on_target(value: str) -> str:
+    """A shell fragment that yields ``value`` on the target without the value appearing in the command.
+
+    With ``--sudo`` every command line is logged by sudo to the journal; sending a canary literally would
+    plant it in the very journal we check. The base64 form is not the canary's bytes.
+    """
+    encoded = base64.b64encode(value.encode()).decode()
+    return f"$(printf %s {shlex.quote(encoded)} | base64 -d)"
+
+
+def port_list(raw: str, option: str) -> set[int]:
+    try:
+        return {int(p) for p in raw.split(",") if p.strip()}
+    except ValueError:
+        raise pytest.UsageError(f"{option}: expected comma-separated port numbers, got {raw!r}") from None
 
 
 class ArtifactView:
@@ -41,9 +62,7 @@ class ArtifactView:
             return False
         if self.info.get("backing-filename"):
             return True  # part of the content lives in another file
-        check = subprocess.run(
-            ["qemu-img", "check", "--output=json", str(self.path)], capture_output=True, text=True
-        )
+        check = subprocess.run(["qemu-img", "check", "--output=json", str(self.path)], capture_output=True, text=True)
         try:
             compressed = json.loads(check.stdout).get("compressed-clusters", 0)
         except ValueError:
@@ -59,7 +78,8 @@ class ArtifactView:
                 target = self.workdir / "artifact.raw"
                 subprocess.run(
                     ["qemu-img", "convert", "-O", "raw", str(self.path), str(target)],
-                    check=True, capture_output=True,
+                    check=True,
+                    capture_output=True,
                 )
                 self._raw = target
         return self._raw

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import port_list
+from image_suite_support import port_list
 
 pytestmark = pytest.mark.hardening
 
