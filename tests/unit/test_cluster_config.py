@@ -1,0 +1,190 @@
+"""The image's ONE cluster config (image/nextcloud/config/cluster.config.php), run with php-cli under several
+environments; the resulting $CONFIG is what every node's Nextcloud sees. Also: Nextcloud's merge order as the
+readiness endpoint reproduces it, and lint of every PHP file and shell script of the image overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_CONFIG = ROOT / "image" / "nextcloud" / "config" / "cluster.config.php"
+LIB = ROOT / "image" / "nextcloud" / "cluster" / "lib.php"
+
+BASE_ENV = {
+    "NEXTCLOUD_INSTANCEID": "ocq1w2e3r4t5",
+    "NEXTCLOUD_PASSWORDSALT": "salt-value-1234567890",
+    "NEXTCLOUD_SECRET": "secret-value-1234567890",
+    "NEXTCLOUD_DB_HOST": "db.internal",
+    "NEXTCLOUD_DB_PORT": "5432",
+    "NEXTCLOUD_DB_NAME": "nextcloud",
+    "NEXTCLOUD_DB_USER": "nextcloud",
+    "NEXTCLOUD_DB_PASSWORD": "db-pass",
+    "NEXTCLOUD_REDIS_HOST": "cache.internal",
+    "NEXTCLOUD_REDIS_PORT": "6379",
+    "NEXTCLOUD_REDIS_TLS": "0",
+    "NEXTCLOUD_TRUSTED_DOMAINS": "cloud.example.com  www.cloud.example.com",
+    "NEXTCLOUD_TRUSTED_PROXIES": "10.0.0.0/16 10.1.0.0/16",
+    "NEXTCLOUD_S3_BUCKET": "",
+    "NEXTCLOUD_S3_REGION": "eu-west-1",
+    "NEXTCLOUD_S3_ENDPOINT": "",
+    "NEXTCLOUD_S3_PATH_STYLE": "0",
+    "NEXTCLOUD_OVERWRITE_HOST": "cloud.example.com",
+    "NEXTCLOUD_OVERWRITE_PROTOCOL": "https",
+    "NEXTCLOUD_OVERWRITE_CLI_URL": "https://cloud.example.com",
+}
+REQUIRED = ["NEXTCLOUD_INSTANCEID", "NEXTCLOUD_PASSWORDSALT", "NEXTCLOUD_SECRET", "NEXTCLOUD_DB_HOST",
+            "NEXTCLOUD_DB_NAME", "NEXTCLOUD_DB_USER", "NEXTCLOUD_DB_PASSWORD", "NEXTCLOUD_REDIS_HOST",
+            "NEXTCLOUD_TRUSTED_DOMAINS"]
+
+
+def run_config(tmp_path: Path, **changes: str | None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_CLUSTER_STATE_DIR": str(tmp_path / "state"), **BASE_ENV}
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    code = f"include '{CLUSTER_CONFIG}'; echo json_encode($CONFIG);"
+    return subprocess.run(["php", "-r", code], env=env, capture_output=True, text=True, timeout=20)
+
+
+def config(tmp_path: Path, **changes: str | None) -> dict:
+    r = run_config(tmp_path, **changes)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(r.stdout)
+
+
+def test_cluster_settings_from_environment(tmp_path):
+    c = config(tmp_path)
+    assert (c["instanceid"], c["passwordsalt"], c["secret"]) == (
+        "ocq1w2e3r4t5", "salt-value-1234567890", "secret-value-1234567890")
+    assert {k: c[k] for k in ("dbtype", "dbhost", "dbport", "dbname", "dbuser", "dbpassword", "dbtableprefix")} == {
+        "dbtype": "pgsql", "dbhost": "db.internal", "dbport": 5432, "dbname": "nextcloud", "dbuser": "nextcloud",
+        "dbpassword": "db-pass", "dbtableprefix": "oc_"}
+    assert c["setup_create_db_user"] is False
+    assert c["memcache.local"] == "\\OC\\Memcache\\APCu"
+    assert c["memcache.distributed"] == c["memcache.locking"] == "\\OC\\Memcache\\Redis"
+    assert c["redis"] == {"host": "cache.internal", "port": 6379, "timeout": 1.5, "read_timeout": 1.5, "dbindex": 0}
+    assert c["trusted_domains"] == ["cloud.example.com", "www.cloud.example.com"]
+    assert c["trusted_proxies"] == ["10.0.0.0/16", "10.1.0.0/16"]
+    assert c["overwritehost"] == "cloud.example.com"
+    assert c["overwriteprotocol"] == "https"
+    assert c["overwrite.cli.url"] == "https://cloud.example.com"
+    assert c["log_type"] == "errorlog"
+    assert c["appstoreenabled"] is False
+    assert c["config_is_read_only"] is True
+    assert c["installed"] is False and "version" not in c  # nothing known until the cluster init says so
+    assert "objectstore" not in c  # empty bucket: local data directory
+    assert c["datadirectory"] == "/var/www/html/data"
+
+
+def test_s3_without_keys_uses_the_instance_role(tmp_path):
+    c = config(tmp_path, NEXTCLOUD_S3_BUCKET="nc-primary")
+    assert c["objectstore"] == {
+        "class": "\\OC\\Files\\ObjectStore\\S3",
+        "arguments": {"bucket": "nc-primary", "region": "eu-west-1", "autocreate": False, "use_ssl": True,
+                      "use_path_style": False},
+    }
+
+
+def test_s3_with_keys_endpoint_and_path_style(tmp_path):
+    c = config(tmp_path, NEXTCLOUD_S3_BUCKET="nc-primary", NEXTCLOUD_S3_ENDPOINT="http://10.0.2.2:5000",
+               NEXTCLOUD_S3_PATH_STYLE="1", NEXTCLOUD_S3_KEY="AKIDEXAMPLE", NEXTCLOUD_S3_SECRET="s3-secret")
+    args = c["objectstore"]["arguments"]
+    assert args == {"bucket": "nc-primary", "region": "eu-west-1", "autocreate": False, "use_ssl": False,
+                    "use_path_style": True, "hostname": "10.0.2.2", "port": 5000, "key": "AKIDEXAMPLE",
+                    "secret": "s3-secret"}
+
+
+def test_s3_https_endpoint_default_port(tmp_path):
+    args = config(tmp_path, NEXTCLOUD_S3_BUCKET="b", NEXTCLOUD_S3_ENDPOINT="https://s3.example.com")["objectstore"][
+        "arguments"]
+    assert (args["hostname"], args["port"], args["use_ssl"]) == ("s3.example.com", 443, True)
+
+
+def test_redis_tls_with_password(tmp_path):
+    c = config(tmp_path, NEXTCLOUD_REDIS_TLS="1", NEXTCLOUD_REDIS_PASSWORD="r-pass", NEXTCLOUD_REDIS_PORT="6380")
+    assert c["redis"]["host"] == "tls://cache.internal"
+    assert c["redis"]["port"] == 6380
+    assert c["redis"]["password"] == "r-pass"
+    assert c["redis"]["ssl_context"] == {"verify_peer": True, "verify_peer_name": True}
+
+
+def test_installed_and_version_come_from_cluster_state(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps(
+        {"phase": "ready", "installed": True, "version": "29.0.7.1"}))
+    c = config(tmp_path)
+    assert (c["installed"], c["version"], c["config_is_read_only"]) == (True, "29.0.7.1", True)
+
+
+def test_only_the_inits_occ_run_may_write_config(tmp_path):
+    c = config(tmp_path, NEXTCLOUD_CLUSTER_OCC_RUN="1")
+    assert c["config_is_read_only"] is False
+    assert "installed" not in c and "version" not in c  # occ manages them in its scratch config
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_missing_required_variable_fails_naming_it(tmp_path, name):
+    r = run_config(tmp_path, **{name: None})
+    assert r.returncode != 0
+    assert f"{name} is not set" in r.stderr + r.stdout
+    assert "db-pass" not in r.stderr + r.stdout
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    r = run_config(tmp_path, NEXTCLOUD_DB_HOST="", NEXTCLOUD_SECRET=None)
+    out = r.stderr + r.stdout
+    assert r.returncode != 0 and "NEXTCLOUD_DB_HOST is not set" in out and "NEXTCLOUD_SECRET is not set" in out
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"NEXTCLOUD_DB_PORT": "54x"}, "NEXTCLOUD_DB_PORT must be a TCP port number"),
+    ({"NEXTCLOUD_REDIS_TLS": "yes"}, "NEXTCLOUD_REDIS_TLS must be 0 or 1"),
+    ({"NEXTCLOUD_S3_BUCKET": "b", "NEXTCLOUD_S3_REGION": ""}, "NEXTCLOUD_S3_REGION is not set"),
+    ({"NEXTCLOUD_S3_KEY": "AKID"}, "NEXTCLOUD_S3_KEY and NEXTCLOUD_S3_SECRET must be set together"),
+    ({"NEXTCLOUD_S3_BUCKET": "b", "NEXTCLOUD_S3_ENDPOINT": "s3.example.com"}, "NEXTCLOUD_S3_ENDPOINT must be"),
+    ({"NEXTCLOUD_INSTANCEID": "oc-1"}, "NEXTCLOUD_INSTANCEID must be"),
+    ({"NEXTCLOUD_OVERWRITE_PROTOCOL": "ftp"}, "NEXTCLOUD_OVERWRITE_PROTOCOL must be http or https"),
+], ids=["db-port", "redis-tls", "s3-region", "s3-key-alone", "s3-endpoint", "instanceid", "protocol"])
+def test_malformed_value_fails_naming_it(tmp_path, changes, message):
+    r = run_config(tmp_path, **changes)
+    assert r.returncode != 0 and message in r.stderr + r.stdout
+
+
+def test_readiness_loads_config_like_nextcloud(tmp_path):
+    """config.php first, then *.config.php in natural order (later wins), then NC_<key> overrides."""
+    d = tmp_path / "config"
+    d.mkdir()
+    (d / "config.php").write_text("<?php $CONFIG = ['a' => 'config.php', 'b' => 'config.php', 'c' => 1];")
+    (d / "b2.config.php").write_text("<?php $CONFIG = ['a' => 'b2', 'b' => 'b2'];")
+    (d / "b10.config.php").write_text("<?php $CONFIG = ['a' => 'b10'];")
+    code = f"require '{LIB}'; echo json_encode(\\NextcloudCluster\\loadConfig('{d}'));"
+    r = subprocess.run(["php", "-r", code], env={"PATH": "/usr/bin:/bin", "NC_c": "from-env"},
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == {"a": "b10", "b": "b2", "c": "from-env"}
+
+
+STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
+PHP_FILES = sorted([*(ROOT / "image" / "nextcloud").rglob("*.php"), *STANDIN_TREE.rglob("*.php"), STANDIN_TREE / "occ",
+                    *(ROOT / "tests" / "fixtures" / "nextcloud").rglob("*.php")])
+SHELL_SCRIPTS = [ROOT / "image" / "nextcloud" / "bin" / "nextcloud-cluster-entrypoint"]
+
+
+@pytest.mark.parametrize("path", PHP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_php_lint(path):
+    r = subprocess.run(["php", "-l", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shellcheck(path):
+    r = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
