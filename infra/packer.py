@@ -192,6 +192,7 @@ def run_packer_build(
     packer: str = "packer",
     extra_args: Sequence[str] = (),
     cwd: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> PackerResult:
     """Run ``packer build -machine-readable -only=<only>`` and return the manifest entry.
 
@@ -199,7 +200,8 @@ def run_packer_build(
     ``-var``, ``sensitive_variables`` through ``PKR_VAR_<name>``. ``only`` is
     ``<builder type>.<source name>``, e.g. ``qemu.nextcloud``. Progress goes to ``log``
     as ``[mm:ss] message``; step timings are written to ``timings_path`` (default:
-    ``packer-timings.json`` beside the manifest). Raises PackerError when Packer fails.
+    ``packer-timings.json`` beside the manifest). ``extra_env`` adds environment variables
+    (e.g. ``PACKER_CACHE_DIR``). Raises PackerError when Packer fails.
     """
     builder_type, _, source_name = only.partition(".")
     if not source_name:
@@ -209,7 +211,7 @@ def run_packer_build(
     for name, value in variables.items():
         cmd.append(f"-var={name}={value}")
     cmd += [*extra_args, str(template)]
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     for name, value in (sensitive_variables or {}).items():
         env[f"PKR_VAR_{name}"] = value
     env.setdefault("CHECKPOINT_DISABLE", "1")  # no phoning home to HashiCorp

@@ -38,8 +38,9 @@ PACKAGES = (
     "openssh-server", "cloud-init", "ifupdown", "isc-dhcp-client", "sudo", "e2fsprogs",
     "procps", "iproute2", "netbase", "ca-certificates", "python3", "curl", "gnupg",
 )
-# Sparse: only written blocks use space. Room for Docker, the Nextcloud image and its overlay.
-DISK_SIZE = "8G"
+# Small like Debian's cloud images: the bake resizes the disk to root_volume_size_gb and cloud-init
+# grows the filesystem at boot (a volume smaller than its source would fail, as on EC2).
+DISK_SIZE = "3G"
 # Bump when the layout of the cache entry changes.
 FORMAT = 1
 

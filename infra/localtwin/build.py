@@ -264,6 +264,8 @@ def build_local_image(
             manifest_path=build_dir / "packer-manifest.json",
             log=log,
             cwd=REPO_ROOT,
+            # Packer's download cache would otherwise land in the repository's top level.
+            extra_env={"PACKER_CACHE_DIR": str(build_root.resolve() / "cache" / "packer")},
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -111,8 +111,10 @@ def merge_ssh_key(user_data: str, public_key: str) -> str:
     keys.append(public_key.strip())
     data["ssh_authorized_keys"] = keys
     users = data.get("users")
-    if users is not None and "default" not in users and not any(
-        isinstance(u, dict) and u.get("name") == SSH_USER for u in users
+    if (
+        users is not None
+        and "default" not in users
+        and not any(isinstance(u, dict) and u.get("name") == SSH_USER for u in users)
     ):
         # A users list without 'default' would drop the admin user the key is meant for.
         data["users"] = ["default", *users]
@@ -223,14 +225,14 @@ class Instance:
         overlay = wd / "overlay.qcow2"
         backing = Path(self.disk).resolve()
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", _disk_format(backing),
-             str(overlay)],
-            check=True, capture_output=True,
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", _disk_format(backing), str(overlay)],
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"localtwin-{self.name}", "-f",
-             str(self.ssh_key)],
-            check=True, capture_output=True,
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"localtwin-{self.name}", "-f", str(self.ssh_key)],
+            check=True,
+            capture_output=True,
         )
         public_key = (wd / "id_ed25519.pub").read_text()
         user_data_file = wd / "user-data"
@@ -241,29 +243,56 @@ class Instance:
         (wd / "meta-data").write_text(f"instance-id: {self.instance_id}\nlocal-hostname: {self.name}\n")
         subprocess.run(
             ["cloud-localds", str(wd / "seed.iso"), str(user_data_file), str(wd / "meta-data")],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         self.ssh_port, self.http_port = free_port(), free_port()
         self.ssh_config.write_text(self.ssh_config_entry())
         cmd = [
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", str(self.memory_mb),
-            "-display", "none", "-monitor", "none", "-serial", f"file:{self.serial_log}",
-            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", KERNEL_APPEND,
-            "-drive", f"file={overlay},if=virtio,format=qcow2",
-            "-drive", f"file={wd / 'seed.iso'},if=virtio,format=raw,readonly=on",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            str(self.cpus),
+            "-m",
+            str(self.memory_mb),
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{self.serial_log}",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            KERNEL_APPEND,
+            "-drive",
+            f"file={overlay},if=virtio,format=qcow2",
+            "-drive",
+            f"file={wd / 'seed.iso'},if=virtio,format=raw,readonly=on",
             "-netdev",
             f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,hostfwd=tcp:127.0.0.1:{self.http_port}-:80",
-            "-device", "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
             "-no-reboot",
         ]
         self._t0 = time.monotonic()
         with open(wd / "qemu.log", "wb") as qlog:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=qlog,
+                stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG, no threads started yet
             )
-        self._say("qemu started", f"ssh 127.0.0.1:{self.ssh_port}, http 127.0.0.1:{self.http_port}, "
-                  f"instance-id {self.instance_id}")
+        self._say(
+            "qemu started",
+            f"ssh 127.0.0.1:{self.ssh_port}, http 127.0.0.1:{self.http_port}, instance-id {self.instance_id}",
+        )
 
     def serial_tail(self, lines: int = 60) -> str:
         try:
@@ -300,7 +329,10 @@ class Instance:
         """Run ``command`` on the instance as admin (OpenSSH client, this instance's key and config)."""
         return subprocess.run(
             ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", self.name, command],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def _get_ready(self) -> tuple[int | None, Any]:
@@ -407,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ready", action="store_true", help="stop waiting after cloud-init (no /readyz)")
     p.add_argument("--hold", action="store_true", help="keep the instance until Enter is pressed")
     a = p.parse_args(argv)
-    with sigterm_raises(), Instance(a.disk, a.kernel, a.initrd, a.user_data.read_text(),
-                                    wait_ready=not a.no_ready) as inst:
+    with (
+        sigterm_raises(),
+        Instance(a.disk, a.kernel, a.initrd, a.user_data.read_text(), wait_ready=not a.no_ready) as inst,
+    ):
         print(json.dumps(inst.timings.as_dict()))
         if a.hold:
             print(f"ssh -F {inst.ssh_config} {inst.name}")
