@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,7 +37,6 @@ from infra.localtwin import base_disk, standin
 from infra.packer import PackerError, run_packer_build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_DIR = REPO_ROOT / "packer"
 ONLY = "qemu.nextcloud"
 QCOW2_NAME = "nextcloud.qcow2"
 RENDERED = ("packer-vars.json", "nextcloud.env", "fingerprint")
@@ -172,24 +172,30 @@ def extract_boot_files(qcow2: Path, dest: Path) -> tuple[Path, Path]:
 
 
 def build_local_image(
-    env: str = "local",
+    root: Path = REPO_ROOT,
+    settings: Any = None,
     *,
-    build_root: Path = REPO_ROOT / "build",
-    extra_canaries: Sequence[str] = (),
+    env: str | None = None,
     force: bool = False,
+    extra_canaries: Sequence[str] = (),
+    build_root: Path | None = None,
     log: Log = print,
 ) -> dict:
     """Bake (or reuse) the local image of ``build/<env>/`` and return its manifest.
 
-    ``extra_canaries`` are strings validate.sh must not find on the image (the literal
-    secrets of ``build/<env>/user-data.yaml`` and two random canaries are always added).
-    ``force`` bakes even when a reusable artifact exists. Raises BuildError (bad or
-    missing inputs) or PackerError (the bake failed; Packer's output says where).
+    ``root`` is the repository; the environment is ``settings.name`` (render's Settings)
+    or ``env`` (default ``local``); its rendered files are read from ``build_root/<env>``
+    (default ``root/build``). ``extra_canaries`` are strings validate.sh must not find on
+    the image (the literal secrets of ``user-data.yaml`` and two random canaries are
+    always added). ``force`` bakes even when a reusable artifact exists. Raises BuildError
+    (bad or missing inputs) or PackerError (the bake failed; Packer's output says where).
     """
     started = time.monotonic()
-    build_dir = (build_root / env).resolve()
+    env = getattr(settings, "name", None) or env or "local"
+    build_root = (build_root or root / "build").resolve()
+    build_dir = build_root / env
     fingerprint = read_fingerprint(build_dir)
-    if not (REPO_ROOT / "image" / "nextcloud" / "Dockerfile").is_file():
+    if not (root / "image" / "nextcloud" / "Dockerfile").is_file():
         raise BuildError("image/nextcloud/Dockerfile is missing: the image overlay has to exist before a bake")
     base_key = base_disk.base_disk_key()
     try:
@@ -256,16 +262,16 @@ def build_local_image(
     t = time.monotonic()
     try:
         result = run_packer_build(
-            TEMPLATE_DIR,
+            root / "packer",
             var_file=build_dir / "packer-vars.json",
             variables=variables,
             sensitive_variables={"validate_canaries": ",".join(canaries)},
             only=ONLY,
             manifest_path=build_dir / "packer-manifest.json",
             log=log,
-            cwd=REPO_ROOT,
+            cwd=root,
             # Packer's download cache would otherwise land in the repository's top level.
-            extra_env={"PACKER_CACHE_DIR": str(build_root.resolve() / "cache" / "packer")},
+            extra_env={"PACKER_CACHE_DIR": str(build_root / "cache" / "packer")},
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -310,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     force = "--force" in args
     rest = [a for a in args if a != "--force"]
     try:
-        manifest = build_local_image(rest[0] if rest else "local", force=force)
+        manifest = build_local_image(REPO_ROOT, env=rest[0] if rest else "local", force=force)
     except (BuildError, PackerError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

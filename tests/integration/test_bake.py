@@ -189,7 +189,7 @@ def test_unchanged_inputs_reuse_the_artifact_without_a_vm(rendered, monkeypatch)
 
     monkeypatch.setattr(build, "run_packer_build", no_bake)
     monkeypatch.setattr(build.base_disk, "ensure_base_disk", no_bake)
-    manifest = build.build_local_image("local", build_root=rendered, log=lambda _m: None)
+    manifest = build.build_local_image(ROOT, env="local", build_root=rendered, log=lambda _m: None)
     assert manifest["reused"] is True
     assert manifest["artifact_id"] == record["artifact_id"]
     assert manifest["sha256"] == record["sha256"]
@@ -212,7 +212,7 @@ def test_changed_inputs_or_a_modified_artifact_are_not_reused(rendered, change):
 def test_missing_render_output_is_a_clear_error(tmp_path):
     (tmp_path / "local").mkdir()
     with pytest.raises(build.BuildError, match="render the environment first"):
-        build.build_local_image("local", build_root=tmp_path, log=lambda _m: None)
+        build.build_local_image(ROOT, env="local", build_root=tmp_path, log=lambda _m: None)
 
 
 def test_literal_secrets_of_the_user_data_become_canaries(tmp_path):

@@ -290,3 +290,16 @@ def test_run_packer_build_failure_raises_with_packers_error(tmp_path):
             manifest_path=tmp_path / "packer-manifest.json", log=lambda _m: None,
         )
     assert json.loads((tmp_path / "packer-timings.json").read_text())["exit_code"] != 0
+
+
+@needs_packer
+def test_validate_template_for_inv_validate(build_dir):
+    from infra.packer import validate_template
+
+    ok, text = validate_template(ROOT, build_dir / "packer-vars.json")
+    assert ok, text
+    assert "validate -only=qemu.nextcloud: ok" in text
+    (build_dir / "packer-vars.json").write_text(json.dumps({**SAMPLE_VARS, "root_volume_size_gb": "big"}))
+    ok, text = validate_template(ROOT, build_dir / "packer-vars.json")
+    assert not ok
+    assert "root_volume_size_gb" in text
