@@ -30,7 +30,7 @@ __test__ = False  # a pipeline step named "test", not a pytest module
 PG_PORT = 55432
 REDIS_PORT = 56379
 CANARY_PREFIX = "canary"
-# The cluster init's state table and its log line for a completed install (image/nextcloud/bin/cluster-init.php).
+# The cluster init's state table and its log line for a completed install (image/nextcloud/cluster/cluster-init.php).
 STATE_TABLE = "nextcloud_cluster_state"
 INSTALL_LOG_LINE = "installed Nextcloud "
 
@@ -139,7 +139,7 @@ def check_cluster(pg: ThrowawayPostgres, instances: Sequence[Instance], canaries
     installs = {}
     for inst in instances:
         r = inst.ssh(
-            f"sudo journalctl --no-pager -o cat CONTAINER_NAME=nextcloud | grep -c '{INSTALL_LOG_LINE}' || true"
+            f"sudo journalctl --no-pager -o cat -u nextcloud.service | grep -c '{INSTALL_LOG_LINE}' || true"
         )
         installs[inst.name] = int(r.stdout.strip() or 0)
     if sum(installs.values()) != 1:

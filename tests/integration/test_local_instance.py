@@ -1,0 +1,127 @@
+"""The throwaway local instance (infra/localtwin/instance.py): user data merge, boot, and teardown on every exit.
+
+The boot tests use the cached base disk (infra/localtwin/base_disk.py; built on demand, ~90 s) under QEMU TCG.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.localtwin.instance import Instance, InstanceError, merge_ssh_key
+
+REPO = Path(__file__).resolve().parents[2]
+RENDERED = """#cloud-config
+# comment kept out of the merge on purpose
+write_files:
+  - path: /etc/nextcloud/instance.json
+    owner: root:root
+    permissions: "0600"
+    content: |
+      {"schema": 1, "secrets": {"NEXTCLOUD_DB_PASSWORD": "literal:canarydbpw0123456789"}}
+"""
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJx2 test@host"
+
+
+# ---- user data merge (no VM) ------------------------------------------------------------------------------
+def test_merge_keeps_write_files_and_adds_key():
+    merged = merge_ssh_key(RENDERED, KEY)
+    assert merged.startswith("#cloud-config\n")
+    doc = yaml.safe_load(merged)
+    assert doc["ssh_authorized_keys"] == [KEY]
+    assert doc["write_files"] == yaml.safe_load(RENDERED)["write_files"]
+
+
+def test_merge_appends_to_existing_keys_and_keeps_default_user():
+    doc = yaml.safe_load(
+        merge_ssh_key("#cloud-config\nssh_authorized_keys: [ssh-ed25519 AAAAold]\nusers: [{name: ops}]\n", KEY)
+    )
+    assert doc["ssh_authorized_keys"] == ["ssh-ed25519 AAAAold", KEY]
+    assert doc["users"][0] == "default", "a users list without 'default' would drop admin, the key's user"
+
+
+@pytest.mark.parametrize("bad", ["", "#!/bin/sh\necho hi\n", "#cloud-config\n- a list\n"])
+def test_merge_rejects_what_is_not_a_cloud_config_mapping(bad):
+    with pytest.raises(InstanceError, match="cloud-config"):
+        merge_ssh_key(bad, KEY)
+
+
+# ---- booting the base disk ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from infra.localtwin.base_disk import ensure_base_disk
+
+    return ensure_base_disk(log=lambda m: None)
+
+
+def _qemu_running_in(workdir: Path) -> bool:
+    out = subprocess.run(["pgrep", "-af", "qemu-system-x86_64"], capture_output=True, text=True).stdout
+    return str(workdir) in out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_timeout_reports_serial_tail_and_cleans_up(base):
+    inst = Instance(base.disk, base.kernel, base.initrd, RENDERED, name="nc-timeout", timeout_s=20, progress=print)
+    with pytest.raises(InstanceError) as err, inst:
+        pytest.fail("an instance cannot be reachable 20 s after power-on under TCG")
+    message = str(err.value)
+    assert "timed out after 20s" in message and "phase: waiting for SSH" in message
+    tail = message.split("--- serial console, last lines ---\n", 1)[1]
+    assert tail.strip() and tail != "(no serial log)", "no console output in the failure report"
+    assert inst.workdir is None and inst._proc is None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_tears_down(base, tmp_path):
+    ud = tmp_path / "user-data"
+    ud.write_text(RENDERED)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.localtwin.instance", str(base.disk), str(base.kernel), str(base.initrd), str(ud)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workdir = None
+    deadline = time.monotonic() + 30
+    while workdir is None and time.monotonic() < deadline:
+        time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail(f"instance CLI exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        for p in Path("/tmp").glob("nc-test-1-*"):
+            if (p / "ssh_config").exists() and _qemu_running_in(p):
+                workdir = p
+    assert workdir is not None, "instance did not start"
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    assert rc == 128 + signal.SIGTERM
+    assert not workdir.exists(), "temp dir with the user data survived SIGTERM"
+    assert not _qemu_running_in(workdir), "QEMU survived SIGTERM"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_boot_applies_user_data_and_key(base):
+    backing_mtime = Path(base.disk).stat().st_mtime_ns
+    with Instance(base.disk, base.kernel, base.initrd, RENDERED, name="nc-boot", wait_ready=False) as inst:
+        workdir = inst.workdir
+        assert inst.timings.ssh and inst.timings.cloud_init_done, inst.timings
+        assert inst.timings.cloud_init_status == "done"
+        r = inst.ssh(
+            "sudo stat -c '%a %U' /etc/nextcloud/instance.json && hostname && cat /var/lib/cloud/data/instance-id"
+        )
+        assert r.returncode == 0, r.stderr
+        mode_owner, hostname, instance_id = r.stdout.split("\n")[:3]
+        assert (mode_owner, hostname, instance_id) == ("600 root", "nc-boot", inst.instance_id)
+    assert not workdir.exists()
+    assert Path(base.disk).stat().st_mtime_ns == backing_mtime, "the backing disk was written to"
