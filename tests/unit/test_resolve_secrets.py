@@ -793,9 +793,11 @@ def test_systemd_analyze_verify_catches_a_broken_unit(unit_root):
 
 @needs_systemd_analyze
 def test_secrets_unit_exposure_stays_low(unit_root):
+    # systemd's own score of the sandbox (0 = locked down, 10 = none); 1.6 when written. Loosening
+    # the hardening past 2.0 ("OK") fails here.
     target = unit_root / SECRETS_UNIT.relative_to(ROOTFS)
     proc = subprocess.run(
-        [str(systemd_analyze()), "--offline=yes", "--threshold=25", f"--root={unit_root}", "security", str(target)],
+        [str(systemd_analyze()), "--offline=yes", "--threshold=20", f"--root={unit_root}", "security", str(target)],
         capture_output=True,
         text=True,
         check=False,
