@@ -174,7 +174,7 @@ def test_readiness_loads_config_like_nextcloud(tmp_path):
 STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
 PHP_FILES = sorted([*(ROOT / "image" / "nextcloud").rglob("*.php"), *STANDIN_TREE.rglob("*.php"), STANDIN_TREE / "occ",
                     *(ROOT / "tests" / "fixtures" / "nextcloud").rglob("*.php")])
-SHELL_SCRIPTS = [ROOT / "image" / "nextcloud" / "bin" / "nextcloud-cluster-entrypoint"]
+SHELL_SCRIPTS = [*sorted((ROOT / "image" / "nextcloud" / "bin").iterdir()), ROOT / "image/nextcloud/cluster/env-file.sh"]
 
 
 @pytest.mark.parametrize("path", PHP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -186,5 +186,5 @@ def test_php_lint(path):
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 @pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shellcheck(path):
-    r = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
+    r = subprocess.run(["shellcheck", "--shell=bash", "--external-sources", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
