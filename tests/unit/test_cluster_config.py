@@ -174,7 +174,7 @@ def test_readiness_loads_config_like_nextcloud(tmp_path):
 STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
 PHP_FILES = sorted([*(ROOT / "image" / "nextcloud").rglob("*.php"), *STANDIN_TREE.rglob("*.php"), STANDIN_TREE / "occ",
                     *(ROOT / "tests" / "fixtures" / "nextcloud").rglob("*.php")])
-SHELL_SCRIPTS = [*sorted((ROOT / "image" / "nextcloud" / "bin").iterdir()), ROOT / "image/nextcloud/cluster/env-file.sh"]
+SHELL_SCRIPTS = [*sorted((ROOT / "image/nextcloud/bin").iterdir()), ROOT / "image/nextcloud/cluster/env-file.sh"]
 
 
 @pytest.mark.parametrize("path", PHP_FILES, ids=lambda p: str(p.relative_to(ROOT)))
