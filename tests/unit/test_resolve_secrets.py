@@ -645,6 +645,21 @@ def test_instance_role_and_region_come_from_imdsv2(resolver, aws_endpoint, imds,
     assert all(valid for _, valid in gets), "an IMDSv1 (token-less) request was made"
 
 
+def test_region_lookup_failure_names_every_key_and_asks_imds_once(resolver, imds):
+    del imds.documents["/latest/meta-data/placement/region"]
+    doc = instance_doc()
+    del doc["region"]
+    doc["secrets"]["NEXTCLOUD_SECRET"] = "ssm:/nextcloud/secret"
+    doc["secrets"]["NEXTCLOUD_DB_PASSWORD"] = "ssm:/nextcloud/db"
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, **DUMMY_CREDENTIALS}
+    result = resolver(doc, env=env)
+    assert result.returncode == 3
+    assert "secrets.NEXTCLOUD_SECRET (ssm /nextcloud/secret): no region" in result.stderr
+    assert "secrets.NEXTCLOUD_DB_PASSWORD (ssm /nextcloud/db): no region" in result.stderr
+    region_gets = [r for r in imds.requests if r[:2] == ("GET", "/latest/meta-data/placement/region")]
+    assert len(region_gets) == 3  # one round of retries, not one per reference
+
+
 def test_no_region_anywhere_is_a_clear_error(resolver, tmp_path):
     doc = instance_doc()
     del doc["region"]
