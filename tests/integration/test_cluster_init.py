@@ -8,6 +8,8 @@ the database; everything else (cluster-init.php, lib.php, cluster.config.php, th
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,8 +57,8 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
         assert rc == 0, f"{node.name}: {out}"
     installs = occ_calls(pg, "maintenance:install")
     assert len(installs) == 1 and installs[0][2] == 0, installs
-    rows = query(pg, "SELECT instanceid, version FROM nextcloud_cluster_state")
-    assert rows == [(IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1")]
+    rows = query(pg, "SELECT state, instanceid, version FROM nextcloud_cluster_state")
+    assert rows == [("installed", IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1")]
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
 
     identities = {json.dumps(effective_identity(n)) for n in nodes}
@@ -226,3 +228,56 @@ def test_entrypoint_rejects_bad_env_file_and_non_tmpfs_state(tmp_path):
     bad.write_text("GOOD=1\n")
     r = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=20)
     assert r.returncode == 1 and "not tmpfs" in r.stderr  # tmp_path is on disk here
+
+
+def kill_node(node) -> None:
+    """Power loss: the init and its occ child die at once (own process group)."""
+    for p in node.procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_interrupted_install_is_reported_not_repeated(make_node, pg):
+    victim = make_node("victim")
+    victim.start_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="10")
+    victim.wait_state("installing")
+    time.sleep(0.5)  # occ is half-way
+    kill_node(victim)
+
+    other = make_node("other")
+    rc, out = other.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 1, out
+    state = other.state()
+    assert state["code"] == "install_interrupted" and "did not finish" in state["reason"], state
+    assert len(occ_calls(pg, "maintenance:install")) == 1  # no second install over a half-installed database
+
+
+def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_node, pg):
+    install_cluster(make_node)
+    old = make_node("old")
+    rc, out = old.run_init()
+    assert rc == 0 and old.readyz_cli()["ready"] is True, out
+
+    victim = make_node("victim")
+    victim.set_code_version(NEWER)
+    victim.start_init(NEXTCLOUD_ALLOW_UPGRADE="1", NEXTCLOUD_OCC_DOUBLE_DELAY="10")
+    victim.wait_state("upgrading")
+    time.sleep(0.5)
+    result = old.readyz_cli()
+    assert result["code"] == "cluster_busy" and "upgrading to 29.0.8.1" in result["reason"], result
+    kill_node(victim)
+
+    nodes = [make_node(f"r{i}") for i in range(3)]
+    for n in nodes:
+        n.set_code_version(NEWER)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda n: n.run_init(timeout=60, NEXTCLOUD_ALLOW_UPGRADE="1"), nodes))
+    assert all(rc == 0 for rc, _ in results), results
+    calls = occ_calls(pg, "upgrade")
+    assert [c[3] for c in calls if c[2] == 0] == ["upgraded 29.0.7.1 -> 29.0.8.1"]
+    assert [c[2] for c in calls if c[2] != 0] == [None]  # the killed one never finished
+    assert query(pg, "SELECT state, version, target_version FROM nextcloud_cluster_state") == [
+        ("installed", "29.0.8.1", None)]
+    result = old.readyz_cli()
+    assert result["code"] == "cluster_changed", result

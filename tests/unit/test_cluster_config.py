@@ -78,6 +78,8 @@ def test_cluster_settings_from_environment(tmp_path):
     assert c["overwrite.cli.url"] == "https://cloud.example.com"
     assert c["log_type"] == "errorlog"
     assert c["appstoreenabled"] is False
+    assert c["upgrade.disable-web"] is True
+    assert "htaccess.RewriteBase" not in c  # rewrite rules would exist on the installer node only
     assert c["config_is_read_only"] is True
     assert c["installed"] is False and "version" not in c  # nothing known until the cluster init says so
     assert "objectstore" not in c  # empty bucket: local data directory

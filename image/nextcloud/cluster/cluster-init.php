@@ -169,9 +169,24 @@ final class Init {
 			}
 			return $this->install($pdo, $code);
 		}
+		// We hold the lock, so a row still 'installing' means the installer died or failed half-way.
+		if ($row['state'] === 'installing') {
+			return new Outcome('fail', 'install_interrupted', "the install of {$row['target_version']} started by {$row['updated_by']} at "
+				. "{$row['updated_at']} did not finish: the database is partially installed; drop and re-create it, then restart the nodes");
+		}
 		if ($row['instanceid'] !== $this->config['instanceid'] || $row['identity_digest'] !== identityDigest($this->config)) {
 			return new Outcome('fail', 'identity_mismatch', "identity mismatch: the database belongs to instanceid {$row['instanceid']}, "
 				. "this node is {$this->config['instanceid']} (or its passwordsalt/secret differ); fix the node's secrets");
+		}
+		$mayUpgrade = envOr('NEXTCLOUD_ALLOW_UPGRADE', '0') === '1';
+		if ($row['state'] === 'upgrading') {
+			// The upgrader died half-way; occ upgrade resumes from where the schema is.
+			if ($mayUpgrade && $code['version'] === $row['target_version']) {
+				return $this->upgrade($pdo, $code, $row);
+			}
+			return new Outcome('wait', 'upgrade_pending', "an upgrade from {$row['version']} to {$row['target_version']} by "
+				. "{$row['updated_by']} did not finish; waiting for a node with {$row['target_version']} that may upgrade "
+				. '(NEXTCLOUD_ALLOW_UPGRADE=1)');
 		}
 		$cmp = version_compare($code['version'], $row['version']);
 		if ($cmp === 0) {
@@ -181,7 +196,7 @@ final class Init {
 			return new Outcome('fail', 'code_older', "code {$code['version']} is older than the cluster ({$row['version']}): "
 				. 'downgrades are not supported, run an image with Nextcloud >= ' . $row['version']);
 		}
-		if (envOr('NEXTCLOUD_ALLOW_UPGRADE', '0') !== '1') {
+		if (!$mayUpgrade) {
 			return new Outcome('wait', 'upgrade_pending', "upgrade pending: code {$code['version']} is newer than the cluster "
 				. "({$row['version']}) and this node may not upgrade (NEXTCLOUD_ALLOW_UPGRADE is not 1); waiting for a node that may");
 		}
@@ -189,14 +204,31 @@ final class Init {
 	}
 
 	private function install(\PDO $pdo, array $code): Outcome {
-		self::state('installing', 'installing', "installing Nextcloud {$code['version']} (this node holds the cluster lock)");
-		self::log("database is empty: installing Nextcloud {$code['version']}");
 		$c = $this->config;
 		$admin = getenv('NEXTCLOUD_ADMIN_USER');
 		$adminPass = getenv('NEXTCLOUD_ADMIN_PASSWORD');
 		if (!$admin || !$adminPass) {
 			return new Outcome('fail', 'config_error', 'cannot install: NEXTCLOUD_ADMIN_USER and NEXTCLOUD_ADMIN_PASSWORD must be set on the installing node');
 		}
+		self::state('installing', 'installing', "installing Nextcloud {$code['version']} (this node holds the cluster lock)");
+		self::log("database is empty: installing Nextcloud {$code['version']}");
+		// Recorded (committed) before occ runs, so an install that dies half-way is recognised as such.
+		$pdo->beginTransaction();
+		$pdo->exec('CREATE TABLE IF NOT EXISTS ' . STATE_TABLE . " (
+			id smallint PRIMARY KEY CHECK (id = 1),
+			state text NOT NULL CHECK (state IN ('installing', 'installed', 'upgrading')),
+			instanceid text NOT NULL,
+			identity_digest text NOT NULL,
+			version text NOT NULL,
+			versionstring text NOT NULL,
+			target_version text,
+			installed_at timestamptz NOT NULL DEFAULT now(),
+			updated_at timestamptz NOT NULL DEFAULT now(),
+			updated_by text NOT NULL)");
+		$pdo->prepare('INSERT INTO ' . STATE_TABLE . " (id, state, instanceid, identity_digest, version, versionstring, target_version,
+			updated_by) VALUES (1, 'installing', ?, ?, '', '', ?, ?)")
+			->execute([$c['instanceid'], identityDigest($c), $code['version'], gethostname()]);
+		$pdo->commit();
 		$scratch = $this->scratchConfig(null);
 		try {
 			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--no-interaction', '--database=pgsql',
@@ -213,20 +245,9 @@ final class Init {
 		if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
 			return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
 		}
-		$pdo->beginTransaction();
-		$pdo->exec('CREATE TABLE IF NOT EXISTS ' . STATE_TABLE . ' (
-			id smallint PRIMARY KEY CHECK (id = 1),
-			instanceid text NOT NULL,
-			identity_digest text NOT NULL,
-			version text NOT NULL,
-			versionstring text NOT NULL,
-			installed_at timestamptz NOT NULL DEFAULT now(),
-			updated_at timestamptz NOT NULL DEFAULT now(),
-			updated_by text NOT NULL)');
-		$ins = $pdo->prepare('INSERT INTO ' . STATE_TABLE . ' (id, instanceid, identity_digest, version, versionstring, updated_by)
-			VALUES (1, ?, ?, ?, ?, ?)');
-		$ins->execute([$c['instanceid'], identityDigest($c), $status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
-		$pdo->commit();
+		$pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'installed', version = ?, versionstring = ?, target_version = NULL,
+			updated_at = now(), updated_by = ? WHERE id = 1")
+			->execute([$status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
 		self::log("installed Nextcloud {$status['version']} as cluster {$c['instanceid']}");
 		return new Outcome('ready', 'ready', '', clusterRow($pdo));
 	}
@@ -234,6 +255,9 @@ final class Init {
 	private function upgrade(\PDO $pdo, array $code, array $row): Outcome {
 		self::state('upgrading', 'upgrading', "upgrading the cluster from {$row['version']} to {$code['version']} (this node holds the cluster lock)");
 		self::log("upgrading the cluster from {$row['version']} to {$code['version']}");
+		// Recorded before occ runs: serving nodes see the cluster busy, and an interrupted upgrade is resumed.
+		$pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'upgrading', target_version = ?, updated_at = now(), updated_by = ?
+			WHERE id = 1")->execute([$code['version'], gethostname()]);
 		$scratch = $this->scratchConfig(['installed' => true, 'version' => $row['version'], 'maintenance' => false]);
 		try {
 			[$rc, $out] = $this->occ($scratch, ['upgrade', '--no-interaction']);
@@ -248,7 +272,8 @@ final class Init {
 			return new Outcome('fail', 'upgrade_failed', 'occ upgrade finished but occ status still reports version '
 				. ($status['version'] ?? '?') . ' / needsDbUpgrade');
 		}
-		$upd = $pdo->prepare('UPDATE ' . STATE_TABLE . ' SET version = ?, versionstring = ?, updated_at = now(), updated_by = ? WHERE id = 1');
+		$upd = $pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'installed', version = ?, versionstring = ?, target_version = NULL,
+			updated_at = now(), updated_by = ? WHERE id = 1");
 		$upd->execute([$status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
 		self::log("upgraded the cluster to {$status['version']}");
 		return new Outcome('ready', 'ready', '', clusterRow($pdo));

@@ -195,8 +195,8 @@ function clusterRow(\PDO $pdo): ?array {
 	if (!$exists['e']) {
 		return null;
 	}
-	$row = $pdo->query('SELECT instanceid, identity_digest, version, versionstring, installed_at, updated_at, updated_by FROM '
-		. STATE_TABLE . ' WHERE id = 1')->fetch();
+	$row = $pdo->query('SELECT state, instanceid, identity_digest, version, versionstring, target_version, installed_at,
+		updated_at, updated_by FROM ' . STATE_TABLE . ' WHERE id = 1')->fetch();
 	return $row === false ? null : $row;
 }
 
@@ -287,6 +287,9 @@ function readiness(): array {
 	if ($row['instanceid'] !== ($config['instanceid'] ?? null) || $row['identity_digest'] !== identityDigest($config)) {
 		return $notReady('identity_mismatch', "identity mismatch: the database belongs to instanceid {$row['instanceid']}, this node is "
 			. ($config['instanceid'] ?? '?') . ' (or its passwordsalt/secret differ)');
+	}
+	if ($row['state'] !== 'installed') {
+		return $notReady('cluster_busy', "the cluster is {$row['state']} to {$row['target_version']} (started by {$row['updated_by']} at {$row['updated_at']})");
 	}
 	if ($row['version'] !== $installed) {
 		return $notReady('cluster_changed', "cluster is now at {$row['version']}, this node joined at $installed: restart it");

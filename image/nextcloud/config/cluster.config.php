@@ -130,7 +130,9 @@ $CONFIG = (static function (): array {
 		],
 		'appstoreenabled' => false,
 		'upgrade.disable-web' => true,
-		'htaccess.RewriteBase' => '/',
+		// No 'htaccess.RewriteBase' (pretty URLs): the installer writes the rewrite rules into its own node-local
+		// .htaccess only, so pages generated there would link to URLs that 404 on every other node. Without
+		// it every node generates the same index.php URLs.
 		'memcache.local' => '\\OC\\Memcache\\APCu',
 		'memcache.distributed' => '\\OC\\Memcache\\Redis',
 		'memcache.locking' => '\\OC\\Memcache\\Redis',
