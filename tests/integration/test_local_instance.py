@@ -5,6 +5,7 @@ The boot tests use the cached base disk (infra/localtwin/base_disk.py; built on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -125,3 +126,59 @@ def test_boot_applies_user_data_and_key(base):
         assert (mode_owner, hostname, instance_id) == ("600 root", "nc-boot", inst.instance_id)
     assert not workdir.exists()
     assert Path(base.disk).stat().st_mtime_ns == backing_mtime, "the backing disk was written to"
+
+
+# ---- test-ami inputs (no VM) --------------------------------------------------------------------------------
+def test_canary_user_data_carries_every_secret_as_literal_and_keeps_the_rendered_document():
+    from infra.localtwin.test_ami import make_canaries, render_user_data_with_secrets, secret_variables
+    from render.outputs import render_user_data
+    from render.settings import load_settings
+
+    settings = load_settings(REPO, "local").settings
+    canaries = make_canaries(list(secret_variables().values()))
+    assert len(set(canaries.values())) == len(canaries) == 6
+    assert all(v.startswith("canary") and v.isalnum() and v.islower() for v in canaries.values())
+    rendered = render_user_data_with_secrets(settings, canaries)
+    entry = yaml.safe_load(rendered)["write_files"][0]
+    assert (entry["path"], entry["permissions"], entry["owner"]) == (
+        "/etc/nextcloud/instance.json",
+        "0600",
+        "root:root",
+    )
+    doc = json.loads(entry["content"])
+    assert doc["secrets"] == {name: f"literal:{value}" for name, value in canaries.items()}
+    # Only the secrets differ from what `inv render` writes for the environment.
+    plain = json.loads(yaml.safe_load(render_user_data(settings))["write_files"][0]["content"])
+    assert {k: v for k, v in doc.items() if k != "secrets"} == {k: v for k, v in plain.items() if k != "secrets"}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (None, "bake the image first"),
+        ("not json", "is not JSON"),
+        ({"kernel": "/nonexistent"}, "no artifact disk recorded"),
+        ({"artifact_id": "/nonexistent/x.qcow2", "kernel": "k", "initrd": "i"}, "does not exist"),
+    ],
+)
+def test_manifest_errors_name_the_fix(tmp_path, manifest, message):
+    from infra.localtwin.test_ami import TestAmiError, read_manifest
+
+    path = tmp_path / "manifest.json"
+    if manifest is not None:
+        path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    with pytest.raises(TestAmiError, match=message):
+        read_manifest(path, tmp_path)
+
+
+def test_manifest_resolves_artifact_kernel_initrd(tmp_path):
+    from infra.localtwin.test_ami import read_manifest
+
+    for name in ("nextcloud.qcow2", "vmlinuz", "initrd.img"):
+        (tmp_path / name).write_bytes(b"x")
+    path = tmp_path / "manifest.json"
+    path.write_text(
+        json.dumps({"artifact_id": str(tmp_path / "nextcloud.qcow2"), "kernel": "vmlinuz", "initrd": "initrd.img"})
+    )
+    a = read_manifest(path, tmp_path)
+    assert (a.disk.name, a.kernel.name, a.initrd.name) == ("nextcloud.qcow2", "vmlinuz", "initrd.img")
