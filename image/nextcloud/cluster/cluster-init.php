@@ -245,8 +245,9 @@ final class Init {
 		if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
 			return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
 		}
+		// installed_at = updated_at: the row as the install left it; any later change shows as updated_at > installed_at.
 		$pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'installed', version = ?, versionstring = ?, target_version = NULL,
-			updated_at = now(), updated_by = ? WHERE id = 1")
+			installed_at = now(), updated_at = now(), updated_by = ? WHERE id = 1")
 			->execute([$status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
 		self::log("installed Nextcloud {$status['version']} as cluster {$c['instanceid']}");
 		return new Outcome('ready', 'ready', '', clusterRow($pdo));
