@@ -723,7 +723,10 @@ def watch_process_tree(cmd: Sequence[str], cwd: Path, interval_s: float = 0.02) 
     reader.start()
     samples = 0
     while proc.poll() is None:
-        seen.update(descendants(proc.pid, _proc_table()))
+        table = _proc_table()
+        if proc.pid in table:  # the command itself may exec into something else
+            seen[proc.pid] = table[proc.pid][1]
+        seen.update(descendants(proc.pid, table))
         samples += 1
         time.sleep(interval_s)
     elapsed = time.monotonic() - started
