@@ -12,8 +12,8 @@ after a failure. Tests that need "the database goes away, then comes back" call 
         pg.stop(); pg.start()
         rd.url            # "redis://127.0.0.1:56379/0"
 
-PostgreSQL runs as the ``postgres`` system user (``runuser``), because these tools run as root and
-PostgreSQL refuses to run as root. The superuser is reachable only over a Unix socket inside the temp
+As root, PostgreSQL runs as the ``postgres`` system user (``runuser``), because PostgreSQL refuses to run as
+root; as any other user it runs as that user. The superuser is reachable only over a Unix socket inside the temp
 directory (trust); TCP clients must use the application role's password (scram-sha-256), like on RDS.
 """
 
@@ -154,8 +154,10 @@ class ThrowawayPostgres(_Service):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _as_postgres(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60):
+        # PostgreSQL refuses to run as root; as any other user it simply runs as that user.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         return subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args],
+            [*prefix, *args],
             input=stdin,
             text=True,
             capture_output=True,
@@ -164,11 +166,12 @@ class ThrowawayPostgres(_Service):
         )
 
     def _initdb(self) -> None:
-        pg = pwd.getpwnam("postgres")
         self.workdir.chmod(0o700)
-        os.chown(self.workdir, pg.pw_uid, pg.pw_gid)
         self.socketdir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(self.socketdir, pg.pw_uid, pg.pw_gid)
+        if os.geteuid() == 0:
+            pg = pwd.getpwnam("postgres")
+            os.chown(self.workdir, pg.pw_uid, pg.pw_gid)
+            os.chown(self.socketdir, pg.pw_uid, pg.pw_gid)
         if not (self.datadir / "PG_VERSION").exists():
             res = self._as_postgres(
                 str(PG_BIN / "initdb"),
