@@ -167,7 +167,9 @@ class Node:
         return {
             "NEXTCLOUD_WEBROOT": str(self.webroot), "NEXTCLOUD_CLUSTER_STATE_DIR": str(self.state_dir),
             "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB), "NEXTCLOUD_INIT_BACKOFF_INITIAL": "0.2",
-            "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120", "NEXTCLOUD_OCC_DOUBLE_DELAY": "1",
+            "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120",
+            # The occ double's stand-in for install/upgrade time: long enough that concurrent starters overlap.
+            "NEXTCLOUD_OCC_DOUBLE_DELAY": "0.5",
         }
 
     # -- running the image's scripts ---------------------------------------------------------------
