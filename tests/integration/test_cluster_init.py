@@ -281,3 +281,16 @@ def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_no
         ("installed", "29.0.8.1", None)]
     result = old.readyz_cli()
     assert result["code"] == "cluster_changed", result
+
+
+def test_bounded_wait_stops_the_container_for_a_restart(make_node, pg):
+    pg.stop()
+    node = make_node("n")
+    started = time.monotonic()
+    proc = node.start_container(NEXTCLOUD_INIT_WAIT_TIMEOUT="3")
+    status, body = node.readyz_http()
+    assert status == 503
+    assert proc.wait(timeout=20) == 75, node.last_log.read_text()  # systemd's Restart=always starts it afresh
+    assert 1.5 < time.monotonic() - started < 15  # gives up when the next retry would pass the deadline
+    log = node.last_log.read_text()
+    assert "gave up waiting" in log and DB_PASSWORD not in log
