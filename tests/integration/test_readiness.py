@@ -101,6 +101,10 @@ def test_missing_variable_is_named(make_node):
     body = wait_for(node, 503)
     assert body["code"] == "config_error"
     assert "NEXTCLOUD_DB_PASSWORD is not set" in body["reason"]
+    # The init stopped on the same error and says so too (its state, its log).
+    state = node.wait_state("config_error")
+    assert state["phase"] == "failed" and "NEXTCLOUD_DB_PASSWORD is not set" in state["reason"]
+    assert "NEXTCLOUD_DB_PASSWORD is not set" in node.last_log.read_text()
 
 
 def test_wrong_redis_password_is_not_ready(ready_node):

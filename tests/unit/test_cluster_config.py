@@ -190,3 +190,25 @@ def test_php_lint(path):
 def test_shellcheck(path):
     r = subprocess.run(["shellcheck", "--shell=bash", "--external-sources", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+INIT = ROOT / "image" / "nextcloud" / "cluster" / "cluster-init.php"
+
+
+@pytest.mark.parametrize(("tls", "password", "expected_path"), [
+    ("0", "", "tcp://cache.internal:6379"),
+    ("1", "p@ss w=rd&x", "tls://cache.internal:6379?auth=p%40ss%20w%3Drd%26x"),
+], ids=["plain", "tls-password"])
+def test_php_session_ini_for_redis(tmp_path, tls, password, expected_path):
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_CLUSTER_STATE_DIR": str(tmp_path),
+           "NEXTCLOUD_REDIS_HOST": "cache.internal", "NEXTCLOUD_REDIS_PORT": "6379", "NEXTCLOUD_REDIS_TLS": tls,
+           "NEXTCLOUD_REDIS_PASSWORD": password}
+    subprocess.run(["php", str(INIT), "--write-php-ini"], env=env, check=True, timeout=20)
+    ini = tmp_path / "php" / "zz-nextcloud-cluster-session.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600  # holds the Redis password
+    assert (tmp_path / "php").stat().st_mode & 0o777 == 0o700
+    # PHP itself must read it back as intended (quoting, URL encoding).
+    code = "echo json_encode([ini_get('session.save_handler'), ini_get('session.save_path')]);"
+    r = subprocess.run(["php", "-r", code], env={"PATH": "/usr/bin:/bin", "PHP_INI_SCAN_DIR": f":{tmp_path}/php"},
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == ["redis", expected_path]
