@@ -83,6 +83,14 @@ def test_runtime_env_holds_every_secret(host, canaries):
     assert not missing, f"{RUNTIME_ENV} lacks the boot's value for {missing}"
 
 
+def test_scan_finds_the_runtime_env_copy(canary_files, canary_name):
+    # Self-check of the search: a scan that finds nothing anywhere would pass every leak test below.
+    assert RUNTIME_ENV in canary_files[canary_name], (
+        f"the filesystem scan did not find {canary_name}'s value even in {RUNTIME_ENV}: the search is broken "
+        "or the secret was never delivered"
+    )
+
+
 def test_canary_only_in_allowed_files(canary_files, canary_name):
     name = canary_name
     stray = sorted(p for p in canary_files[name] if not _allowed(p))
