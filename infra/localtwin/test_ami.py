@@ -27,8 +27,7 @@ from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
 
 __test__ = False  # a pipeline step named "test", not a pytest module
 
-PG_PORT = 55432
-REDIS_PORT = 56379
+GUEST_HOST = "10.0.2.2"  # the host's loopback as seen from a QEMU user-mode guest
 CANARY_PREFIX = "canary"
 # The cluster init's state table and its log line for a completed install (image/nextcloud/cluster/cluster-init.php).
 STATE_TABLE = "nextcloud_cluster_state"
@@ -138,9 +137,7 @@ def check_cluster(pg: ThrowawayPostgres, instances: Sequence[Instance], canaries
         raise TestAmiError(f"cluster state was rewritten after the install: {row}")
     installs = {}
     for inst in instances:
-        r = inst.ssh(
-            f"sudo journalctl --no-pager -o cat -u nextcloud.service | grep -c '{INSTALL_LOG_LINE}' || true"
-        )
+        r = inst.ssh(f"sudo journalctl --no-pager -o cat -u nextcloud.service | grep -c '{INSTALL_LOG_LINE}' || true")
         installs[inst.name] = int(r.stdout.strip() or 0)
     if sum(installs.values()) != 1:
         raise TestAmiError(f"expected exactly one install across the cluster, the journals show {installs}")
@@ -214,6 +211,7 @@ def run(
     report = RunReport()
     if instances < 1:
         raise TestAmiError("instances must be at least 1")
+    _check_service_settings(settings)
     artifact = read_manifest(root / "build" / settings.name / "manifest.json", root)
     canaries = make_canaries(list(secret_variables().values()))
     user_data = render_user_data_with_secrets(settings, canaries)
@@ -225,9 +223,12 @@ def run(
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_raises())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="test-ami-")))
-        pg = stack.enter_context(ThrowawayPostgres(PG_PORT, canaries["NEXTCLOUD_DB_PASSWORD"]))
-        stack.enter_context(ThrowawayRedis(REDIS_PORT, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
-        log(f"services: PostgreSQL 127.0.0.1:{PG_PORT}, Redis 127.0.0.1:{REDIS_PORT} (guest: 10.0.2.2)")
+        db, rd = settings.database, settings.redis
+        pg = stack.enter_context(
+            ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user)
+        )
+        stack.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
+        log(f"services: PostgreSQL 127.0.0.1:{db.port}, Redis 127.0.0.1:{rd.port} (guest: {GUEST_HOST})")
         nodes = [
             Instance(
                 artifact.disk,
@@ -275,6 +276,21 @@ def run(
                 report.timings[node.name]["teardown"] = node.timings.teardown
             log("test-ami timings: " + json.dumps(report.timings))
     return report
+
+
+def _check_service_settings(settings: Any) -> None:
+    # The image has the service addresses baked in (nextcloud.env): they must point at this host's services.
+    problems = []
+    if settings.database.host != GUEST_HOST:
+        problems.append(f"database.host is {settings.database.host!r}, must be {GUEST_HOST!r}")
+    if settings.redis.host != GUEST_HOST:
+        problems.append(f"redis.host is {settings.redis.host!r}, must be {GUEST_HOST!r}")
+    if settings.redis.tls:
+        problems.append("redis.tls must be false (the throwaway Redis has no TLS)")
+    if problems:
+        raise TestAmiError(
+            f"environment {settings.name}: {'; '.join(problems)} - the local twin's services run on the host"
+        )
 
 
 def _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log) -> None:
