@@ -25,6 +25,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -321,7 +322,11 @@ class ThrowawayPostgres(_Service):
 
 
 class ThrowawayRedis(_Service):
-    """A private Redis server (no persistence) on ``host:port``, optionally with ``requirepass``."""
+    """A private Redis server (no persistence) on ``host:port``, optionally with ``requirepass``.
+
+    ``tls=True``: the port speaks TLS only (like ElastiCache with in-transit encryption), with a throwaway CA
+    and a server certificate for ``localhost`` / 127.0.0.1; clients trust ``ca_file``.
+    """
 
     def __init__(
         self,
@@ -329,6 +334,7 @@ class ThrowawayRedis(_Service):
         password: str | None = None,
         *,
         host: str = "127.0.0.1",
+        tls: bool = False,
         workdir: str | os.PathLike[str] | None = None,
         start_timeout: float = 15.0,
     ) -> None:
@@ -337,10 +343,35 @@ class ThrowawayRedis(_Service):
         self.port = port
         self.password = password or None
         self.host = host
+        self.tls = tls
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
         self._workdir = Path(workdir) if workdir else None
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        """The throwaway CA certificate clients must trust (tls=True only)."""
+        return self.workdir / "tls" / "ca.crt"
+
+    def _make_certificates(self) -> None:
+        d = self.workdir / "tls"
+        if (d / "server.crt").exists():
+            return
+        d.mkdir(mode=0o700, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            res = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise ServiceError(f"openssl {args[0]} failed: {res.stderr.strip()}")
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=throwaway test CA",
+                "-keyout", "ca.key", "-out", "ca.crt")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+                "-out", "server.csr")
+        (d / "san.ext").write_text("subjectAltName = DNS:localhost, IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
 
     @property
     def workdir(self) -> Path:
@@ -365,8 +396,21 @@ class ThrowawayRedis(_Service):
         _check_port(self.host, self.port, "ThrowawayRedis")
         conf = self.workdir / "redis.conf"
         # The password goes into a 0600 config file in our private temp dir, not argv (visible in ps).
+        if self.tls:
+            self._make_certificates()
+            tls_dir = self.workdir / "tls"
+            listen = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls_dir / 'server.crt'}",
+                f"tls-key-file {tls_dir / 'server.key'}",
+                f"tls-ca-cert-file {tls_dir / 'ca.crt'}",
+                "tls-auth-clients no",
+            ]
+        else:
+            listen = [f"port {self.port}"]
         lines = [
-            f"port {self.port}",
+            *listen,
             f"bind {self.host}",
             "daemonize no",
             f"dir {self.workdir}",
@@ -407,7 +451,11 @@ class ThrowawayRedis(_Service):
     def ping(self) -> bool:
         """True when the server answers PING (authenticating first when it has a password)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=1) as s:
+            with contextlib.ExitStack() as stack:
+                s = stack.enter_context(socket.create_connection((self.host, self.port), timeout=1))
+                if self.tls:
+                    ctx = ssl.create_default_context(cafile=str(self.ca_file))
+                    s = stack.enter_context(ctx.wrap_socket(s, server_hostname="localhost"))
                 cmds = b""
                 if self.password:
                     pw = self.password.encode()

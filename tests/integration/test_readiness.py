@@ -5,9 +5,15 @@ router stands in for the Apache Alias): 503 + a precise reason for each way a no
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
+import redis
+from conftest import REDIS_PASSWORD, free_port
+
+from infra.localservices import ThrowawayRedis
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +117,38 @@ def test_wrong_redis_password_is_not_ready(ready_node):
     result = ready_node.readyz_cli(NEXTCLOUD_REDIS_PASSWORD="wrong-password")
     assert result["code"] == "redis_unreachable"
     assert "wrong-password" not in result["reason"]
+
+
+@pytest.fixture(scope="module")
+def redis_tls():
+    """Redis that speaks TLS only (ElastiCache in-transit encryption), with a throwaway CA."""
+    with ThrowawayRedis(free_port(), REDIS_PASSWORD, tls=True) as server:
+        yield server
+
+
+def test_redis_tls_readiness_and_sessions(make_node, redis_tls):
+    installer = make_node("installer")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+    node = make_node("tls")
+    # "localhost": the name in the server certificate; verification stays on (trusting the test CA).
+    node.public_env.update(NEXTCLOUD_REDIS_HOST="localhost", NEXTCLOUD_REDIS_PORT=str(redis_tls.port),
+                           NEXTCLOUD_REDIS_TLS="1")
+    trust = {"SSL_CERT_FILE": str(redis_tls.ca_file)}
+    node.start_container(**trust)
+    wait_for(node, 200)
+
+    # PHP sessions go to Redis over tls:// with the password from the runtime env file.
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/session", timeout=10) as r:
+        session = json.loads(r.read())
+    assert session["handler"] == "redis"
+    client = redis.Redis(host="localhost", port=redis_tls.port, password=REDIS_PASSWORD, ssl=True,
+                         ssl_ca_certs=str(redis_tls.ca_file))
+    assert client.exists(f"PHPREDIS_SESSION:{session['id']}") == 1
+
+    # Without the CA the certificate is rejected: verification is really on. Plaintext to a TLS port fails too.
+    untrusted = node.readyz_cli(SSL_CERT_FILE="/dev/null")
+    assert untrusted["code"] == "redis_unreachable"
+    plain = node.readyz_cli(NEXTCLOUD_REDIS_TLS="0", **trust)
+    assert plain["code"] == "redis_unreachable"
+    assert node.readyz_cli(**trust)["ready"] is True
