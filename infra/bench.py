@@ -997,23 +997,26 @@ def _tmp_parent(root: Path) -> Path:
 
 
 def _start_services(stack: contextlib.ExitStack, settings: Any, log: Log) -> str:
-    """PostgreSQL and Redis on the host, exactly as test-ami starts them; returns the user data for the boots."""
-    from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+    """PostgreSQL and Redis on the host as test-ami starts them (the environment's ports, db and user), with
+    test-ami's random canary secrets; returns the user data rendered with them, the same for every boot."""
+    from infra.localservices import ServiceError, ThrowawayPostgres, ThrowawayRedis
+    from infra.localtwin import test_ami
     from infra.localtwin.instance import sigterm_raises
-    from infra.localtwin.test_ami import (
-        PG_PORT,
-        REDIS_PORT,
-        make_canaries,
-        render_user_data_with_secrets,
-        secret_variables,
-    )
 
-    canaries = make_canaries(list(secret_variables().values()))
+    try:
+        test_ami._check_service_settings(settings)  # the same refusal as test-ami: services must be on this host
+    except test_ami.TestAmiError as e:
+        raise BenchError(str(e)) from None
+    canaries = test_ami.make_canaries(list(test_ami.secret_variables().values()))
     stack.enter_context(sigterm_raises())
-    stack.enter_context(ThrowawayPostgres(PG_PORT, canaries["NEXTCLOUD_DB_PASSWORD"]))
-    stack.enter_context(ThrowawayRedis(REDIS_PORT, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
-    log(f"bench: services PostgreSQL 127.0.0.1:{PG_PORT}, Redis 127.0.0.1:{REDIS_PORT} (guest: {GUEST_HOST_IP})")
-    return render_user_data_with_secrets(settings, canaries)
+    db, rd = settings.database, settings.redis
+    try:
+        stack.enter_context(ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user))
+        stack.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
+    except ServiceError as e:
+        raise BenchError(f"{e} (is a test-ami run using them right now? wait for it to end)") from None
+    log(f"bench: services PostgreSQL 127.0.0.1:{db.port}, Redis 127.0.0.1:{rd.port} (guest: {GUEST_HOST_IP})")
+    return test_ami.render_user_data_with_secrets(settings, canaries)
 
 
 def _measure_seed(
