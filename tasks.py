@@ -136,10 +136,29 @@ def test_ami(c, env=None, set_=None, instances=None, keep_going=False):
         raise Exit("test-ami failed", code=1)
 
 
-@task(help={"env": ENV_HELP, "runs": "boots per measurement (default 3)"})
-def bench(c, env=None, runs=None):
+@task(
+    iterable=["only"],
+    help={
+        "env": ENV_HELP,
+        "runs": "boots per readiness measurement (default 3)",
+        "only": "run just this measurement (repeatable): bare, baked, seed, noop, bake, footprint",
+        "full_bake": "also time a fresh forced bake instead of reading the last bake's record",
+    },
+)
+def bench(c, env=None, runs=None, only=None, full_bake=False):
     """Measure readiness after boot (bare, baked, seed-style), no-op rebuild, bake steps and footprint."""
-    _not_yet("bench", "the benchmark needs the local twin end to end first")
+    from infra.bench import BenchError, run_bench
+
+    loaded = _load(c, env, None)
+    if loaded.settings.builder != "local":
+        _not_yet("bench on AWS", "the benchmark measures the local twin")
+    try:
+        run_bench(ROOT, loaded.settings, runs=int(runs or c.config.pipeline.bench_runs), only=only or None,
+                  full_bake=full_bake)
+    except BenchError as exc:
+        raise Exit(f"bench: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted; everything was torn down", code=130) from None
 
 
 @task(help={"env": ENV_HELP})
