@@ -57,8 +57,12 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
         assert rc == 0, f"{node.name}: {out}"
     installs = occ_calls(pg, "maintenance:install")
     assert len(installs) == 1 and installs[0][2] == 0, installs
-    rows = query(pg, "SELECT state, instanceid, version, installed_at = updated_at FROM nextcloud_cluster_state")
-    assert rows == [("installed", IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1", True)]  # joiners wrote nothing
+    rows = query(pg, "SELECT state, instanceid, version, installed_at = updated_at, identity_digest "
+                     "FROM nextcloud_cluster_state")
+    # installed_at = updated_at: the joiners wrote nothing.
+    assert [r[:4] for r in rows] == [("installed", IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1", True)]
+    # The install itself ran with the cluster identity, not the installer's fresh random salt/secret.
+    assert installs[0][3] == f"installed 29.0.7.1 identity={rows[0][4]}"
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
 
     identities = {json.dumps(effective_identity(n)) for n in nodes}

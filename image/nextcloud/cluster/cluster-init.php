@@ -312,6 +312,12 @@ final class Init {
 		$env = getenv();
 		$env['NEXTCLOUD_CONFIG_DIR'] = $configDir;
 		$env['NEXTCLOUD_CLUSTER_OCC_RUN'] = '1';
+		// Nextcloud's installer sets a fresh random passwordsalt/secret in its running config; NC_<key> values win
+		// over that inside the occ process too (and are never written back), so the install runs with the
+		// cluster identity from its first to its last step.
+		foreach (['instanceid', 'passwordsalt', 'secret'] as $key) {
+			$env['NC_' . $key] = (string)$this->config[$key];
+		}
 		$proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes, webroot(), $env);
 		if (!is_resource($proc)) {
 			throw new \RuntimeException('cannot start occ');
