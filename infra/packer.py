@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 
 Log = Callable[[str], None]
 
+# Terminal colour codes in the scripts' output (docker build colours stderr).
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Packer's machine-readable output escapes these inside the data fields.
 _UNESCAPE = (("%!(PACKER_COMMA)", ","), ("\\n", "\n"), ("\\r", "\r"))
 
@@ -237,7 +240,7 @@ def run_packer_build(
                 continue
             elapsed = _fmt_elapsed(time.monotonic() - timer.started)
             if rec.type == "ui" and rec.data:
-                level, text = rec.data[0], ",".join(rec.data[1:])
+                level, text = rec.data[0], _ANSI.sub("", ",".join(rec.data[1:]))
                 for line in text.splitlines() or [""]:
                     message = line.strip()
                     if level == "say" and message.startswith("==> "):

@@ -20,7 +20,13 @@ truncate -s 0 /etc/machine-id
 if [[ -f /var/lib/dbus/machine-id && ! -L /var/lib/dbus/machine-id ]]; then
   rm -f /var/lib/dbus/machine-id
 fi
-cloud-init clean --logs --seeds
+# Debian 12's cloud-init (22.4) has no `clean --seeds`: remove the seeds by hand there.
+if cloud-init clean --help | grep -q -- '--seeds'; then
+  cloud-init clean --logs --seeds
+else
+  cloud-init clean --logs
+  rm -rf /var/lib/cloud/seed
+fi
 rm -f /var/lib/dhcp/*.leases /var/lib/systemd/random-seed /var/lib/docker/engine-id
 
 # The build's SSH key and any shell history.

@@ -102,7 +102,9 @@ targets=()
 for entry in "${root}"/* "${root}"/.[!.]*; do
   case "${entry#"${root}"}" in
     /proc | /sys | /dev | /run) ;;
-    *) if [[ -e "${entry}" || -L "${entry}" ]]; then targets+=("${entry}"); fi ;;
+    # Top-level symlinks (/bin, /lib, /vmlinuz, ...) point inside the tree: grep would
+    # follow them and search the same files twice.
+    *) if [[ -e "${entry}" && ! -L "${entry}" ]]; then targets+=("${entry}"); fi ;;
   esac
 done
 started=${SECONDS}
