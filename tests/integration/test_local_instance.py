@@ -182,3 +182,107 @@ def test_manifest_resolves_artifact_kernel_initrd(tmp_path):
     )
     a = read_manifest(path, tmp_path)
     assert (a.disk.name, a.kernel.name, a.initrd.name) == ("nextcloud.qcow2", "vmlinuz", "initrd.img")
+
+
+# ---- live checks of the suite, shown failing on a deliberately broken booted instance ------------------------
+def _suite_outcomes(nodes, canaries, artifact, workdir: Path, files: list[str]) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    ssh_config = workdir / "ssh_config"
+    ssh_config.write_text("\n".join(n.ssh_config_entry() for n in nodes))
+    junit = workdir / f"junit-{time.monotonic_ns()}.xml"
+    hosts = ",".join(f"paramiko://{n.name}" for n in nodes)
+    env = {**os.environ, "NEXTCLOUD_TEST_CANARIES": json.dumps(canaries)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *files,
+        f"--hosts={hosts}",
+        f"--ssh-config={ssh_config}",
+        "--sudo",
+        f"--image-artifact={artifact}",
+        "-m",
+        "live",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-q",
+    ]
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=1200)
+    results = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+        name = case.get("name", "")
+        for n in nodes:
+            name = name.replace(f"paramiko://{n.name}-", "").replace(f"-paramiko://{n.name}", "")
+            name = name.replace(f"paramiko://{n.name}", "")
+        results[f"{case.get('classname', '').rsplit('.', 1)[-1]}::{name.replace('[]', '')}"] = outcome
+    return results
+
+
+LIVE_BREAKS = (
+    # (command run as root on the instance, checks that must then fail)
+    (
+        "systemctl stop nextcloud.service",
+        [
+            "test_nextcloud::test_nextcloud_service_active",
+            "test_nextcloud::test_container_runs_recorded_image_and_is_healthy",
+            "test_nextcloud::test_readiness_endpoint",
+        ],
+    ),
+    (
+        "systemd-run --unit=stray-listener python3 -m http.server 8081",
+        [
+            "test_hardening::test_only_expected_ports_listen[tcp]",
+        ],
+    ),
+    (
+        "mkdir -p /var/tmp/ondisk && mount --bind /var/tmp/ondisk /run/nextcloud",
+        [
+            "test_secrets::test_runtime_env_on_tmpfs",
+        ],
+    ),
+)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path):
+    """Boot the baked artifact once: the live checks pass, then each deliberate break fails its check."""
+    from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+    from infra.localtwin.test_ami import (
+        make_canaries,
+        read_manifest,
+        render_user_data_with_secrets,
+        secret_variables,
+    )
+    from render.settings import load_settings
+
+    manifest = REPO / "build" / "local" / "manifest.json"
+    if not manifest.exists():
+        pytest.skip("no baked local artifact (inv build-ami --env local)")
+    settings = load_settings(REPO, "local").settings
+    artifact = read_manifest(manifest, REPO)
+    canaries = make_canaries(list(secret_variables().values()))
+    user_data = render_user_data_with_secrets(settings, canaries)
+    db = settings.database
+    with (
+        ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user),
+        ThrowawayRedis(settings.redis.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]),
+        Instance(artifact.disk, artifact.kernel, artifact.initrd, user_data, name="nc-live", progress=print) as inst,
+    ):
+        files = ["tests/image/test_nextcloud.py", "tests/image/test_hardening.py", "tests/image/test_secrets.py"]
+        before = _suite_outcomes([inst], canaries, artifact.disk, tmp_path, files)
+        expected = [e for _, checks in LIVE_BREAKS for e in checks]
+        assert all(before.get(e) == "passed" for e in expected), f"live checks not passing on a good instance: {before}"
+        for command, _ in LIVE_BREAKS:
+            r = inst.ssh(f"sudo sh -c '{command}'")
+            assert r.returncode == 0, f"{command}: {r.stderr}"
+        time.sleep(3)
+        after = _suite_outcomes([inst], canaries, artifact.disk, tmp_path, files)
+        missed = [e for e in expected if after.get(e) != "failed"]
+        assert not missed, f"checks that did not fail on the broken instance: {[(m, after.get(m)) for m in missed]}"
