@@ -927,6 +927,19 @@ def run_bench(
     }
     m = doc["measurements"]
     started = time.monotonic()
+    previous = None
+    if only and results_path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads(results_path.read_text())
+
+    def save() -> dict[str, Any]:
+        # After every measurement: an interrupted or timed-out run keeps what it has measured so far.
+        doc["elapsed_s"] = round(time.monotonic() - started, 1)
+        merged = merge_results(previous, doc)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(merged, indent=2) + "\n")
+        return merged
+
     image_info: dict[str, Any] = {}
     boots = [x for x in chosen if x in ("bare", "baked", "seed")]
     with contextlib.ExitStack() as stack:
@@ -938,6 +951,7 @@ def run_bench(
             assert user_data is not None
             m["boot_bare_s"] = _measure_boots(
                 "bare", "boot_bare_s", runs, lambda n: (inputs.base, user_data, None), "ssh", timeout_s, log)
+            save()
         if "baked" in chosen:
             assert user_data is not None
 
@@ -949,10 +963,12 @@ def run_bench(
             m["boot_baked_ready_s"] = _measure_boots(
                 "baked", "boot_baked_ready_s", runs, lambda n: (inputs.artifact, user_data, after_baked), "ready",
                 timeout_s, log)
+            save()
         if "seed" in chosen:
             assert user_data is not None
             m["boot_seed_ready_s"] = _measure_seed(stack, inputs, workdir, user_data, seed_runs or runs, timeout_s,
                                                    log)
+            save()
         if "noop" in chosen:
             m["noop_rebuild_s"] = measure_noop(inputs, runs, log)
         if "bake" in chosen or "noop" in chosen:
@@ -966,9 +982,18 @@ def run_bench(
                 m["bake_steps"] = measure_bake_steps(inputs.artifact_record)
             except (OSError, ValueError) as e:
                 m["bake_steps"] = {"error": str(e)}
+        save()
         if "footprint" in chosen:
             note = "docker image inspect on the first baked boot" if image_info.get("nextcloud_image_bytes") else (
                 "not measured: needs a baked boot in the same run (--only footprint,baked)")
+            if not image_info.get("nextcloud_image_bytes") and previous:
+                # An earlier run's baked boot of this artifact measured it (merge_results keeps same-artifact only).
+                old = (previous.get("measurements") or {}).get("footprint") or {}
+                if (previous.get("artifact") or {}).get("fingerprint") == inputs.fingerprint and old.get(
+                    "nextcloud_image_bytes"
+                ):
+                    image_info["nextcloud_image_bytes"] = old["nextcloud_image_bytes"]
+                    note = f"from the baked boot of the run at {old.get('measured_at', '?')}"
             try:
                 fp = measure_footprint(inputs, workdir, image_info.get("nextcloud_image_bytes"), note)
                 if image_info.get("nextcloud_base_image_bytes"):
@@ -977,14 +1002,7 @@ def run_bench(
             except (subprocess.CalledProcessError, BenchError, OSError) as e:
                 detail = getattr(e, "stderr", None) or str(e)
                 m["footprint"] = {"error": f"footprint: {str(detail).strip()[:300]}", "image_used_bytes": None}
-    doc["elapsed_s"] = round(time.monotonic() - started, 1)
-    previous = None
-    if only and results_path.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            previous = json.loads(results_path.read_text())
-    doc = merge_results(previous, doc)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(doc, indent=2) + "\n")
+    doc = save()
     log(f"bench: wrote {results_path} ({doc['elapsed_s']:.0f}s)")
     return doc
 
