@@ -743,10 +743,37 @@ def watch_process_tree(cmd: Sequence[str], cwd: Path, interval_s: float = 0.02) 
     }
 
 
+def noop_precondition(inputs: Inputs) -> str | None:
+    """Why a rebuild now would not be a no-op (it would bake), or None when the artifact would be reused.
+
+    Asks the bake driver's own reuse check with the current rendered fingerprint and cache keys, so the
+    benchmark never starts a bake by accident when someone changed the inputs since the artifact was baked.
+    """
+    from infra.localtwin import base_disk, standin
+    from infra.localtwin.build import BuildError, find_reusable_artifact, read_fingerprint
+
+    build_dir = inputs.root / "build" / inputs.settings.name
+    try:
+        fingerprint = read_fingerprint(build_dir)
+        keys = (base_disk.base_disk_key(), standin.standin_key())
+    except (BuildError, RuntimeError) as e:
+        return f"cannot tell whether a rebuild would be a no-op: {e}"
+    if find_reusable_artifact(build_dir, fingerprint, *keys) is None:
+        return (
+            f"inputs changed since the artifact was baked (rendered fingerprint {fingerprint[:12]}, artifact "
+            f"{inputs.fingerprint[:12]}, or the base disk / stand-in inputs): `inv build-ami` would bake, not reuse. "
+            "Bake first (inv build-ami), then measure"
+        )
+    return None
+
+
 def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     """`inv build-ami` with unchanged inputs, ``runs`` times; proof that no VM nor Packer started."""
     manifest_path = inputs.root / "build" / inputs.settings.name / "manifest.json"
     artifact = inputs.artifact.disk
+    reason = noop_precondition(inputs)
+    if reason:
+        return {"samples": [], "stats": summarize([]), "error": reason, "measured_at": _now_iso()}
     before = (artifact.stat().st_mtime_ns, inputs.artifact_record.get("sha256"))
     inv = Path(sys.executable).with_name("inv")
     cmd = [str(inv), "build-ami", "--env", inputs.settings.name] if inv.exists() else [

@@ -312,3 +312,31 @@ def test_cli_show_prints_the_table_of_the_last_results(tmp_path, monkeypatch):
         pytest.skip("no build/bench/results.json yet")
     r = subprocess.run([sys.executable, "-m", "infra.bench", "--show"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "boot_bare_s" in r.stdout
+
+
+def test_noop_is_refused_when_a_rebuild_would_bake(tmp_path):
+    # A real reuse record as the bake driver writes it; then the inputs change and the rebuild would bake.
+    import hashlib
+    from types import SimpleNamespace
+
+    from infra.localtwin import base_disk, standin
+
+    build_dir = tmp_path / "build" / "local"
+    fp = "1" * 64
+    art = build_dir / "artifacts" / fp
+    art.mkdir(parents=True)
+    for name in ("packer-vars.json", "nextcloud.env"):
+        (build_dir / name).write_text("{}\n")
+    (build_dir / "fingerprint").write_text(fp + "\n")
+    files = {name: art / name for name in ("nextcloud.qcow2", "vmlinuz", "initrd.img")}
+    for p in files.values():
+        p.write_bytes(b"x")
+    (art / "artifact.json").write_text(json.dumps({
+        "artifact_id": str(files["nextcloud.qcow2"]), "kernel": str(files["vmlinuz"]),
+        "initrd": str(files["initrd.img"]), "sha256": hashlib.sha256(b"x").hexdigest(), "fingerprint": fp,
+        "base_disk_key": base_disk.base_disk_key(), "standin_key": standin.standin_key()}))
+    inputs = bench.Inputs(root=tmp_path, settings=SimpleNamespace(name="local"), artifact=None, artifact_record={},
+                          base=None, fingerprint=fp)
+    assert bench.noop_precondition(inputs) is None
+    (build_dir / "fingerprint").write_text("2" * 64 + "\n")
+    assert "would bake, not reuse" in bench.noop_precondition(inputs)
