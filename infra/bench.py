@@ -173,6 +173,8 @@ def select_measurements(only: Iterable[str] | None) -> list[str]:
     """Validate ``only`` (names or result keys, comma lists allowed) and return them in run order."""
     if not only:
         return list(MEASUREMENTS)
+    if isinstance(only, str):  # `inv bench --only bare,baked` hands over one string
+        only = [only]
     by_key = {v: k for k, v in RESULT_KEYS.items()}
     chosen = set()
     for item in only:

@@ -71,6 +71,7 @@ def test_select_measurements_accepts_names_keys_and_comma_lists_in_run_order():
     assert bench.select_measurements(None) == list(bench.MEASUREMENTS)
     chosen = bench.select_measurements(["seed,footprint,bare", "boot_baked_ready_s"])
     assert chosen == ["bare", "baked", "footprint", "seed"]
+    assert bench.select_measurements("baked,bare") == ["bare", "baked"]
 
 
 def test_select_measurements_names_the_choices_on_a_typo():
