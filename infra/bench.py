@@ -923,11 +923,13 @@ def run_bench(
     full_bake: bool = False,
     log: Log = _log,
     results_path: Path | None = None,
+    show_table: bool = True,
 ) -> dict:
     """Measure, write ``build/bench/results.json`` (merged with earlier results for the same artifact when only a
     subset runs) and return the result document. ``runs`` boots per boot measurement (``seed_runs`` overrides it
     for the slow seed-style boots), ``only`` picks measurements (see MEASUREMENTS), ``timeout_s`` bounds each
     boot, ``full_bake`` bakes afresh (forced) for ``full_bake_s`` instead of reading the artifact's record.
+    Prints the table at the end unless ``show_table`` is False.
     """
     if runs < 1:
         raise BenchError("runs must be at least 1")
@@ -1036,6 +1038,8 @@ def run_bench(
             save()
     doc = save()
     log(f"bench: wrote {results_path} ({doc['elapsed_s']:.0f}s)")
+    if show_table:
+        print_results(doc)
     return doc
 
 
@@ -1153,8 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; VMs and services were torn down", file=sys.stderr)
         return 130
-    print_results(doc)
-    return 0
+    return 0 if doc else 1
 
 
 if __name__ == "__main__":
