@@ -217,7 +217,7 @@ def run(
     user_data = render_user_data_with_secrets(settings, canaries)
     started = time.monotonic()
     log(
-        f"test-ami: artifact {artifact.artifact_id} ({artifact.disk}), {instances} instance(s), "
+        f"test-ami: artifact {artifact.disk}, {instances} instance(s), "
         f"{'concurrent' if concurrent else 'one after another'}"
     )
     with contextlib.ExitStack() as stack:

@@ -16,7 +16,9 @@ the journal, and nothing in the artifact the instance was booted from may contai
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import json
 
 import pytest
 from image_suite_support import decode_on_target
@@ -108,13 +110,19 @@ def test_files_holding_canaries_are_root_only(host, canary_files):
 
 
 def test_canary_not_in_journal(host, canaries, canary_name):
-    name = canary_name
+    value = canaries[canary_name]
     # Export format: every field of every entry (not just MESSAGE), uncompressed.
-    out = host.run(
-        f"journalctl --no-pager -o export 2>/dev/null | grep -acF -e {decode_on_target(canaries[name])}; true"
-    )
+    out = host.run(f"journalctl --no-pager -o export 2>/dev/null | grep -acF -e {decode_on_target(value)}; true")
     count = int(out.stdout.strip() or 0)
-    assert count == 0, f"{name}'s value appears in {count} journal line(s)"
+    if count:
+        entries = host.run(f"journalctl --no-pager -o json 2>/dev/null | grep -aF -e {decode_on_target(value)}; true")
+        where = []
+        for line in entries.stdout.splitlines()[:5]:
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                message = str(e.get("MESSAGE", "")).replace(value, "<" + canary_name + ">")
+                where.append(f"{e.get('_SYSTEMD_UNIT') or e.get('SYSLOG_IDENTIFIER')}: {message[:160]}")
+        pytest.fail(f"{canary_name}'s value appears in {count} journal line(s), e.g. {where}")
 
 
 @pytest.mark.host_side
