@@ -109,7 +109,7 @@ class StepTimer:
     def _close(self, now: float) -> None:
         if self.steps and self.steps[-1].seconds is None:
             last = self.steps[-1]
-            last.seconds = round(now - self.started - last.started_s, 2)
+            last.seconds = max(0.0, round(now - self.started - last.started_s, 2))
 
     def as_dict(self) -> dict:
         return {
@@ -246,8 +246,9 @@ def run_packer_build(
                     if level == "say" and message.startswith("==> "):
                         # "==> qemu.nextcloud: Provisioning with shell script: ..."
                         _, _, message = message.partition(": ")
-                        timer.announce(message)
-                        log(f"[{elapsed}] {message}")
+                        if message:
+                            timer.announce(message)
+                            log(f"[{elapsed}] {message}")
                     elif level == "error":
                         errors.append(message)
                         log(f"[{elapsed}] ERROR {message}")
