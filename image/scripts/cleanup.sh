@@ -27,6 +27,9 @@ else
   cloud-init clean --logs
   rm -rf /var/lib/cloud/seed
 fi
+# systemd-random-seed saves a seed when it stops: stop it now, so the shutdown that ends
+# the bake does not write one seed into every instance.
+systemctl stop systemd-random-seed.service
 rm -f /var/lib/dhcp/*.leases /var/lib/systemd/random-seed /var/lib/docker/engine-id
 
 # The build's SSH key and any shell history.
@@ -35,12 +38,11 @@ rm -f /root/.bash_history /home/*/.bash_history /root/.lesshst /home/*/.lesshst
 
 # Logs of the build (the journal included) and temporary files. Packer's own scripts
 # live in /tmp; the running one is already open, so removing it is safe.
-if command -v journalctl > /dev/null; then
-  journalctl --rotate > /dev/null 2>&1 || true
-  journalctl --vacuum-time=1s > /dev/null 2>&1 || true
-fi
+# The persistent journal lives in a directory named after the bake's machine-id; whatever
+# journald writes until power-off goes to the removed files and is gone with them.
+rm -rf /var/log/journal/*
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
-find /var/log -type f ! -path '/var/log/journal/*' -exec truncate -s 0 {} +
+find /var/log -type f -exec truncate -s 0 {} +
 rm -rf /tmp/* /tmp/.[!.]* /var/tmp/* /var/tmp/.[!.]*
 
 sync

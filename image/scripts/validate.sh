@@ -46,6 +46,12 @@ done
 for history in "${root}"/root/.*_history "${root}"/home/*/.*_history; do
   fail "shell history ${history#"${root}"} remains"
 done
+if [[ -e "${root}/var/lib/systemd/random-seed" ]]; then
+  fail "/var/lib/systemd/random-seed remains (every instance would start from the same seed)"
+fi
+for journal in "${root}"/var/log/journal/*; do
+  fail "journal of the bake ${journal#"${root}"} remains"
+done
 if [[ -e "${root}/etc/nextcloud/instance.json" ]]; then
   fail "/etc/nextcloud/instance.json (instance secrets) is in the image"
 fi

@@ -183,17 +183,24 @@ def build_local_image(
 ) -> dict:
     """Bake (or reuse) the local image of ``build/<env>/`` and return its manifest.
 
-    ``root`` is the repository; the environment is ``settings.name`` (render's Settings)
-    or ``env`` (default ``local``); its rendered files are read from ``build_root/<env>``
-    (default ``root/build``). ``extra_canaries`` are strings validate.sh must not find on
-    the image (the literal secrets of ``user-data.yaml`` and two random canaries are
-    always added). ``force`` bakes even when a reusable artifact exists. Raises BuildError
-    (bad or missing inputs) or PackerError (the bake failed; Packer's output says where).
+    ``root`` is the repository; the environment is ``settings.name`` (render's Settings;
+    then ``build_root/<env>`` is rendered first) or ``env`` (default ``local``; then the
+    files already rendered in ``build_root/<env>`` are used; default ``root/build``).
+    ``extra_canaries`` are strings validate.sh must not find on the image (the literal
+    secrets of ``user-data.yaml`` and two random canaries are always added). ``force``
+    bakes even when a reusable artifact exists. Raises BuildError (bad or missing inputs)
+    or PackerError (the bake failed; Packer's output says where).
     """
     started = time.monotonic()
     env = getattr(settings, "name", None) or env or "local"
     build_root = (build_root or root / "build").resolve()
     build_dir = build_root / env
+    if settings is not None:
+        # Render first, so the fingerprint the reuse decision rests on covers the image/ and
+        # packer/ trees as they are now, not as they were at the last `inv render`.
+        from render.outputs import render_all, write_outputs
+
+        write_outputs(build_dir, render_all(root, settings))
     fingerprint = read_fingerprint(build_dir)
     if not (root / "image" / "nextcloud" / "Dockerfile").is_file():
         raise BuildError("image/nextcloud/Dockerfile is missing: the image overlay has to exist before a bake")

@@ -84,9 +84,12 @@ def test_validate_finds_a_canary_deep_in_dockers_store_without_printing_it(clean
         (lambda r: (r / "etc/nextcloud-image/version-info.json").write_text("{}"), "does not record fingerprint"),
         (lambda r: (r / "etc/nextcloud").mkdir() or (r / "etc/nextcloud/instance.json").write_text("{}"),
          "instance.json"),
+        (lambda r: (r / "var/lib/systemd").mkdir(parents=True) or (r / "var/lib/systemd/random-seed").write_text("s"),
+         "random-seed"),
+        (lambda r: (r / "var/log/journal/0123456789abcdef").mkdir(parents=True), "journal of the bake"),
     ],
     ids=["host-key", "machine-id", "no-machine-id", "cloud-init", "authorized-keys", "history", "password-hash",
-         "empty-password", "ssh-passwords", "version-info", "instance-secrets"],
+         "empty-password", "ssh-passwords", "version-info", "instance-secrets", "random-seed", "journal"],
 )
 def test_validate_fails_the_bake_on_identity_or_access_leftovers(clean_root, damage, complaint):
     damage(clean_root)
