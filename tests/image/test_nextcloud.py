@@ -93,3 +93,12 @@ def test_config_not_writable_by_web_user(host):
     assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
     writable = out.stdout.split()
     assert writable == [], f"writable by {WEB_USER} inside the container: {writable}"
+
+
+@pytest.mark.live
+def test_config_not_owned_by_web_user(host):
+    # The owner of a read-only file can chmod it writable again: a compromised PHP process would.
+    out = host.run(f"docker exec {CONTAINER} find {WEBROOT}/config -user {WEB_USER}")
+    assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
+    owned = out.stdout.split()
+    assert owned == [], f"owned by {WEB_USER} (can be made writable with chmod): {owned}"
