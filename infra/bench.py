@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from infra.localtwin.instance import Instance, InstanceError
+from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
 
 SCHEMA = 1
 RESULTS = Path("build") / "bench" / "results.json"
@@ -74,10 +74,16 @@ TARGETS = (
 )
 POLL_S = 1.0
 DEFAULT_TIMEOUT_S = 2400.0
+# How long a boot waits for other QEMU processes (other people's bakes and boots) to end before it starts anyway
+# and records them in the sample; and how long the services wait for their ports (a test-ami run holds them).
+DEFAULT_QUIET_WAIT_S = 1800.0
+DEFAULT_PORT_WAIT_S = 1800.0
 # Where the guest finds the host's loopback on QEMU user-mode networking.
 GUEST_HOST_IP = "10.0.2.2"
 
 Log = Callable[[str], None]
+# Set per run by run_bench (a one-element list: module state the boot helpers read, without threading it through).
+QUIET_WAIT_S = [DEFAULT_QUIET_WAIT_S]
 
 
 class BenchError(RuntimeError):
@@ -494,9 +500,10 @@ def _boot_once(
     timeout_s: float,
     log: Log,
     after: Callable[[BenchInstance], dict[str, Any]] | None = None,
+    quiet_wait_s: float = DEFAULT_QUIET_WAIT_S,
 ) -> dict[str, Any]:
     """Boot ``target`` once, measure until ``until``, run ``after`` (not timed), tear down. Returns the sample."""
-    others = wait_for_quiet(log)
+    others = wait_for_quiet(log, max_wait_s=quiet_wait_s)
     load = os.getloadavg()[0]
     log(f"bench: {kind} boot {run}/{runs} (load {load:.2f}) ...")
     inst = BenchInstance(
@@ -535,7 +542,7 @@ def _measure_boots(
         try:
             target, user_data, after = make(n)
             sample = _boot_once(kind, target, user_data, until, run=n, runs=runs, timeout_s=timeout_s, log=log,
-                                after=after)
+                                after=after, quiet_wait_s=QUIET_WAIT_S[0])
         except (InstanceError, BenchError, subprocess.CalledProcessError) as e:
             errors.append(f"run {n}: {str(e).splitlines()[0]}")
             log(f"bench: {kind} boot {run_label(n, runs)} FAILED: {e}")
@@ -924,13 +931,17 @@ def run_bench(
     log: Log = _log,
     results_path: Path | None = None,
     show_table: bool = True,
+    quiet_wait_s: float = DEFAULT_QUIET_WAIT_S,
+    port_wait_s: float = DEFAULT_PORT_WAIT_S,
 ) -> dict:
     """Measure, write ``build/bench/results.json`` (merged with earlier results for the same artifact when only a
     subset runs) and return the result document. ``runs`` boots per boot measurement (``seed_runs`` overrides it
     for the slow seed-style boots), ``only`` picks measurements (see MEASUREMENTS), ``timeout_s`` bounds each
     boot, ``full_bake`` bakes afresh (forced) for ``full_bake_s`` instead of reading the artifact's record.
-    Prints the table at the end unless ``show_table`` is False.
+    Prints the table at the end unless ``show_table`` is False. ``quiet_wait_s``: how long each boot waits for
+    other QEMU processes to end first; ``port_wait_s``: how long to wait for the services' ports.
     """
+    QUIET_WAIT_S[0] = quiet_wait_s
     if runs < 1:
         raise BenchError("runs must be at least 1")
     chosen = select_measurements(only)
@@ -975,10 +986,19 @@ def run_bench(
     image_info: dict[str, Any] = {}
     boots = [x for x in chosen if x in ("bare", "baked", "seed")]
     with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_raises())  # `kill` tears VMs, services and temp files down too
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-", dir=_tmp_parent(root))))
         user_data = None
+        services_up = False
         if boots:
-            user_data = _start_services(stack, settings, log)
+            user_data, canaries = _user_data(settings)
+
+        def services() -> None:
+            # Only the readiness boots need them: bare boots can run while another run holds the ports.
+            nonlocal services_up
+            if not services_up:
+                _start_services(stack, settings, canaries, log, port_wait_s)
+                services_up = True
         if "bare" in chosen:
             assert user_data is not None
             m["boot_bare_s"] = _measure_boots(
@@ -986,6 +1006,7 @@ def run_bench(
             save()
         if "baked" in chosen:
             assert user_data is not None
+            services()
 
             def after_baked(inst: BenchInstance) -> dict[str, Any]:
                 if not image_info:
@@ -1033,6 +1054,7 @@ def run_bench(
         # Last: the slowest by far, and it joins the cluster the baked boots installed.
         if "seed" in chosen:
             assert user_data is not None
+            services()
             m["boot_seed_ready_s"] = _measure_seed(stack, inputs, workdir, user_data, seed_runs or runs, timeout_s,
                                                    log)
             save()
@@ -1050,27 +1072,46 @@ def _tmp_parent(root: Path) -> Path:
     return parent
 
 
-def _start_services(stack: contextlib.ExitStack, settings: Any, log: Log) -> str:
-    """PostgreSQL and Redis on the host as test-ami starts them (the environment's ports, db and user), with
-    test-ami's random canary secrets; returns the user data rendered with them, the same for every boot."""
-    from infra.localservices import ServiceError, ThrowawayPostgres, ThrowawayRedis
+def _user_data(settings: Any) -> tuple[str, dict[str, str]]:
+    """test-ami's user data for this run: every secret a random canary (``literal:`` references)."""
     from infra.localtwin import test_ami
-    from infra.localtwin.instance import sigterm_raises
 
     try:
         test_ami._check_service_settings(settings)  # the same refusal as test-ami: services must be on this host
     except test_ami.TestAmiError as e:
         raise BenchError(str(e)) from None
     canaries = test_ami.make_canaries(list(test_ami.secret_variables().values()))
-    stack.enter_context(sigterm_raises())
+    return test_ami.render_user_data_with_secrets(settings, canaries), canaries
+
+
+def _start_services(
+    stack: contextlib.ExitStack, settings: Any, canaries: dict[str, str], log: Log, port_wait_s: float
+) -> None:
+    """PostgreSQL and Redis on the host as test-ami starts them (the environment's ports, db and user).
+
+    Waits up to ``port_wait_s`` for the ports while another run (test-ami) holds them.
+    """
+    from infra.localservices import ServiceError, ThrowawayPostgres, ThrowawayRedis
+
     db, rd = settings.database, settings.redis
-    try:
-        stack.enter_context(ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user))
-        stack.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
-    except ServiceError as e:
-        raise BenchError(f"{e} (is a test-ami run using them right now? wait for it to end)") from None
+    deadline = time.monotonic() + port_wait_s
+    announced = False
+    while True:
+        try:
+            with contextlib.ExitStack() as attempt:
+                attempt.enter_context(
+                    ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user))
+                attempt.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
+                stack.enter_context(attempt.pop_all())
+            break
+        except ServiceError as e:
+            if "already in use" not in str(e) or time.monotonic() > deadline:
+                raise BenchError(f"{e} (is a test-ami run using them? it must end first)") from None
+            if not announced:
+                log(f"bench: waiting for ports {db.port}/{rd.port} (another run holds them): {e}")
+                announced = True
+            time.sleep(10)
     log(f"bench: services PostgreSQL 127.0.0.1:{db.port}, Redis 127.0.0.1:{rd.port} (guest: {GUEST_HOST_IP})")
-    return test_ami.render_user_data_with_secrets(settings, canaries)
 
 
 def _measure_seed(
@@ -1136,6 +1177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=None,
                    help=f"measurements to run, comma-separated: {','.join(MEASUREMENTS)} (default: all)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per boot before giving up")
+    p.add_argument("--quiet-wait", type=float, default=DEFAULT_QUIET_WAIT_S,
+                   help="seconds a boot waits for other QEMU processes to end before starting anyway (recorded)")
+    p.add_argument("--port-wait", type=float, default=DEFAULT_PORT_WAIT_S,
+                   help="seconds to wait for the services' ports while another run holds them")
     p.add_argument("--full-bake", action="store_true", help="time a fresh forced bake (replaces the artifact)")
     p.add_argument("--show", action="store_true", help="only print the table of the last results.json")
     a = p.parse_args(argv)
@@ -1150,7 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(root, a.env).settings
         doc = run_bench(root, settings, runs=a.runs, only=a.only, timeout_s=a.timeout, seed_runs=a.seed_runs,
-                        full_bake=a.full_bake)
+                        full_bake=a.full_bake, quiet_wait_s=a.quiet_wait, port_wait_s=a.port_wait)
     except (SettingsError, BenchError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
