@@ -262,7 +262,7 @@ def run(
                     node.start()
                     node.wait()
                     _suite_and_record(root, [node], workdir, artifact, canaries, keep_going, pytest_args, report, log)
-                    if report.suite_exit:
+                    if report.suite_exit and not keep_going:
                         return report
                     node.stop()
                 _check_sequential_cluster(pg, canaries, log)
@@ -303,10 +303,11 @@ def _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pyte
     ssh_config.write_text("\n".join(n.ssh_config_entry() for n in nodes))
     log(f"testinfra: tests/image against {', '.join(n.name for n in nodes)}")
     t = time.monotonic()
-    report.suite_exit = _run_suite(root, nodes, ssh_config, artifact.disk, canaries, keep_going, pytest_args)
+    exit_code = _run_suite(root, nodes, ssh_config, artifact.disk, canaries, keep_going, pytest_args)
+    report.suite_exit = max(report.suite_exit or 0, exit_code)  # one failing node fails the run
     report.timings.setdefault("testinfra_s", []).append(round(time.monotonic() - t, 1))
-    if report.suite_exit:
-        report.error = f"tests/image failed (pytest exit {report.suite_exit})"
+    if exit_code:
+        report.error = f"tests/image failed on {', '.join(n.name for n in nodes)} (pytest exit {exit_code})"
         log(f"test-ami FAILED: {report.error}")
 
 
