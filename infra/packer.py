@@ -249,6 +249,11 @@ def run_packer_build(
                         if message:
                             timer.announce(message)
                             log(f"[{elapsed}] {message}")
+                    elif level == "error" and message.startswith("==> "):
+                        # A remote script's stderr: output, not necessarily a failure.
+                        _, _, rest = message.partition(": ")
+                        errors.append(rest)
+                        log(f"[{elapsed}]     {rest}")
                     elif level == "error":
                         errors.append(message)
                         log(f"[{elapsed}] ERROR {message}")

@@ -38,8 +38,10 @@ rm -f /root/.bash_history /home/*/.bash_history /root/.lesshst /home/*/.lesshst
 
 # Logs of the build (the journal included) and temporary files. Packer's own scripts
 # live in /tmp; the running one is already open, so removing it is safe.
-# The persistent journal lives in a directory named after the bake's machine-id; whatever
-# journald writes until power-off goes to the removed files and is gone with them.
+# The persistent journal lives in a directory named after the bake's machine-id. Switch
+# journald to the volatile /run/log/journal for the rest of the bake (otherwise it
+# recreates the directory), then remove it.
+journalctl --relinquish-var
 rm -rf /var/log/journal/*
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
