@@ -219,18 +219,22 @@ def bake_breakdown(timings: dict[str, Any]) -> dict[str, Any]:
 def merge_results(previous: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
     """Measurements of ``fresh`` over those of ``previous`` (a run of a subset keeps the others' numbers).
 
-    Kept measurements still carry their own ``measured_at``; ratios and targets are recomputed over the merge.
-    A previous result for another artifact is dropped: its numbers would not describe this image.
+    Every measurement is labelled with the fingerprint of the artifact it was measured on; when they differ
+    (the inputs changed between runs), ``mixed_artifacts`` lists them so the reader knows. Kept measurements still
+    carry their own ``measured_at``; ratios and targets are recomputed over the merge.
     """
     measurements: dict[str, Any] = {}
+
+    def labelled(doc: dict[str, Any]) -> dict[str, Any]:
+        fp = (doc.get("artifact") or {}).get("fingerprint")
+        return {k: {"artifact_fingerprint": fp, **v} for k, v in (doc.get("measurements") or {}).items()}
+
     if previous and previous.get("schema") == SCHEMA:
-        same_artifact = (previous.get("artifact") or {}).get("fingerprint") == (fresh.get("artifact") or {}).get(
-            "fingerprint"
-        )
-        if same_artifact:
-            measurements.update(previous.get("measurements") or {})
-    measurements.update(fresh.get("measurements") or {})
+        measurements.update(labelled(previous))
+    measurements.update(labelled(fresh))
     doc = {**fresh, "measurements": measurements}
+    fingerprints = sorted({v["artifact_fingerprint"] for v in measurements.values() if v.get("artifact_fingerprint")})
+    doc["mixed_artifacts"] = fingerprints if len(fingerprints) > 1 else None
     doc["ratios"] = compute_ratios(measurements)
     doc["targets"] = evaluate_targets(measurements)
     return doc
@@ -257,7 +261,12 @@ def render_table(doc: dict[str, Any]) -> Any:
     table = Table(
         title=f"bench --env {doc.get('env', '?')} · {machine.get('cpu_model', '?')} × {machine.get('cores', '?')}"
         f" · {doc.get('generated_at', '?')}",
-        caption="boots timed from QEMU start under TCG (software emulation); medians; spread = max − min",
+        caption="boots timed from QEMU start under TCG (software emulation); medians; spread = max − min"
+        + (
+            f"\n[yellow]measured on different artifacts: {', '.join(f[:12] for f in doc['mixed_artifacts'])}[/]"
+            if doc.get("mixed_artifacts")
+            else ""
+        ),
     )
     for col in ("measurement", "median", "min–max (spread)", "samples", "vs bare", "target", "met"):
         table.add_column(col, overflow="fold")

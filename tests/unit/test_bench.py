@@ -267,10 +267,15 @@ def test_merge_keeps_earlier_measurements_of_the_same_artifact_and_recomputes_ta
     json.dumps(merged)  # the document is plain JSON
 
 
-def test_merge_drops_measurements_of_another_artifact():
+def test_merge_labels_measurements_of_another_artifact():
     previous = bench.merge_results(None, _doc({"boot_baked_ready_s": _timing(80)}, fingerprint="a" * 64))
     merged = bench.merge_results(previous, _doc({"boot_bare_s": _timing(70)}))
-    assert set(merged["measurements"]) == {"boot_bare_s"}
+    assert merged["measurements"]["boot_baked_ready_s"]["artifact_fingerprint"] == "a" * 64
+    assert merged["measurements"]["boot_bare_s"]["artifact_fingerprint"] == "f" * 64
+    assert merged["mixed_artifacts"] == ["a" * 64, "f" * 64]
+    assert "measured on different artifacts" in _render(merged)
+    same = bench.merge_results(None, _doc({"boot_bare_s": _timing(70)}))
+    assert same["mixed_artifacts"] is None and "different artifacts" not in _render(same)
 
 
 def _render(doc: dict) -> str:
