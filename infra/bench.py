@@ -862,7 +862,10 @@ def fresh_full_bake(inputs: Inputs, log: Log) -> dict[str, Any]:
 
 def measure_bake_steps(record: dict[str, Any]) -> dict[str, Any]:
     """Per-step times of the bake that produced the artifact, from the Packer driver's timings file."""
-    path = Path(str((record.get("timings") or {}).get("packer_steps") or ""))
+    recorded = Path(str((record.get("timings") or {}).get("packer_steps") or ""))
+    # A copy beside the artifact (if the bake keeps one) survives later bakes; the build directory's does not.
+    beside = Path(str(record.get("artifact_id") or "")).parent / "packer-timings.json"
+    path = beside if record.get("artifact_id") and beside.is_file() else recorded
     if not path.is_file():
         return {"error": f"Packer timings file {path} not found; re-bake (inv build-ami --force) to record one"}
     timings = json.loads(path.read_text())
