@@ -347,6 +347,51 @@ def render_table(doc: dict[str, Any]) -> Any:
     return table
 
 
+def markdown_summary(doc: dict[str, Any]) -> str:
+    """The headline numbers as a Markdown table (for the README), with the machine and the date."""
+    m = doc.get("measurements") or {}
+    ratios = doc.get("ratios") or compute_ratios(m)
+    targets = {t["name"]: t for t in doc.get("targets") or evaluate_targets(m)}
+    mach = doc.get("machine") or {}
+
+    def timing(key: str) -> tuple[str, str]:
+        e = m.get(key) or {}
+        st = e.get("stats") or {}
+        if not st.get("n"):
+            return ("error: " + e["error"][:60]) if e.get("error") else "not measured", ""
+        return f"{st['median']:.1f} s", f"{st['min']:.1f}–{st['max']:.1f} s, n={st['n']}"
+
+    def met(name: str) -> str:
+        t = targets.get(name) or {}
+        return {True: "met", False: "missed", None: "—"}[t.get("met")]
+
+    fp = m.get("footprint") or {}
+    full = m.get("full_bake_s") or {}
+    proof = (m.get("noop_rebuild_s") or {}).get("proof") or {}
+    rows = [
+        ("boot_bare_s (→ SSH)", *timing("boot_bare_s"), "floor", ""),
+        ("boot_baked_ready_s (→ /readyz 200)", *timing("boot_baked_ready_s"),
+         f"{ratios.get('baked_vs_bare') or '—'}× bare (target ≤ 1.15×)", met("baked_vs_bare")),
+        ("boot_seed_ready_s (→ /readyz 200)", *timing("boot_seed_ready_s"),
+         f"{ratios.get('seed_vs_baked') or '—'}× baked (target ≥ 5×)", met("seed_vs_baked")),
+        ("noop_rebuild_s", *timing("noop_rebuild_s"),
+         "no VM started: " + ("proven" if proof.get("no_vm_started") else "not shown"), met("noop_rebuild")),
+        ("full_bake_s", _fmt_s(full.get("value")), full.get("source", ""), "", ""),
+        ("image_used_bytes", _fmt_bytes(fp.get("image_used_bytes")),
+         f"qcow2 file {_fmt_bytes(fp.get('artifact_file_bytes'))}", "target ≤ 3 GB", met("footprint")),
+        ("Nextcloud image (derived)", _fmt_bytes(fp.get("nextcloud_image_bytes")), "", "", ""),
+    ]
+    out = [
+        f"Measured {doc.get('generated_at', '?')} on {mach.get('cores', '?')} cores of {mach.get('cpu_model', '?')}, "
+        f"{mach.get('qemu') or 'QEMU ?'} (TCG), {mach.get('packer') or 'Packer ?'}.",
+        "",
+        "| measurement | median | spread | comparison | target |",
+        "|---|---|---|---|---|",
+        *[f"| {' | '.join(str(c) for c in r)} |" for r in rows],
+    ]
+    return "\n".join(out) + "\n"
+
+
 # ---- machine facts -----------------------------------------------------------------------------------------
 def _first_line(cmd: Sequence[str]) -> str | None:
     try:
@@ -1195,6 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="seconds to wait for the services' ports while another run holds them")
     p.add_argument("--full-bake", action="store_true", help="time a fresh forced bake (replaces the artifact)")
     p.add_argument("--show", action="store_true", help="only print the table of the last results.json")
+    p.add_argument("--markdown", action="store_true", help="with --show: a Markdown summary (for the README)")
     a = p.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     if a.show:
@@ -1202,7 +1248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             print(f"{path} not found: run the benchmark first", file=sys.stderr)
             return 2
-        print_results(json.loads(path.read_text()))
+        doc = json.loads(path.read_text())
+        if a.markdown:
+            print(markdown_summary(doc), end="")
+        else:
+            print_results(doc)
         return 0
     try:
         settings = load_settings(root, a.env).settings

@@ -347,3 +347,16 @@ def test_noop_is_refused_when_a_rebuild_would_bake(tmp_path):
     assert bench.noop_precondition(inputs) is None
     (build_dir / "fingerprint").write_text("2" * 64 + "\n")
     assert "would bake, not reuse" in bench.noop_precondition(inputs)
+
+
+def test_markdown_summary_has_the_headline_numbers_and_verdicts():
+    doc = bench.merge_results(None, _doc({
+        "boot_bare_s": _timing(70, 72, 74),
+        "boot_baked_ready_s": _timing(100, 104, 110),
+        "footprint": {"image_used_bytes": 1_370_000_000, "artifact_file_bytes": 1_690_000_000},
+    }))
+    md = bench.markdown_summary(doc)
+    row = "| boot_baked_ready_s (→ /readyz 200) | 104.0 s | 100.0–110.0 s, n=3 | 1.44× bare (target ≤ 1.15×) | missed |"
+    assert row in md
+    assert "| boot_seed_ready_s (→ /readyz 200) | not measured |" in md
+    assert "1.37 GB" in md and "2 cores of Test CPU" in md
