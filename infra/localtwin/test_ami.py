@@ -221,6 +221,7 @@ def run(
     canaries = make_canaries(list(secret_variables().values()))
     user_data = render_user_data_with_secrets(settings, canaries)
     started = time.monotonic()
+    artifact_stamp = _stamp(artifact.disk)
     log(
         f"test-ami: artifact {artifact.disk}, {instances} instance(s), "
         f"{'concurrent' if concurrent else 'one after another'}"
@@ -279,8 +280,17 @@ def run(
             report.timings["total_s"] = round(time.monotonic() - started, 1)
             for node in nodes:
                 report.timings[node.name]["teardown"] = node.timings.teardown
+            if _stamp(artifact.disk) != artifact_stamp:
+                report.ok = False
+                report.error = f"the artifact {artifact.disk} changed during the run; instances must use overlays"
+                log(f"test-ami FAILED: {report.error}")
             log("test-ami timings: " + json.dumps(report.timings))
     return report
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _check_service_settings(settings: Any) -> None:
