@@ -834,11 +834,14 @@ def noop_precondition(inputs: Inputs) -> str | None:
 def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     """`inv build-ami` with unchanged inputs, ``runs`` times; proof that no VM nor Packer started."""
     manifest_path = inputs.root / "build" / inputs.settings.name / "manifest.json"
-    artifact = inputs.artifact.disk
     reason = noop_precondition(inputs)
     if reason:
         return {"samples": [], "stats": summarize([]), "error": reason, "measured_at": _now_iso()}
-    before = (artifact.stat().st_mtime_ns, inputs.artifact_record.get("sha256"))
+    # The artifact the rebuild must reuse: the one recorded for the current inputs (it may be newer than the one
+    # this run booted, when someone baked in between).
+    record = json.loads(manifest_path.read_text()) if manifest_path.is_file() else inputs.artifact_record
+    artifact = Path(str(record.get("artifact_id") or inputs.artifact.disk))
+    before = (artifact.stat().st_mtime_ns, record.get("sha256"))
     inv = Path(sys.executable).with_name("inv")
     cmd = [str(inv), "build-ami", "--env", inputs.settings.name] if inv.exists() else [
         sys.executable, "-m", "infra.localtwin.build", inputs.settings.name]
@@ -871,7 +874,8 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
         "how": "process tree of the command scanned every 20 ms via /proc; manifest.json says reused; "
                "artifact mtime and sha256 unchanged",
     }
-    entry = {"command": " ".join(cmd), "samples": samples, "stats": summarize(samples), "details": details,
+    entry = {"command": " ".join(cmd), "artifact_reused": str(artifact), "samples": samples,
+             "stats": summarize(samples), "details": details,
              "proof": proof, "measured_at": _now_iso()}
     if errors:
         entry["error"] = "; ".join(errors)
