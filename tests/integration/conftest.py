@@ -285,3 +285,22 @@ def make_node(tmp_path: Path, services: tuple[ThrowawayPostgres, ThrowawayRedis]
     yield factory
     for n in nodes:
         n.stop()
+
+
+# ---- the baked local artifact, shared by every test that boots it -------------------------------------------
+@pytest.fixture(scope="session")
+def local_artifact() -> dict[str, Any]:
+    """Bake the local image (or reuse the one whose fingerprint matches) with the real front door; its manifest.
+
+    Session-scoped so the chain test and the live image-suite checks share one bake whatever order they run in.
+    Progress is streamed to the test log (visible with -s or in CI's output on failure).
+    """
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], cwd=ROOT, text=True,
+                          timeout=3600, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sys.stdout.write(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    manifest = json.loads((ROOT / "build" / "local" / "manifest.json").read_text())
+    manifest["build_output"] = proc.stdout
+    return manifest

@@ -251,7 +251,7 @@ LIVE_BREAKS = (
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path):
+def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path, local_artifact):
     """Boot the baked artifact once: the live checks pass, then each deliberate break fails its check."""
     from infra.localservices import ThrowawayPostgres, ThrowawayRedis
     from infra.localtwin.test_ami import (
@@ -263,8 +263,6 @@ def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path):
     from render.settings import load_settings
 
     manifest = REPO / "build" / "local" / "manifest.json"
-    if not manifest.exists():
-        pytest.skip("no baked local artifact (inv build-ami --env local)")
     settings = load_settings(REPO, "local").settings
     artifact = read_manifest(manifest, REPO)
     canaries = make_canaries(list(secret_variables().values()))
