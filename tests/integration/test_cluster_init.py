@@ -306,3 +306,44 @@ def test_bounded_wait_stops_the_container_for_a_restart(make_node, pg):
     assert 1.5 < time.monotonic() - started < 15  # gives up when the next retry would pass the deadline
     log = node.last_log.read_text()
     assert "gave up waiting" in log and DB_PASSWORD not in log
+
+
+def test_operator_occ_runs_against_a_root_owned_read_only_config(make_node, pg, tmp_path):
+    """bin/nextcloud-occ, as `docker exec nextcloud nextcloud-occ status`: the image's config dir is root-owned (the
+    web user can neither write nor chmod it) and occ insists on running as config.php's owner, so the wrapper
+    gives occ a private config dir; the image's config is left untouched."""
+    import pwd
+
+    node = make_node("occ")
+    rc, out = node.run_init(timeout=90, NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+    www = pwd.getpwnam("www-data")
+    os.chown(node.webroot, www.pw_uid, www.pw_gid)
+    os.chown(node.webroot / "occ", www.pw_uid, www.pw_gid)
+    cfg = node.webroot / "config"
+    for f in cfg.iterdir():
+        os.chown(f, 0, www.pw_gid)
+        f.chmod(0o440)
+    os.chown(cfg, 0, www.pw_gid)
+    cfg.chmod(0o550)
+    for parent in (node.webroot, *node.webroot.parents):
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)  # www-data must reach the webroot, as in the image
+    node.state_dir.chmod(0o755)  # the entrypoint's state dir is readable by the web server
+    for f in node.state_dir.rglob("*"):
+        f.chmod(f.stat().st_mode | 0o004 | (0o001 if f.is_dir() else 0))
+    before = {f.name: (f.read_bytes(), f.stat().st_uid) for f in cfg.iterdir()}
+    runtime = tmp_path / "runtime.env"
+    runtime.write_text("".join(f"{k}={v}\n" for k, v in node.secret_env.items()))
+    runtime.chmod(0o600)
+    env = node.env(NEXTCLOUD_RUNTIME_ENV_FILE=str(runtime))
+    for key in node.secret_env:  # as `docker exec` sees it: secrets only in the runtime file
+        env.pop(key, None)
+    proc = subprocess.run([str(ENTRYPOINT.parent / "nextcloud-occ"), "status", "--output=json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status["installed"] is True and status["versionstring"] == "29.0.7", status
+    assert {f.name: (f.read_bytes(), f.stat().st_uid) for f in cfg.iterdir()} == before
+    assert not list(Path("/dev/shm").glob("nextcloud-occ.*")), "the private config dir was not removed"

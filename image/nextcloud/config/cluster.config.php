@@ -1,7 +1,7 @@
 <?php
 /*
  * The ONE cluster configuration of this image. Every cluster-wide setting comes from the environment at
- * runtime (names: /tmp/contract.md, "nextcloud.env" + runtime secrets); nothing here is written by a node.
+ * runtime (names: image/nextcloud/README.md, "Runtime environment"; nextcloud.env + runtime secrets); nothing here is written by a node.
  *
  * Nextcloud includes this file after config.php (config/*.config.php, natural order, later wins), inside
  * OC\Config::readData(). Everything runs in a closure so no variable of that method is overwritten and no
