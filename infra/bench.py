@@ -237,7 +237,26 @@ def merge_results(previous: dict[str, Any] | None, fresh: dict[str, Any]) -> dic
     doc["mixed_artifacts"] = fingerprints if len(fingerprints) > 1 else None
     doc["ratios"] = compute_ratios(measurements)
     doc["targets"] = evaluate_targets(measurements)
+    doc["uncontended"] = uncontended_view(measurements)
     return doc
+
+
+BOOT_KEYS = ("boot_bare_s", "boot_baked_ready_s", "boot_seed_ready_s")
+
+
+def uncontended_view(measurements: dict[str, Any]) -> dict[str, Any]:
+    """Stats and ratios over only the boots during which no other QEMU ran (at their start and their end).
+
+    On a machine shared with other VMs the all-samples medians mix in CPU contention; this view does not.
+    """
+    view: dict[str, Any] = {}
+    for key in BOOT_KEYS:
+        details = (measurements.get(key) or {}).get("details") or []
+        clean = [d["value_s"] for d in details if not d.get("other_qemu_at_start") and not d.get("other_qemu_at_end")]
+        if details:
+            view[key] = {"samples": clean, "stats": summarize(clean)}
+    view["ratios"] = compute_ratios(view)
+    return view
 
 
 def _fmt_s(v: float | None) -> str:
@@ -288,6 +307,9 @@ def render_table(doc: dict[str, Any]) -> Any:
             table.add_row(label, "[red]error[/]", entry["error"][:80], "", "", *verdict(target) if target else ("", ""))
             return
         spread = "—" if s.get("min") is None else f"{s['min']:.1f}–{s['max']:.1f} ({s['spread']:.1f})"
+        clean = ((doc.get("uncontended") or {}).get(key) or {}).get("stats") or {}
+        if clean and clean.get("n") != s.get("n"):
+            spread += f"; no other VM: {_fmt_s(clean.get('median'))} (n={clean.get('n')})"
         samples = ", ".join(f"{x:.1f}" for x in entry.get("samples") or [])
         table.add_row(
             label,

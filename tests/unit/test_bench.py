@@ -361,3 +361,17 @@ def test_markdown_summary_has_the_headline_numbers_and_verdicts():
     assert row in md
     assert "| boot_seed_ready_s (→ /readyz 200) | not measured |" in md
     assert "1.37 GB" in md and "2 cores of Test CPU" in md
+
+
+def test_uncontended_view_keeps_only_boots_without_other_vms():
+    def boot(v, start=(), end=()):
+        return {"value_s": v, "other_qemu_at_start": list(start), "other_qemu_at_end": list(end)}
+
+    m = {
+        "boot_bare_s": {**_timing(146, 124, 92), "details": [boot(146, [1]), boot(124, (), [2]), boot(92)]},
+        "boot_baked_ready_s": {**_timing(134, 135, 131), "details": [boot(134), boot(135), boot(131)]},
+    }
+    view = bench.uncontended_view(m)
+    assert view["boot_bare_s"]["samples"] == [92]
+    assert view["ratios"]["baked_vs_bare"] == 1.46
+    assert "no other VM: 92.0 s (n=1)" in _render(bench.merge_results(None, _doc(m)))
