@@ -796,12 +796,34 @@ def load_inputs(root: Path, settings: Any) -> Inputs:
 
 
 # ---- no-op rebuild and full bake ---------------------------------------------------------------------------
-def watch_process_tree(cmd: Sequence[str], cwd: Path, interval_s: float = 0.02) -> dict[str, Any]:
+def _is_bake(name: str) -> bool:
+    return name == "packer" or name.startswith("qemu-system")
+
+
+def _stop_tree(pid: int) -> None:
+    """SIGTERM ``pid`` and everything below it (deepest first), SIGKILL what is left after 10 s."""
+    import signal
+
+    for sig, pause in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        pids = [*sorted(descendants(pid, _proc_table()), reverse=True), pid]
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+
+
+def watch_process_tree(
+    cmd: Sequence[str], cwd: Path, interval_s: float = 0.02, forbid: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
     """Run ``cmd``, sampling its process tree every ``interval_s``; report what ran below it and how long.
 
-    A VM boot lasts minutes, so a 20 ms sampling interval cannot miss one.
+    A VM boot lasts minutes, so the sampling cannot miss one. When a process ``forbid`` matches appears (a bake
+    starting, because the inputs changed under us), the whole tree is stopped at once and ``stopped`` says why.
     """
     seen: dict[int, str] = {}
+    stopped = None
     started = time.monotonic()
     proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out_chunks: list[str] = []
@@ -814,7 +836,12 @@ def watch_process_tree(cmd: Sequence[str], cwd: Path, interval_s: float = 0.02) 
             seen[proc.pid] = table[proc.pid][1]
         seen.update(descendants(proc.pid, table))
         samples += 1
+        if forbid is not None and any(forbid(n) for n in seen.values()):
+            stopped = f"stopped: {', '.join(sorted({n for n in seen.values() if forbid(n)}))} started"
+            _stop_tree(proc.pid)
+            break
         time.sleep(interval_s)
+    proc.wait()
     elapsed = time.monotonic() - started
     reader.join()
     names = sorted(set(seen.values()))
@@ -826,6 +853,7 @@ def watch_process_tree(cmd: Sequence[str], cwd: Path, interval_s: float = 0.02) 
         "scans": samples,
         "qemu_seen": any(n.startswith("qemu-system") for n in names),
         "packer_seen": "packer" in names,
+        "stopped": stopped,
     }
 
 
@@ -875,7 +903,14 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     details, errors = [], []
     for n in range(1, runs + 1):
         log(f"bench: no-op rebuild {n}/{runs}: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}")
-        r = watch_process_tree(cmd, inputs.root)
+        # Checked before every run: someone may re-render between runs, and then this would be a bake.
+        reason = noop_precondition(inputs)
+        if reason:
+            errors.append(f"run {n}: not run: {reason}")
+            break
+        r = watch_process_tree(cmd, inputs.root, forbid=_is_bake)
+        if r["stopped"]:
+            errors.append(f"run {n}: {r['stopped']} - the inputs changed during the run; the bake was stopped")
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as e:

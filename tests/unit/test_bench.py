@@ -375,3 +375,11 @@ def test_uncontended_view_keeps_only_boots_without_other_vms():
     assert view["boot_bare_s"]["samples"] == [92]
     assert view["ratios"]["baked_vs_bare"] == 1.46
     assert "no other VM: 92.0 s (n=1)" in _render(bench.merge_results(None, _doc(m)))
+
+
+def test_a_bake_starting_under_the_noop_command_is_stopped_at_once(tmp_path):
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.symlink_to(shutil.which("sleep"))
+    r = bench.watch_process_tree(["sh", "-c", f"{fake} 60"], ROOT, forbid=bench._is_bake)
+    assert r["stopped"] == "stopped: qemu-system-x86_64 started"
+    assert r["seconds"] < 30 and r["exit_code"] != 0
