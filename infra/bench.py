@@ -993,21 +993,48 @@ def measure_bake_steps(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- footprint -----------------------------------------------------------------------------------------------
+LAYERDB = "/var/lib/docker/image/overlay2/layerdb/sha256"
+
+
+def _debugfs(raw: Path, request: str) -> str:
+    return subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True, text=True, check=False).stdout
+
+
+def docker_layers_bytes(raw: Path) -> int | None:
+    """Sum of the ``size`` files of every layer in the image's Docker store, read offline with debugfs.
+
+    The store holds the base image and the derived image built on it, which shares the base's layers: the sum
+    is the derived image's size as ``docker image inspect`` reports it. None when there is no Docker store.
+    """
+    listing = _debugfs(raw, f"ls -p {LAYERDB}")
+    names = [f[4] for line in listing.splitlines() if len(f := line.strip("/").split("/")) > 4 and len(f[4]) == 64]
+    sizes = [_debugfs(raw, f"cat {LAYERDB}/{n}/size").strip() for n in names]
+    return sum(int(x) for x in sizes if x.isdigit()) if names else None
+
+
 def filesystem_usage(qcow2: Path, workdir: Path) -> dict[str, int]:
-    """Used bytes of the ext4 filesystem in ``qcow2`` (whole-disk ext4, no partition table), read offline."""
+    """Used bytes of the ext4 filesystem in ``qcow2`` (whole-disk ext4, no partition table), read offline; plus
+    ``docker_layers_bytes`` (see :func:`docker_layers_bytes`) when the image has a Docker store."""
     raw = workdir / "footprint.raw"
     try:
         subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow2), str(raw)], check=True, capture_output=True)
         out = subprocess.run(["dumpe2fs", "-h", str(raw)], check=True, capture_output=True, text=True).stdout
+        fs = parse_dumpe2fs(out)
+        layers = docker_layers_bytes(raw)
+        if layers is not None:
+            fs["docker_layers_bytes"] = layers
     finally:
         raw.unlink(missing_ok=True)
-    return parse_dumpe2fs(out)
+    return fs
 
 
 def measure_footprint(inputs: Inputs, workdir: Path, image_bytes: int | None, image_note: str) -> dict[str, Any]:
     disk = inputs.artifact.disk
     fs = filesystem_usage(disk, workdir)
     st = disk.stat()
+    if image_bytes is None and fs.get("docker_layers_bytes"):
+        image_bytes = fs["docker_layers_bytes"]
+        image_note = "sum of the Docker store's layer sizes, read offline from the artifact"
     return {
         "image_used_bytes": fs["used_bytes"],
         "fs_size_bytes": fs["size_bytes"],
