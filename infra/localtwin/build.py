@@ -48,7 +48,8 @@ class BuildError(RuntimeError):
     """The local image cannot be built; the message says why and what to do."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (artifacts are gigabytes)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -125,7 +126,7 @@ def find_reusable_artifact(build_dir: Path, fingerprint: str, base_key: str, sta
     paths = [Path(record.get(k, "")) for k in ("artifact_id", "kernel", "initrd")]
     if not all(p.is_file() for p in paths):
         return None
-    if _sha256(paths[0]) != record.get("sha256"):
+    if file_sha256(paths[0]) != record.get("sha256"):
         return None
     return record
 
@@ -291,7 +292,7 @@ def build_local_image(
     t = time.monotonic()
     kernel, initrd = extract_boot_files(qcow2, artifact_dir)
     qcow2.chmod(0o444)
-    sha = _sha256(qcow2)
+    sha = file_sha256(qcow2)
     timings["finalize_seconds"] = round(time.monotonic() - t, 1)
     timings["total_seconds"] = round(time.monotonic() - started, 1)
 

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+from infra.localtwin.instance import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"
@@ -48,12 +49,6 @@ IDENTITY = {
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 SECRET_NAMES = ("NEXTCLOUD_DB_PASSWORD", "NEXTCLOUD_REDIS_PASSWORD", "NEXTCLOUD_INSTANCEID",
                 "NEXTCLOUD_PASSWORDSALT", "NEXTCLOUD_SECRET", "NEXTCLOUD_ADMIN_PASSWORD")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

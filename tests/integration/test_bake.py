@@ -175,7 +175,7 @@ def fake_artifact(build_root: Path) -> dict:
         (adir / name).write_bytes(name.encode() * 1000)
     record = {
         "artifact_id": str(adir / "nextcloud.qcow2"),
-        "sha256": build._sha256(adir / "nextcloud.qcow2"),
+        "sha256": build.file_sha256(adir / "nextcloud.qcow2"),
         "fingerprint": FINGERPRINT, "reused": False, "built_at": "2026-01-02T03:04:05Z",
         "kernel": str(adir / "vmlinuz"), "initrd": str(adir / "initrd.img"),
         "base_disk_key": base_disk.base_disk_key(), "standin_key": standin.standin_key(),

@@ -6,7 +6,6 @@ Set SKIP_LOCAL_TWIN=1 to skip it when iterating on unit tests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from infra.localtwin.build import file_sha256 as sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "build" / "local" / "manifest.json"
@@ -31,14 +32,6 @@ def inv(*args: str, timeout: int) -> subprocess.CompletedProcess[str]:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sys.stdout.write(proc.stdout)
     return proc
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
