@@ -114,9 +114,10 @@ def build_ami(c, env=None, set_=None, force=False):
         "set": SET_HELP,
         "instances": "how many throwaway instances to boot against the same services (default 1)",
         "keep_going": "run the whole testinfra suite even after a failure",
+        "one_at_a_time": "boot the instances one after another instead of side by side (slower, less CPU)",
     },
 )
-def test_ami(c, env=None, set_=None, instances=None, keep_going=False):
+def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_time=False):
     """Boot throwaway instances of the baked image with canary secrets and run tests/image against them."""
     loaded = _load(c, env, set_)
     if loaded.settings.builder != "local":
@@ -129,7 +130,9 @@ def test_ami(c, env=None, set_=None, instances=None, keep_going=False):
     if count < 1:
         raise Exit("--instances must be at least 1", code=2)
     try:
-        ok = test_local_image(ROOT, loaded.settings, instances=count, keep_going=keep_going)
+        ok = test_local_image(
+            ROOT, loaded.settings, instances=count, keep_going=keep_going, concurrent=not one_at_a_time
+        )
     except KeyboardInterrupt:
         raise Exit("interrupted; everything was torn down", code=130) from None
     if not ok:
@@ -143,9 +146,11 @@ def test_ami(c, env=None, set_=None, instances=None, keep_going=False):
         "runs": "boots per readiness measurement (default 3)",
         "only": "run just this measurement (repeatable): bare, baked, seed, noop, bake, footprint",
         "full_bake": "also time a fresh forced bake instead of reading the last bake's record",
+        "seed_runs": "boots for the seed-style measurement (default: --runs; each takes about 10 minutes)",
+        "timeout": "seconds one boot may take before it counts as failed (default 2400)",
     },
 )
-def bench(c, env=None, runs=None, only=None, full_bake=False):
+def bench(c, env=None, runs=None, only=None, full_bake=False, seed_runs=None, timeout=None):
     """Measure readiness after boot (bare, baked, seed-style), no-op rebuild, bake steps and footprint."""
     from infra.bench import BenchError, run_bench
 
@@ -153,8 +158,9 @@ def bench(c, env=None, runs=None, only=None, full_bake=False):
     if loaded.settings.builder != "local":
         _not_yet("bench on AWS", "the benchmark measures the local twin")
     try:
+        extra = {"timeout_s": float(timeout)} if timeout else {}
         run_bench(ROOT, loaded.settings, runs=int(runs or c.config.pipeline.bench_runs), only=only or None,
-                  full_bake=full_bake)
+                  full_bake=full_bake, seed_runs=int(seed_runs) if seed_runs else None, **extra)
     except BenchError as exc:
         raise Exit(f"bench: {exc}", code=1) from None
     except KeyboardInterrupt:
