@@ -46,3 +46,29 @@ def test_aws_build_is_refused_until_it_exists():
     proc = inv("build-ami", "--env", "example")
     assert proc.returncode != 0
     assert "not available yet" in proc.stderr
+
+
+def test_validate_passes_on_the_shipped_environments_and_names_every_check():
+    for env in ("local", "example"):
+        proc = inv("validate", "--env", env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for check in ("settings", "cloud-init schema", "shellcheck", "php -l", "ruff", "packer validate"):
+            assert check in proc.stdout, f"{check} missing from:\n{proc.stdout}"
+
+
+def test_validate_fails_when_a_linter_fails(tmp_path):
+    """A broken user-data template must turn validate red (cloud-init schema), without touching the repo."""
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "tasks.py", project / "tasks.py")
+    shutil.copytree(ROOT / "render", project / "render", ignore=shutil.ignore_patterns("__pycache__"))
+    for tree in ("infra", "environments", "image", "packer", "pyproject.toml"):
+        (project / tree).symlink_to(ROOT / tree)
+    template = project / "render" / "templates" / "user-data.yaml.j2"
+    template.write_text(template.read_text().replace("write_files:", "write_filez:"))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "validate", "--env", "local"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cloud-init schema" in proc.stdout and "FAIL" in proc.stdout, proc.stdout
