@@ -3,6 +3,9 @@
 # gets its inputs as environment variables.
 
 locals {
+  # Every provisioner script runs as root with its inputs in the environment.
+  sudo_execute = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+
   ami_name = "${var.ami_name_prefix}-${substr(var.fingerprint, 0, 12)}-${formatdate("YYYYMMDDhhmmss", var.build_time)}"
 
   # Recorded on the AMI and its snapshots: the same values as version-info.json.
@@ -136,19 +139,19 @@ build {
   }
 
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["DOCKER_VERSION=${var.docker_version}"])
     script           = "${path.root}/../image/scripts/install-docker.sh"
   }
 
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["OS_PACKAGES=python3-boto3"])
     script           = "${path.root}/../image/scripts/install-os-packages.sh"
   }
 
   provisioner "shell" {
-    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command = local.sudo_execute
     environment_vars = concat(local.common_env, [
       "NEXTCLOUD_IMAGE=${var.nextcloud_image}",
       "STANDIN_ARCHIVE=${local.staging_dir}/standin.tar.gz",
@@ -157,7 +160,7 @@ build {
   }
 
   provisioner "shell" {
-    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command = local.sudo_execute
     environment_vars = concat(local.common_env, [
       "NEXTCLOUD_IMAGE=${var.nextcloud_image}",
       "FINGERPRINT=${var.fingerprint}",
@@ -167,19 +170,19 @@ build {
   }
 
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["STAGING_DIR=${local.staging_dir}"])
     script           = "${path.root}/../image/scripts/install-units.sh"
   }
 
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = local.common_env
     script           = "${path.root}/../image/scripts/harden-access.sh"
   }
 
   provisioner "shell" {
-    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command = local.sudo_execute
     environment_vars = concat(local.common_env, [
       "ENV_NAME=${var.env_name}",
       "GIT_SHA=${var.git_sha}",
@@ -193,14 +196,14 @@ build {
   }
 
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["STAGING_DIR=${local.staging_dir}", "SSH_USERNAME=${var.ssh_username}"])
     script           = "${path.root}/../image/scripts/cleanup.sh"
   }
 
   # Last: the bake fails if identity files or any canary remain on the filesystem.
   provisioner "shell" {
-    execute_command  = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
+    execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["FINGERPRINT=${var.fingerprint}"])
     script           = "${path.root}/../image/scripts/validate.sh"
   }

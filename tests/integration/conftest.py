@@ -47,8 +47,6 @@ IDENTITY = {
     "NEXTCLOUD_SECRET": secrets.token_urlsafe(36),
 }
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
-SECRET_NAMES = ("NEXTCLOUD_DB_PASSWORD", "NEXTCLOUD_REDIS_PASSWORD", "NEXTCLOUD_INSTANCEID",
-                "NEXTCLOUD_PASSWORDSALT", "NEXTCLOUD_SECRET", "NEXTCLOUD_ADMIN_PASSWORD")
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from render.outputs import SECRET_VARIABLES
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +48,7 @@ PACKAGES = (
     "systemd-journal-remote",  # only to plant a journal entry in the journal-leak case
 )
 ROOTFS_FORMAT = 1
-SECRET_NAMES = (
-    "NEXTCLOUD_ADMIN_PASSWORD",
-    "NEXTCLOUD_DB_PASSWORD",
-    "NEXTCLOUD_INSTANCEID",
-    "NEXTCLOUD_PASSWORDSALT",
-    "NEXTCLOUD_REDIS_PASSWORD",
-    "NEXTCLOUD_SECRET",
-)
+SECRET_NAMES = tuple(sorted(SECRET_VARIABLES.values()))
 
 
 def _need(tool: str) -> None:

@@ -30,6 +30,8 @@ import boto3
 import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
+from render.outputs import SECRET_VARIABLES
+
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "image" / "rootfs"
 SCRIPT = ROOTFS / "usr" / "local" / "libexec" / "nextcloud-image" / "resolve-secrets"
@@ -38,14 +40,7 @@ SECRETS_UNIT = UNIT_DIR / "nextcloud-secrets.service"
 NEXTCLOUD_UNIT = UNIT_DIR / "nextcloud.service"
 
 ACCOUNT = "123456789012"  # moto's default account
-SECRET_KEYS = (
-    "NEXTCLOUD_ADMIN_PASSWORD",
-    "NEXTCLOUD_DB_PASSWORD",
-    "NEXTCLOUD_INSTANCEID",
-    "NEXTCLOUD_PASSWORDSALT",
-    "NEXTCLOUD_REDIS_PASSWORD",
-    "NEXTCLOUD_SECRET",
-)
+SECRET_KEYS = tuple(sorted(SECRET_VARIABLES.values()))
 
 
 def _python_has_boto3(python: str) -> bool:
