@@ -28,8 +28,9 @@ if ! docker image inspect "${base_image}" > /dev/null; then
   exit 1
 fi
 
-# Never pull: the base is already here, pinned.
-docker build --pull=false \
+# Never pull: the base is already here, pinned. No network either: the Dockerfile fetches
+# nothing, and dockerd has no bridge (install-docker.sh).
+docker build --pull=false --network none \
   --build-arg "BASE_IMAGE=${base_image}" \
   --label "nextcloud-image.fingerprint=${FINGERPRINT}" \
   --tag "nextcloud-cluster:${FINGERPRINT:0:12}" \

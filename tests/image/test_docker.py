@@ -37,7 +37,17 @@ def test_docker_units_enabled(host, unit):
     assert out.stdout.strip() == "enabled", f"{unit} is {out.stdout.strip() or out.stderr.strip()!r}, not enabled"
 
 
-@pytest.mark.parametrize(("key", "expected"), [("log-driver", "journald"), ("live-restore", True)])
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("log-driver", "journald"),
+        ("live-restore", True),
+        # Host networking only: no docker0, no NAT, no iptables rules on the instance.
+        ("bridge", "none"),
+        ("iptables", False),
+        ("ip6tables", False),
+    ],
+)
 def test_daemon_json(host, key, expected):
     f = host.file(DAEMON_JSON)
     assert f.is_file, f"{DAEMON_JSON} missing"
@@ -66,3 +76,31 @@ def test_docker_server_version_is_recorded_one(host, version_info):
 def test_daemon_effective_config(host, template, expected):
     value = host.check_output(f"docker info --format '{template}'")
     assert value == expected, f"docker info {template} is {value!r}, expected {expected!r}"
+
+
+# The engine starts beside cloud-init: it must not wait for what cloud-init holds back (basic.target, the
+# network targets), or every boot waits for SSH host keys and user data before dockerd even starts.
+NOT_BEFORE_ENGINE = ("basic.target", "sysinit.target", "network-online.target", "network.target", "cloud-init.service")
+
+
+@pytest.mark.live  # systemd's own view of the units (packaged unit, copies in /etc, drop-ins)
+@pytest.mark.parametrize("unit", ["containerd.service", "docker.service", "docker.socket"])
+def test_engine_starts_beside_cloud_init(host, unit):
+    props = dict(
+        line.split("=", 1)
+        for line in host.check_output(f"systemctl show {unit} -p DefaultDependencies -p After").splitlines()
+        if "=" in line
+    )
+    waits_for = sorted(set(props.get("After", "").split()) & set(NOT_BEFORE_ENGINE))
+    assert props.get("DefaultDependencies") == "no" and not waits_for, (
+        f"{unit} waits for {waits_for or 'basic.target (DefaultDependencies=yes)'}: it would start only after "
+        "cloud-init's network stage"
+    )
+
+
+@pytest.mark.live
+def test_no_docker_bridge_or_nat(host):
+    networks = host.check_output("docker network ls --format '{{.Name}}'").split()
+    assert "bridge" not in networks, f"dockerd created its bridge network: {networks}"
+    chains = host.run("iptables -S 2>/dev/null || true").stdout
+    assert "DOCKER" not in chains, f"dockerd wrote iptables rules: {chains[:300]}"

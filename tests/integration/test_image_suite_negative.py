@@ -111,7 +111,8 @@ def make_instance_state(root: Path, canaries: dict[str, str], instance_id: str) 
     _chroot(root, "ssh-keygen", "-A")
     _write(root, "/etc/ssh/sshd_config.d/50-image.conf", "PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
     (root / "run/sshd").mkdir(parents=True, exist_ok=True)
-    _write(root, "/etc/docker/daemon.json", json.dumps({"log-driver": "journald", "live-restore": True}))
+    daemon = {"log-driver": "journald", "live-restore": True, "bridge": "none", "iptables": False, "ip6tables": False}
+    _write(root, "/etc/docker/daemon.json", json.dumps(daemon))
     docker_version = _chroot(root, "dpkg-query", "-W", "-f", "${Version}", "docker.io")
     _write(
         root,
@@ -388,6 +389,10 @@ CASES = {
         ["test_docker::test_docker_units_enabled[docker.service]"],
     ),
     "live-restore off": (_daemon_json("live-restore", False), ["test_docker::test_daemon_json[live-restore-True]"]),
+    "docker bridge and NAT back on": (
+        _daemon_json("iptables", True),
+        ["test_docker::test_daemon_json[iptables-False]"],
+    ),
     "json-file logging": (
         _daemon_json("log-driver", "json-file"),
         ["test_docker::test_daemon_json[log-driver-journald]"],
