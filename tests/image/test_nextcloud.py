@@ -40,6 +40,17 @@ def test_nextcloud_service_active(host):
 
 
 @pytest.mark.live
+def test_container_output_logged_once(host):
+    # The unit's journal carries the container's output (docker run is attached); dockerd must not log it again.
+    unit_lines = host.run("journalctl -b --no-pager -o cat -u nextcloud.service | grep -c nextcloud-cluster-entrypoint")
+    assert unit_lines.stdout.strip() not in ("", "0"), "the container's output is not in journalctl -u nextcloud"
+    copies = host.run(f"journalctl -b --no-pager -o cat CONTAINER_NAME={CONTAINER} | grep -c . || true")
+    assert copies.stdout.strip() == "0", (
+        f"dockerd logged {copies.stdout.strip()} lines of the container a second time (CONTAINER_NAME={CONTAINER})"
+    )
+
+
+@pytest.mark.live
 def test_secrets_unit_succeeded(host):
     props = dict(
         line.split("=", 1)
