@@ -53,3 +53,14 @@ def test_only_expected_ports_listen(host, request, proto):
     allowed = port_list(request.config.getoption(f"--expected-{proto}-ports"), f"--expected-{proto}-ports")
     unexpected = sorted(f"{a}:{p}" for a, p in _listeners(host, proto) if p not in allowed)
     assert not unexpected, f"unexpected {proto} listeners on non-loopback addresses: {unexpected} (allowed {allowed})"
+
+
+@pytest.mark.live
+def test_host_keys_are_modern_types_only(host):
+    # cloud-init generates them at first boot (image/rootfs/etc/cloud/cloud.cfg.d/50-nextcloud-image.cfg).
+    found = sorted(
+        name
+        for name in host.check_output("ls -1 /etc/ssh").split()
+        if name.startswith("ssh_host_") and name.endswith("_key")
+    )
+    assert found == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"], f"SSH host keys: {found}"

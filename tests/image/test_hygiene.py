@@ -73,7 +73,7 @@ def test_host_keys_differ_from_artifact(host, artifact_view):
 
 @pytest.mark.live
 @pytest.mark.parametrize(
-    "path", ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_rsa_key", MACHINE_ID]
+    "path", ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key", MACHINE_ID]
 )
 def test_identity_created_after_boot(host, boot_time, path):
     f = host.file(path)
