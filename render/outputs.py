@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -43,8 +44,35 @@ def _jinja() -> Environment:
     )
 
 
-def packer_variables(s: Settings) -> dict[str, object]:
-    """The Packer variables that follow from the settings (volatile ones are added by infra at build time)."""
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """What infra/ resolved on the host before a bake; render never looks anything up (it stays offline).
+
+    They are build inputs like the settings: they go into packer-vars.json and therefore into the fingerprint,
+    so the same selector resolving to a newer base image is a new image.
+
+    - ``base_image_id``: AWS: the exact source AMI id (``ami-…``) the bake starts from; local twin: the base
+      disk's digest (``sha256:…``).
+    - ``base_image_name``: the AMI name or the base disk's label (recorded for people; part of the inputs too).
+    - ``nextcloud_image``: the digest-pinned Nextcloud reference to bake, when the settings gave a tag that infra
+      resolved; None means the settings' own (already pinned) reference.
+    """
+
+    base_image_id: str
+    base_image_name: str = ""
+    nextcloud_image: str | None = None
+
+
+def packer_variables(s: Settings, resolved: ResolvedInputs | None = None) -> dict[str, object]:
+    """The Packer variables that follow from the settings and the resolved inputs (volatile ones are added by
+    infra at build time)."""
+    resolved_vars: dict[str, object] = {}
+    if resolved is not None:
+        resolved_vars = {
+            "source_image_id": resolved.base_image_id,
+            "source_image_name": resolved.base_image_name,
+            "nextcloud_image": resolved.nextcloud_image or s.nextcloud.image,
+        }
     return {
         "env_name": s.name,
         "region": s.region,
@@ -60,6 +88,7 @@ def packer_variables(s: Settings) -> dict[str, object]:
         "docker_version": s.docker.version,
         "root_volume_size_gb": s.ami.root_volume_size_gb,
         "ssh_username": "admin",
+        **resolved_vars,
     }
 
 
@@ -118,8 +147,8 @@ def render_nextcloud_env(s: Settings) -> str:
     return _jinja().get_template("nextcloud.env.j2").render(variables=nextcloud_environment(s))
 
 
-def render_packer_vars(s: Settings) -> str:
-    return json.dumps(packer_variables(s), indent=2, sort_keys=True) + "\n"
+def render_packer_vars(s: Settings, resolved: ResolvedInputs | None = None) -> str:
+    return json.dumps(packer_variables(s, resolved), indent=2, sort_keys=True) + "\n"
 
 
 def tree_files(root: Path, trees: tuple[str, ...] = IMAGE_TREES) -> list[Path]:
@@ -154,9 +183,13 @@ def fingerprint(root: Path, build_inputs: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def render_all(root: Path, s: Settings) -> dict[str, str]:
-    """Every output file of ``inv render`` (name → text), computed in memory."""
-    build_inputs = {PACKER_VARS: render_packer_vars(s), NEXTCLOUD_ENV: render_nextcloud_env(s)}
+def render_all(root: Path, s: Settings, resolved: ResolvedInputs | None = None) -> dict[str, str]:
+    """Every output file of ``inv render`` (name → text), computed in memory.
+
+    ``resolved`` carries what infra/ looked up before a bake (the exact base image); without it the fingerprint
+    covers the settings and the trees only, which is what ``inv render`` shows offline.
+    """
+    build_inputs = {PACKER_VARS: render_packer_vars(s, resolved), NEXTCLOUD_ENV: render_nextcloud_env(s)}
     return {
         **build_inputs,
         USER_DATA: render_user_data(s),

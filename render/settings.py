@@ -305,6 +305,9 @@ class Settings(_Section):
     name: str
     builder: Literal["local", "aws"]
     region: str = "eu-central-1"
+    account_id: str | None = Field(
+        default=None, description="the only AWS account this environment may touch (checked before every AWS task)"
+    )
     instance_type: str = "t3.medium"
     base_image: BaseImage = BaseImage()
     nextcloud: Nextcloud
@@ -335,6 +338,13 @@ class Settings(_Section):
     def _region(cls, v: str) -> str:
         if not _REGION.match(v):
             raise ValueError("must be an AWS region such as eu-central-1")
+        return v
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{12}", v):
+            raise ValueError("must be a 12-digit AWS account id such as '123456789012' (quoted, as a string)")
         return v
 
     @field_validator("instance_type")
