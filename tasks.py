@@ -191,10 +191,32 @@ def status(c, env=None):
     _not_yet("status", "AWS status reporting is a later issue")
 
 
-@task(help={"env": ENV_HELP})
-def deploy_stack(c, env=None):
-    """Create or update the CloudFormation stack through a reviewed change set."""
-    _not_yet("deploy-stack", "the CloudFormation stack is a later issue")
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "yes": "execute the change set without asking (a data-losing one is still refused)",
+        "dry_run": "show the change set (or, for a new stack, what it would create) and execute nothing",
+        "allow_data_loss": "execute even if the database, bucket, cache, key or a secret would be replaced or deleted",
+    },
+)
+def deploy_stack(c, env=None, set_=None, yes=False, dry_run=False, allow_data_loss=False):
+    """Create or update the environment's CloudFormation stack through a reviewed change set."""
+    from infra.stack.deploy import Options
+    from infra.stack.deploy import deploy_stack as deploy
+
+    def confirm(prompt: str) -> bool:
+        return input(prompt).strip().lower() in ("y", "yes")
+
+    verdict = deploy(
+        ROOT, _env(c, env), sets=set_ or [],
+        options=Options(yes=yes, dry_run=dry_run, allow_data_loss=allow_data_loss),
+        say=lambda line: print(line, flush=True), confirm=confirm if sys.stdin.isatty() else None,
+    )
+    print(verdict.line(), flush=True)
+    if not verdict.ok:
+        raise Exit(code=verdict.exit_code)
 
 
 ns = Collection(render, validate, build_ami, test_ami, bench, rollout, rollback, prune_amis, status, deploy_stack)

@@ -3,8 +3,11 @@
 Layering, lowest to highest precedence:
   1. built-in defaults (the field defaults below),
   2. the environment file ``environments/<name>.toml``,
-  3. environment variables ``NCIMAGE_<SECTION>__<KEY>`` (values parsed as TOML when they parse, else strings),
-  4. command-line flags ``--set section.key=value`` (same value parsing).
+  3. the stack's outputs, ``build/<name>/stack-outputs.json`` as ``inv deploy-stack`` records them (endpoints,
+     bucket, secret ARNs, names; the table is render/stack_outputs.py). Where the file sets the same key, both
+     must agree: a different value is an error naming both (no stale hand-copied value ever wins silently),
+  4. environment variables ``NCIMAGE_<SECTION>__<KEY>`` (values parsed as TOML when they parse, else strings),
+  5. command-line flags ``--set section.key=value`` (same value parsing).
 
 Every error names the field (as a dotted path), where the bad value came from, and how to fix it.
 """
@@ -22,6 +25,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from render.stack_outputs import StackOutputsError, outputs_path, read_outputs, stack_layer
+from render.stack_settings import Stack
 
 ENV_PREFIX = "NCIMAGE_"
 ENVIRONMENTS_DIR = "environments"
@@ -322,6 +328,7 @@ class Settings(_Section):
     autoscaling: Autoscaling = Autoscaling()
     rollout: Rollout = Rollout()
     ami: Ami = Ami()
+    stack: Stack = Stack()
     tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict
     )
@@ -494,10 +501,12 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     sets: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    stack_pending: bool = False,
 ) -> Loaded:
     """Load and validate environment ``env`` from ``root/environments``, layering env vars, flags and overrides.
 
     ``overrides`` (dotted key → value) is for programs, e.g. test-ami's canary secrets; it wins over everything.
+    ``stack_pending`` is for deploy-stack before the stack exists: what the stack will provide gets placeholders.
     Raises SettingsError naming each bad field and its fix; never writes anything.
     """
     path = environment_path(root, env)
@@ -528,7 +537,13 @@ def load_settings(
         ) from None
 
     origins: dict[str, str] = {}
-    layered = [*env_overrides(environ if environ is not None else os.environ), *flag_overrides(sets)]
+    stack_file = outputs_path(root, env)
+    try:
+        stack = stack_layer(read_outputs(stack_file), data, source=source, outputs_source=_rel(stack_file, root),
+                            known=has_setting, pending=stack_pending)
+    except StackOutputsError as exc:
+        raise SettingsError(source, exc.problems) from None
+    layered = [*stack, *env_overrides(environ if environ is not None else os.environ), *flag_overrides(sets)]
     layered += [(k, v, "override") for k, v in (overrides or {}).items()]
     for dotted, value, origin in layered:
         _set_path(data, dotted, value, origin, origins)
@@ -540,6 +555,17 @@ def load_settings(
     except ValidationError as exc:
         raise SettingsError(source, _explain(exc, data, origins)) from None
     return Loaded(settings=settings, path=path, origins=origins)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def has_setting(dotted: str) -> bool:
+    """Does the settings model have this dotted key (``database.host``)?"""
+    *sections, leaf = dotted.split(".")
+    model = _model_for(tuple(sections))
+    return model is not None and leaf in model.model_fields
 
 
 def _model_for(path: tuple[Any, ...]) -> type[BaseModel] | None:

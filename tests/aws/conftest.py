@@ -19,9 +19,7 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from emulator_process import moto_api as _moto_api
+from emulator_process import serve_moto
 from iam_coverage import assert_allowed
 
 from infra.aws import session as aws_session
@@ -70,44 +70,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``moto_server`` in its own process on 127.0.0.1 (a free port), request recording on; yields its URL."""
-    from infra.localtwin.instance import free_port
-
-    port = free_port()
-    recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording))
-    log = (recording.parent / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            _moto_api(url, "/moto-api/data.json")
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                output = (recording.parent / "server.log").read_text()
-                raise RuntimeError(f"moto server did not start: {output}") from None
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _moto_api(url: str, path: str, data: bytes | None = None) -> bytes:
-    req = urllib.request.Request(url + path, data=data, method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback emulator
-        return resp.read()
+    yield from serve_moto(tmp_path_factory, [sys.executable, "-m", "moto.server"])
 
 
 @dataclass

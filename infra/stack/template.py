@@ -1,0 +1,145 @@
+"""The stack template and its parameters: what deploy-stack sends to CloudFormation for an environment."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import cfn_yaml
+
+from render.settings import Settings
+
+TEMPLATE = Path(__file__).with_name("nextcloud.yaml")
+# CloudFormation refuses a TemplateBody larger than this (bytes); larger templates must come from S3.
+TEMPLATE_BODY_LIMIT = 51_200
+
+# Resources whose replacement or deletion loses data: the database, the bucket, the cache (sessions, locks), the
+# secrets (the cluster identity: a new salt or secret logs every user out) and the key that encrypts them all.
+DATA_BEARING_TYPES = frozenset(
+    {
+        "AWS::RDS::DBInstance",
+        "AWS::S3::Bucket",
+        "AWS::ElastiCache::ReplicationGroup",
+        "AWS::SecretsManager::Secret",
+        "AWS::KMS::Key",
+    }
+)
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, mtime: float) -> dict[str, Any]:
+    return json.loads(json.dumps(cfn_yaml.load(str(path))))
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template as plain data, short-form tags (!Ref, !Sub…) in their long form (Ref, Fn::Sub…)."""
+    return _load(path, path.stat().st_mtime)
+
+
+def template_body(path: Path = TEMPLATE) -> str:
+    """What CloudFormation receives: compact JSON without Metadata (console layout and checkov's skip reasons).
+
+    The YAML stays the readable source; the wire form keeps it under CloudFormation's TemplateBody limit.
+    """
+    doc = json.loads(json.dumps(load_template(path)))
+    doc.pop("Metadata", None)
+    for resource in doc["Resources"].values():
+        resource.pop("Metadata", None)
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def stack_parameters(s: Settings, *, image_id: str, user_data: str) -> dict[str, str]:
+    """Every template parameter, from the settings (and the image the group runs, and the rendered user data)."""
+    st = s.stack
+    db = st.database
+    free_storage_alarm = db.allocated_storage_gb * 1024**3 // 10  # 10% of the allocated storage
+    params = {
+        "EnvironmentName": s.name,
+        "Production": _bool(st.production),
+        "VpcCidr": st.vpc_cidr,
+        "AvailabilityZoneCount": str(st.availability_zones),
+        "NatGateways": st.nat_gateways,
+        "InterfaceEndpoints": _bool(st.interface_endpoints),
+        "DomainName": s.site.domain,
+        "CertificateArn": st.certificate_arn or "",
+        "HostedZoneId": st.hosted_zone_id or "",
+        "AccessLogsBucket": st.access_logs_bucket or "",
+        "ImageId": image_id,
+        "UserData": user_data,
+        "InstanceType": s.instance_type,
+        "RootVolumeSize": str(s.ami.root_volume_size_gb),
+        "LaunchTemplateName": s.launch_template.name or "",
+        "GroupName": s.autoscaling.group_name or "",
+        "MinSize": str(st.min_size),
+        "MaxSize": str(st.max_size),
+        "DesiredCapacity": str(st.desired_capacity),
+        "HealthCheckGracePeriod": str(st.health_check_grace_seconds),
+        "InstanceWarmup": str(s.rollout.instance_warmup_seconds),
+        "TargetCpuUtilization": str(st.target_cpu_percent),
+        "DatabaseName": s.database.name,
+        "DatabaseEngineVersion": db.engine_version,
+        "DatabaseInstanceClass": db.instance_class,
+        "DatabaseAllocatedStorage": str(db.allocated_storage_gb),
+        "DatabaseMaxAllocatedStorage": str(db.max_allocated_storage_gb),
+        "DatabaseMultiAz": _bool(db.multi_az),
+        "DatabaseBackupRetentionDays": str(db.backup_retention_days),
+        "DatabaseFreeStorageAlarmBytes": str(free_storage_alarm),
+        "CacheEngine": st.cache.engine,
+        "CacheEngineVersion": st.cache.engine_version,
+        "CacheNodeType": st.cache.node_type,
+        "CacheReplicas": str(st.cache.replicas),
+        "LogRetentionDays": str(st.log_retention_days),
+        "AlarmTopicArn": st.alarm_topic_arn or "",
+    }
+    return params
+
+
+def _bool(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def evaluate_conditions(template: dict[str, Any], parameters: dict[str, str]) -> dict[str, bool]:
+    """The template's Conditions for these parameters (Fn::Equals/Not/And/Or over parameter Refs, as ours use)."""
+    conditions = template.get("Conditions", {})
+    defaults = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+    values = {**defaults, **parameters}
+    done: dict[str, bool] = {}
+
+    def value(node: Any) -> str:
+        if isinstance(node, dict) and "Ref" in node:
+            return values[node["Ref"]]
+        return str(node)
+
+    def cond(node: Any) -> bool:
+        if isinstance(node, dict):
+            (fn, args), = node.items()
+            if fn == "Fn::Equals":
+                return value(args[0]) == value(args[1])
+            if fn == "Fn::Not":
+                return not cond(args[0])
+            if fn == "Fn::And":
+                return all(cond(a) for a in args)
+            if fn == "Fn::Or":
+                return any(cond(a) for a in args)
+            if fn == "Condition":
+                return named(args)
+        raise ValueError(f"unsupported condition {node!r}")
+
+    def named(name: str) -> bool:
+        if name not in done:
+            done[name] = cond(conditions[name])
+        return done[name]
+
+    return {name: named(name) for name in conditions}
+
+
+def planned_resources(template: dict[str, Any], parameters: dict[str, str]) -> list[tuple[str, str]]:
+    """(logical id, type) of the resources a new stack would get with these parameters."""
+    conditions = evaluate_conditions(template, parameters)
+    return [
+        (logical, res["Type"])
+        for logical, res in template["Resources"].items()
+        if conditions.get(res.get("Condition", ""), True)
+    ]

@@ -1,0 +1,129 @@
+"""The ``[stack]`` settings: what ``inv deploy-stack`` passes to the CloudFormation stack (infra/stack/nextcloud.yaml).
+
+Sizes, options and the few values only an operator can know (the certificate, the hosted zone). What the stack
+*creates* (endpoints, bucket, secrets) flows the other way, through render/stack_outputs.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CERTIFICATE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:certificate/[0-9a-f-]{36}$")
+_TOPIC = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class StackDatabase(_Part):
+    """RDS PostgreSQL."""
+
+    engine_version: Literal["15", "16", "17"] = "16"
+    instance_class: str = Field(default="db.t4g.medium", pattern=r"^db\.[a-z0-9]+\.[a-z0-9]+$")
+    allocated_storage_gb: int = Field(default=50, ge=20, le=65536)
+    max_allocated_storage_gb: int = Field(default=200, ge=20, le=65536)
+    multi_az: bool = True
+    backup_retention_days: int = Field(default=14, ge=1, le=35)
+
+    @model_validator(mode="after")
+    def _storage(self) -> StackDatabase:
+        if self.max_allocated_storage_gb < self.allocated_storage_gb:
+            raise ValueError("max_allocated_storage_gb must be at least allocated_storage_gb (the autoscaling ceiling)")
+        return self
+
+
+class StackCache(_Part):
+    """ElastiCache replication group."""
+
+    engine: Literal["valkey", "redis"] = "valkey"
+    engine_version: str = Field(default="7.2", pattern=r"^\d+\.\d+$")
+    node_type: str = Field(default="cache.t4g.small", pattern=r"^cache\.[a-z0-9]+\.[a-z0-9]+$")
+    replicas: int = Field(default=1, ge=0, le=5, description="replicas of the primary; >= 1 enables failover")
+
+
+class Stack(_Part):
+    """One environment's CloudFormation stack."""
+
+    name: str | None = Field(default=None, description="stack name; default nextcloud-<environment>")
+    production: bool = Field(default=False, description="deletion protection on the database and load balancer")
+    vpc_cidr: str = "10.0.0.0/16"
+    availability_zones: Literal[2, 3] = 3
+    nat_gateways: Literal["single", "per-az"] = "per-az"
+    interface_endpoints: bool = False
+    certificate_arn: str | None = Field(default=None, description="ACM certificate for site.domain (this region)")
+    hosted_zone_id: str | None = Field(default=None, description="Route 53 zone for an alias of site.domain")
+    access_logs_bucket: str | None = None
+    alarm_topic_arn: str | None = None
+    log_retention_days: Literal[
+        7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
+    ] = 90
+    min_size: int = Field(default=2, ge=0, le=100)
+    max_size: int = Field(default=4, ge=1, le=100)
+    desired_capacity: int = Field(default=2, ge=0, le=100)
+    health_check_grace_seconds: int = Field(default=300, ge=0, le=7200)
+    target_cpu_percent: int = Field(default=50, ge=10, le=90)
+    database: StackDatabase = StackDatabase()
+    cache: StackCache = StackCache()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", v):
+            raise ValueError("must be a CloudFormation stack name: a letter, then letters, digits and hyphens")
+        return v
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a CIDR ({exc}); write e.g. 10.0.0.0/16") from None
+        if net.prefixlen != 16 or not net.is_private:
+            raise ValueError("must be a private /16 such as 10.0.0.0/16 (each subnet is a /20 of it)")
+        return v
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate(cls, v: str | None) -> str | None:
+        if v is not None and not _CERTIFICATE.match(v):
+            raise ValueError("must be an ACM certificate ARN: arn:aws:acm:REGION:ACCOUNT:certificate/UUID")
+        return v
+
+    @field_validator("hosted_zone_id")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"Z[A-Z0-9]{1,31}", v):
+            raise ValueError("must be a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ")
+        return v
+
+    @field_validator("access_logs_bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
+            raise ValueError("must be an S3 bucket name")
+        return v
+
+    @field_validator("alarm_topic_arn")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and not _TOPIC.match(v):
+            raise ValueError("must be an SNS topic ARN: arn:aws:sns:REGION:ACCOUNT:NAME")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Stack:
+        if not self.min_size <= self.desired_capacity <= self.max_size:
+            raise ValueError(
+                f"need min_size <= desired_capacity <= max_size, got {self.min_size} / {self.desired_capacity} / "
+                f"{self.max_size}; change one of them"
+            )
+        return self
+
+    def stack_name(self, environment: str) -> str:
+        return self.name or f"nextcloud-{environment}"
