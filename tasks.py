@@ -219,7 +219,29 @@ def deploy_stack(c, env=None, set_=None, yes=False, dry_run=False, allow_data_lo
         raise Exit(code=verdict.exit_code)
 
 
-ns = Collection(render, validate, build_ami, test_ami, bench, rollout, rollback, prune_amis, status, deploy_stack)
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "dry_run": "show the one-shot instance it would start, start nothing",
+        "timeout": "seconds to wait for the instance's report (default 1800)",
+    },
+)
+def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
+    """Create the application's restricted database role once, from a one-shot instance inside the VPC."""
+    from infra.stack.bootstrap import bootstrap_database
+
+    verdict = bootstrap_database(ROOT, _env(c, env), sets=set_ or [], dry_run=dry_run,
+                                 timeout_seconds=float(timeout or 1800), say=lambda line: print(line, flush=True))
+    print(verdict.line(), flush=True)
+    if not verdict.ok:
+        raise Exit(code=verdict.exit_code)
+
+
+ns = Collection(
+    render, validate, build_ami, test_ami, bench, rollout, rollback, prune_amis, status, deploy_stack, bootstrap_db
+)
 ns.configure(DEFAULTS)
 
 if __name__ == "__main__":  # pragma: no cover - `inv` is the entry point

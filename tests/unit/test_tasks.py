@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["render", "validate", "build-ami", "test-ami", "rollout", "rollback", "prune-amis", "status",
-         "deploy-stack", "bench"]
+         "deploy-stack", "bootstrap-db", "bench"]
 
 
 def inv(*args, env=None):
@@ -35,11 +35,20 @@ def test_every_flag_has_help(name):
         assert len(ln.split("  ")) > 1 and ln.split("  ")[-1].strip(), f"{name}: flag without help: {ln!r}"
 
 
-@pytest.mark.parametrize("name", ["rollout", "rollback", "prune-amis", "status", "deploy-stack"])
+@pytest.mark.parametrize("name", ["rollout", "rollback", "prune-amis", "status"])
 def test_unfinished_tasks_refuse_with_a_clear_message(name):
     proc = inv(name)
     assert proc.returncode != 0
     assert "not available yet" in proc.stderr
+
+
+def test_deploy_stack_refuses_what_it_cannot_deploy_with_the_fix_and_no_traceback():
+    local = inv("deploy-stack")
+    assert local.returncode == 2
+    assert "deploys AWS environments" in local.stdout and "Traceback" not in local.stdout + local.stderr
+    example = inv("deploy-stack", "--env", "example")
+    assert example.returncode == 2
+    assert "stack.certificate_arn is required" in example.stdout and "nothing was changed" in example.stdout
 
 
 def test_aws_build_is_refused_until_it_exists():

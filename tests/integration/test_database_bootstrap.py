@@ -1,0 +1,115 @@
+"""The database bootstrap's SQL (infra/stack/bootstrap/bootstrap-database) against a real PostgreSQL.
+
+The master user is what RDS gives: CREATEROLE and CREATEDB but no SUPERUSER, owner of the database RDS created
+(DBName). The application's role must come out restricted, owning its database and schema, and a second run must
+repair (never widen) and keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import secrets
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from infra.localservices import ThrowawayPostgres
+from infra.localtwin.instance import free_port
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "stack" / "bootstrap" / "bootstrap-database"
+MASTER = "nextcloud_admin"
+MASTER_PASSWORD = "master-" + secrets.token_hex(8)
+APP_PASSWORD = "app-" + secrets.token_hex(12)
+
+
+def _script():
+    loader = importlib.machinery.SourceFileLoader("bootstrap_database", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("bootstrap_database", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rds_like():
+    """PostgreSQL whose 'nextcloud' database belongs to an RDS-style master (CREATEROLE, CREATEDB, no SUPERUSER)."""
+    with ThrowawayPostgres(free_port(), MASTER_PASSWORD, user=MASTER, dbname="nextcloud") as server:
+        server.start()
+        server.psql(f"ALTER ROLE {MASTER} NOSUPERUSER CREATEROLE CREATEDB", dbname="postgres")
+        yield server
+
+
+def _as_master(server: ThrowawayPostgres, dbname: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(host=server.host, port=server.port, dbname=dbname, user=MASTER, password=MASTER_PASSWORD,
+                           autocommit=True)
+
+
+def _run(server: ThrowawayPostgres, password: str = APP_PASSWORD) -> str:
+    script = _script()
+    with _as_master(server) as conn:
+        outcome = script.bootstrap(conn, "nextcloud", "nextcloud", password)
+    with _as_master(server, "nextcloud") as conn:
+        script.own_public_schema(conn, "nextcloud")
+    return outcome
+
+
+def _attributes(server: ThrowawayPostgres) -> str:
+    return server.psql(
+        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "
+        "FROM pg_roles WHERE rolname = 'nextcloud'", dbname="postgres"
+    ).strip()
+
+
+def test_the_role_is_created_restricted_and_owns_its_database(rds_like):
+    assert _run(rds_like) == "role nextcloud created, database nextcloud handed over to it"
+    assert _attributes(rds_like) == "f|f|f|f|f|t"
+    assert rds_like.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'nextcloud'",
+                         dbname="postgres").strip() == "nextcloud"
+    assert rds_like.psql("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'public'").strip() == "nextcloud"
+    # The role can do what Nextcloud's installer does, with the password from the secret.
+    with psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="nextcloud",
+                         password=APP_PASSWORD, autocommit=True) as app:
+        app.execute("CREATE TABLE oc_probe (id int)")
+        app.execute("DROP TABLE oc_probe")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("CREATE ROLE intruder")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("CREATE DATABASE other")
+    # Other roles may not even connect to it.
+    rds_like.psql("CREATE ROLE bystander LOGIN PASSWORD 'bystander-pw'", dbname="postgres")
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="bystander",
+                        password="bystander-pw").close()
+
+
+def test_a_second_run_repairs_widened_attributes_and_keeps_the_data(rds_like):
+    with psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="nextcloud",
+                         password=APP_PASSWORD, autocommit=True) as app:
+        app.execute("CREATE TABLE IF NOT EXISTS oc_kept (id int)")
+    rds_like.psql("ALTER ROLE nextcloud CREATEDB CREATEROLE", dbname="postgres")  # someone widened it by hand
+    assert _run(rds_like).startswith("role nextcloud repaired")
+    assert _attributes(rds_like) == "f|f|f|f|f|t"
+    assert rds_like.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'oc_kept'").strip() == "1"
+
+
+def test_a_missing_database_is_created_for_the_role(rds_like):
+    rds_like.psql("DROP DATABASE IF EXISTS other_app", dbname="postgres")
+    script = _script()
+    with _as_master(rds_like) as conn:
+        outcome = script.bootstrap(conn, "other_app", "nextcloud", APP_PASSWORD)
+    assert outcome.endswith("database other_app created to it")
+    assert rds_like.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'other_app'",
+                         dbname="postgres").strip() == "nextcloud"
+
+
+def test_a_role_widened_beyond_what_the_master_can_undo_is_refused(rds_like):
+    rds_like.psql("ALTER ROLE nextcloud REPLICATION", dbname="postgres")
+    try:
+        with pytest.raises(RuntimeError, match="has REPLICATION"):
+            _run(rds_like)
+    finally:
+        rds_like.psql("ALTER ROLE nextcloud NOREPLICATION", dbname="postgres")
