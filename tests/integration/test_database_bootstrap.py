@@ -43,6 +43,15 @@ def rds_like():
         yield server
 
 
+@pytest.fixture(autouse=True)
+def fresh(rds_like):
+    """Before each test: what RDS leaves, the master's own empty 'nextcloud' database and no application role."""
+    for statement in ("DROP DATABASE IF EXISTS nextcloud WITH (FORCE)", "DROP DATABASE IF EXISTS other_app",
+                      "DROP ROLE IF EXISTS nextcloud", "DROP ROLE IF EXISTS bystander",
+                      f"CREATE DATABASE nextcloud OWNER {MASTER}"):
+        rds_like.psql(statement, dbname="postgres")
+
+
 def _as_master(server: ThrowawayPostgres, dbname: str = "postgres") -> psycopg.Connection:
     return psycopg.connect(host=server.host, port=server.port, dbname=dbname, user=MASTER, password=MASTER_PASSWORD,
                            autocommit=True)
@@ -87,6 +96,7 @@ def test_the_role_is_created_restricted_and_owns_its_database(rds_like):
 
 
 def test_a_second_run_repairs_widened_attributes_and_keeps_the_data(rds_like):
+    _run(rds_like)
     with psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="nextcloud",
                          password=APP_PASSWORD, autocommit=True) as app:
         app.execute("CREATE TABLE IF NOT EXISTS oc_kept (id int)")
@@ -97,6 +107,7 @@ def test_a_second_run_repairs_widened_attributes_and_keeps_the_data(rds_like):
 
 
 def test_a_missing_database_is_created_for_the_role(rds_like):
+    _run(rds_like)
     rds_like.psql("DROP DATABASE IF EXISTS other_app", dbname="postgres")
     script = _script()
     with _as_master(rds_like) as conn:
@@ -107,6 +118,7 @@ def test_a_missing_database_is_created_for_the_role(rds_like):
 
 
 def test_a_role_widened_beyond_what_the_master_can_undo_is_refused(rds_like):
+    _run(rds_like)
     rds_like.psql("ALTER ROLE nextcloud REPLICATION", dbname="postgres")
     try:
         with pytest.raises(RuntimeError, match="has REPLICATION"):
