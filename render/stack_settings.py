@@ -59,6 +59,10 @@ class Stack(_Part):
     hosted_zone_id: str | None = Field(default=None, description="Route 53 zone for an alias of site.domain")
     access_logs_bucket: str | None = None
     alarm_topic_arn: str | None = None
+    service_role_arn: str | None = Field(
+        default=None,
+        description="the role CloudFormation acts with (infra/stack/service-role.json); the deployer only passes it",
+    )
     log_retention_days: Literal[
         7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
     ] = 90
@@ -114,6 +118,13 @@ class Stack(_Part):
     def _topic(cls, v: str | None) -> str | None:
         if v is not None and not _TOPIC.match(v):
             raise ValueError("must be an SNS topic ARN: arn:aws:sns:REGION:ACCOUNT:NAME")
+        return v
+
+    @field_validator("service_role_arn")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", v):
+            raise ValueError("must be an IAM role ARN: arn:aws:iam::ACCOUNT:role/NAME")
         return v
 
     @model_validator(mode="after")

@@ -69,8 +69,12 @@ def deploy_stack(
     options: Options | None = None,
     say: Say = print,
     confirm: Confirm | None = None,
+    aws: Aws | None = None,
 ) -> Verdict:
-    """Bring the environment's stack up to date; the verdict says what happened (and its exit code)."""
+    """Bring the environment's stack up to date; the verdict says what happened (and its exit code).
+
+    ``aws`` is for tests that stub AWS's answers (botocore's Stubber); otherwise the environment's own session.
+    """
     opts = options or Options()
     try:
         loaded = load_settings(root, env, sets=sets or [], stack_pending=True)
@@ -81,7 +85,7 @@ def deploy_stack(
         return Verdict("refused", f"{loaded.path.name}: " + "; ".join(problems) + "; nothing was changed", 2)
     s = loaded.settings
     try:
-        aws = Aws.for_settings(s, dry_run=opts.dry_run, allow_in_dry_run=DRY_RUN_ALLOWED)
+        aws = aws or Aws.for_settings(s, dry_run=opts.dry_run, allow_in_dry_run=DRY_RUN_ALLOWED)
         identity = aws.preflight()
         say(f"account {identity.account} ({identity.arn}), region {aws.region}")
         return _Deployment(root, env, sets or [], loaded, aws, opts, say, confirm).run()
@@ -201,6 +205,7 @@ class _Deployment:
 
     def _create_change_set(self, params: dict[str, str], kind: str) -> str | None:
         name = "deploy-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        role = {"RoleARN": self.s.stack.service_role_arn} if self.s.stack.service_role_arn else {}
         answer = self.cfn.create_change_set(
             StackName=self.name,
             ChangeSetName=name,
@@ -210,6 +215,7 @@ class _Deployment:
             Capabilities=["CAPABILITY_IAM"],
             Tags=[{"Key": tags.MANAGED, "Value": "true"}, {"Key": tags.ENVIRONMENT, "Value": self.s.name}],
             Description=f"inv deploy-stack --env {self.env}",
+            **role,
         )
         arn = answer["Id"]
         self.say(f"creating change set {name} ...")
