@@ -103,7 +103,7 @@ def _parameter(aws: Aws, name: str) -> str | None:
         raise
 
 
-def _source_image(aws: Aws, s: Settings) -> tuple[str, str]:
+def _source_image(aws: Aws, s: Settings) -> dict[str, Any]:
     owner, pattern = s.base_image.owner, s.base_image.name_filter
     images = aws.client("ec2").describe_images(
         Owners=[owner or "self"], Filters=[{"Name": "name", "Values": [pattern or "*"]},
@@ -111,8 +111,16 @@ def _source_image(aws: Aws, s: Settings) -> tuple[str, str]:
     )["Images"]
     if not images:
         raise AwsError(f"no AMI of owner {owner} matches {pattern!r} in {aws.region} (base_image in the settings)")
-    newest = max(images, key=lambda i: i.get("CreationDate", ""))
-    return newest["ImageId"], newest.get("Name", "")
+    return max(images, key=lambda i: i.get("CreationDate", ""))
+
+
+def _root_volume(image: dict[str, Any]) -> dict[str, Any]:
+    """The image's root device, encrypted gp3, its size the snapshot's (an EBS override must name one)."""
+    root = image.get("RootDeviceName", "/dev/xvda")
+    size = next((m["Ebs"].get("VolumeSize") for m in image.get("BlockDeviceMappings", [])
+                 if m.get("DeviceName") == root and "Ebs" in m), None) or 8
+    return {"DeviceName": root, "Ebs": {"VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True,
+                                        "VolumeSize": int(size)}}
 
 
 def _run(aws: Aws, s: Settings, outputs: dict[str, str], dry_run: bool, timeout: float, poll: float,
@@ -121,7 +129,8 @@ def _run(aws: Aws, s: Settings, outputs: dict[str, str], dry_run: bool, timeout:
     previous = state = _parameter(aws, param)
     if state and state.startswith("done"):
         return Verdict("up to date", f"the database was bootstrapped already ({param}: {state})")
-    image, image_name = _source_image(aws, s)
+    source = _source_image(aws, s)
+    image, image_name = source["ImageId"], source.get("Name", "")
     subnet = outputs["PrivateSubnetIds"].split(",")[0]
     config = bootstrap_config(s, outputs)
     user_data = render_bootstrap_user_data(config)
@@ -142,8 +151,7 @@ def _run(aws: Aws, s: Settings, outputs: dict[str, str], dry_run: bool, timeout:
         IamInstanceProfile={"Name": outputs["BootstrapInstanceProfileName"]},
         UserData=user_data, InstanceInitiatedShutdownBehavior="terminate",
         MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
-        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeType": "gp3", "Encrypted": True,
-                                                                   "DeleteOnTermination": True}}],
+        BlockDeviceMappings=[_root_volume(source)],
         TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags},
                            {"ResourceType": "volume", "Tags": instance_tags}],
     )["Instances"][0]["InstanceId"]

@@ -192,7 +192,8 @@ def root(tmp_path, monkeypatch) -> Path:
     keep = [line for line in text.splitlines() if not line.startswith(
         ("host =", "port =", "tls =", "bucket =", "trusted_proxies =", "db_password =", "redis_password =",
          "instanceid =", "passwordsalt =", "secret =", "admin_password ="))]
-    (tmp_path / "environments" / "example.toml").write_text("\n".join(keep) + f'\n[stack]\ncertificate_arn = "{CERT}"\n')
+    stack_section = f'\n[stack]\ncertificate_arn = "{CERT}"\n'
+    (tmp_path / "environments" / "example.toml").write_text("\n".join(keep) + stack_section)
     return tmp_path
 
 
@@ -247,7 +248,8 @@ def test_a_failed_execution_names_the_resource_and_its_reason(root):
     verdict, _ = run(root, fake, yes=True)
     assert verdict.word == "failed" and verdict.exit_code == 1
     assert "UPDATE_ROLLBACK_COMPLETE" in verdict.detail
-    assert "Cache (AWS::ElastiCache::ReplicationGroup): Cache node type cache.t4g.huge is not supported" in verdict.detail
+    assert "Cache (AWS::ElastiCache::ReplicationGroup): Cache node type cache.t4g.huge is not supported" in (
+        verdict.detail)
 
 
 def test_a_replacement_of_a_resource_without_data_asks_and_a_no_executes_nothing(root):
@@ -292,5 +294,6 @@ def test_the_diff_lists_each_change_with_its_verb_and_marks_the_data():
     lines = render_diff(parse_changes([ADD_ALARM, REPLACE_DATABASE, REMOVE_BUCKET, NEW_IMAGE_IN_TEMPLATE]))
     assert lines[0].split()[:3] == ["-", "REMOVE", "Bucket"] and lines[0].endswith("[data]")
     assert lines[1].split()[:3] == ["!", "REPLACE", "Database"] and "[data]" in lines[1]
-    assert lines[2].split()[:3] == ["~", "modify", "LaunchTemplate"] and "LaunchTemplateData (parameter UserData)" in lines[2]
+    assert lines[2].split()[:3] == ["~", "modify", "LaunchTemplate"]
+    assert "LaunchTemplateData (parameter UserData)" in lines[2]
     assert lines[3].split()[:3] == ["+", "add", "LatencyAlarm"] and "[data]" not in lines[3]

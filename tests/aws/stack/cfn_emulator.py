@@ -5,11 +5,15 @@ Run as ``python cfn_emulator.py -H 127.0.0.1 -p PORT`` (the same arguments as ``
 moto 5.2.5's CloudFormation falls short of AWS in ways the stack's first-deployment test would hit; each gap is
 filled here as AWS documents the behaviour, and nothing else is changed:
 
-1. Outputs: a stack created through a change set never gets its Outputs (moto builds them before the change set's
-   template is applied). AWS evaluates Outputs when the stack operation completes: rebuilt after ExecuteChangeSet.
+1. Outputs and parameters: a stack created through a change set never gets its Outputs (moto builds them before
+   the change set's template is applied), and keeps its first parameters, so an unchanged resubmission looks
+   changed. AWS records both when the operation completes: they are set after ExecuteChangeSet.
 2. Conditions and parameters on update: moto's change set diff ignores parameters, and its update never creates a
    resource whose Condition became true (or deletes one whose Condition became false). AWS evaluates Conditions
    with the new parameters: Add / Remove / Modify follow the resources whose conditions hold before and after.
+   moto also adds new resources before it modifies existing ones, so a new group would read the launch template's
+   old LatestVersionNumber; AWS follows the dependency graph. Here modifications run first, then additions: enough
+   for this stack, whose added resources refer to modified ones and never the other way round.
 3. Resource types moto's CloudFormation skips (and still reports success): the providers below create them the
    way CloudFormation's own providers do, by calling the service's API (which moto implements) from inside the
    server: Secrets Manager secrets (GenerateSecretString), ElastiCache subnet and replication groups (dynamic
@@ -21,6 +25,8 @@ filled here as AWS documents the behaviour, and nothing else is changed:
 6. Attributes moto's models lack: a target group's TargetGroupFullName / TargetGroupName and a load balancer's
    LoadBalancerFullName / CanonicalHostedZoneID (the full names from the ARNs, as AWS forms them; the zone is the
    ALB zone AWS publishes for eu-central-1); a DB parameter group's Ref is its name (moto hands over its model).
+7. A security group's inline SecurityGroupEgress: moto ignores it and keeps the default allow-all egress; AWS
+   replaces the default with the listed rules.
 
 Which types moto creates itself and which come from here is what tests/aws/stack/test_stack_emulator.py lists.
 """
@@ -234,11 +240,14 @@ class ScalingPolicy(_ApiResource, CloudFormationModel):  # a direct subclass: mo
     def create(cls, name: str, props: dict[str, Any], region: str) -> _ApiResource:
         config = json.loads(json.dumps(props["TargetTrackingConfiguration"]))
         config["TargetValue"] = float(config["TargetValue"])
-        arn = _client("autoscaling", region).put_scaling_policy(
+        client = _client("autoscaling", region)
+        client.put_scaling_policy(
             AutoScalingGroupName=props["AutoScalingGroupName"], PolicyName=name, PolicyType=props["PolicyType"],
             TargetTrackingConfiguration=config,
-        )["PolicyARN"]
-        return cls(arn)
+        )  # moto's answer lacks PolicyARN: read it back
+        (policy,) = client.describe_policies(AutoScalingGroupName=props["AutoScalingGroupName"],
+                                             PolicyNames=[name])["ScalingPolicies"]
+        return cls(policy["PolicyARN"])
 
 
 class BucketPolicy(_ApiResource, CloudFormationModel):  # a direct subclass: moto lists only those
@@ -321,6 +330,8 @@ def _conditions_for(resource_map: Any, template: dict[str, Any], parameters: dic
 
 
 def _resource_diff(self: Any, other_template: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict:
+    if getattr(self, "_ncimage_phase", None):
+        return {k: list(v) for k, v in self._ncimage_phase.items()}
     parameters = dict(self.input_parameters if parameters is None else parameters)
     old_template = self._template or {"Resources": self._resource_json_map}
     before = _active(self, old_template, self.lazy_condition_map) if self._resource_json_map else set()
@@ -333,6 +344,23 @@ def _resource_diff(self: Any, other_template: dict[str, Any], parameters: dict[s
         if new[name] != old.get(name) or any(p in refs for p in changed):
             modify.append(name)
     return {"Add": sorted(after - before), "Modify": modify, "Remove": sorted(before - after)}
+
+
+_update = parsing.ResourceMap.update
+
+
+def _update_modifications_first(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
+    diff = _resource_diff(self, template, parameters)
+    phases = [diff]
+    if diff["Add"] and diff["Modify"]:
+        phases = [{"Add": [], "Modify": diff["Modify"], "Remove": diff["Remove"]},
+                  {"Add": diff["Add"], "Modify": [], "Remove": []}]
+    try:
+        for phase in phases:
+            self._ncimage_phase = phase
+            _update(self, template, parameters)
+    finally:
+        self._ncimage_phase = None
 
 
 def _change_set_diff(self: Any) -> list[Any]:
@@ -370,10 +398,13 @@ def _execute_change_set_with_outputs(self: Any, change_set_name: str, stack_name
     except Exception:
         traceback.print_exc()  # into the server's log: the 500 the client sees says nothing
         raise
-    for stack in self.stacks.values():
-        if stack.template:
-            stack._parse_template()
-            stack.output_map = stack._create_output_map()
+    change_set = self.change_sets.get(change_set_name) or next(
+        cs for cs in self.change_sets.values() if cs.change_set_name == change_set_name
+    )
+    stack = change_set.stack
+    stack._parse_template()
+    stack.output_map = stack._create_output_map()
+    stack.parameters = dict(change_set.parameters)
 
 
 # ---- 6. missing attributes ------------------------------------------------------------------------------------
@@ -395,8 +426,29 @@ def _load_balancer_attribute_full(self: Any, attribute_name: str) -> Any:
     return _load_balancer_attribute(self, attribute_name)
 
 
+# ---- 7. inline egress rules ------------------------------------------------------------------------------------
+_create_security_group: Any = None
+
+
+def _create_security_group_with_egress(cls: Any, resource_name: str, cloudformation_json: dict[str, Any],
+                                       account_id: str, region_name: str, **kwargs: Any) -> Any:
+    group = _create_security_group(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    rules = cloudformation_json.get("Properties", {}).get("SecurityGroupEgress")
+    if rules:
+        ec2 = _client("ec2", region_name)
+        ec2.revoke_security_group_egress(GroupId=group.id, IpPermissions=[
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        for rule in rules:
+            SecurityGroupEgress.create(resource_name, {**rule, "GroupId": group.id}, region_name)
+    return group
+
+
 def install() -> None:
-    global _load_balancer_attribute
+    global _load_balancer_attribute, _create_security_group
+    from moto.ec2.models import security_groups
+
+    _create_security_group = security_groups.SecurityGroup.create_from_cloudformation_json.__func__
+    security_groups.SecurityGroup.create_from_cloudformation_json = classmethod(_create_security_group_with_egress)
     from moto.elbv2 import models as elbv2_models
 
     elbv2_models.FakeTargetGroup.get_cfn_attribute = _target_group_attribute
@@ -406,6 +458,7 @@ def install() -> None:
     rds_models.DBInstance.get_cfn_attribute = _database_attribute_with_secret
     parsing.clean_json = _clean_json_with_cidr
     parsing.ResourceMap.build_resource_diff = _resource_diff
+    parsing.ResourceMap.update = _update_modifications_first
     cfn_models.ChangeSet.diff = _change_set_diff
     cfn_models.CloudFormationBackend.execute_change_set = _execute_change_set_with_outputs
     parsing.get_model_list.cache_clear()
