@@ -346,3 +346,20 @@ def test_a_dry_run_changes_nothing(aws, tmp_path):
     # AWS drops a stack's change sets once one executes; moto keeps the executed one: nothing else may be left.
     left = cfn.list_change_sets(StackName=f"nextcloud-{ENV}")["Summaries"]
     assert [c["ChangeSetName"] for c in left if c["ExecutionStatus"] != "EXECUTE_COMPLETE"] == []
+
+
+def test_the_first_group_gets_only_a_tested_ami_of_this_environment(aws, tmp_path):
+    root = environment(aws, tmp_path)
+    assert deploy(root)[0].ok
+    ec2 = aws.client("ec2")
+    image = ec2.register_image(Name="nextcloud-prod-untested", RootDeviceName="/dev/xvda")["ImageId"]
+    ec2.create_tags(Resources=[image], Tags=[{"Key": tags.ENVIRONMENT, "Value": ENV}])
+    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": f"eu-central-1:{image}"}))
+    verdict, _ = deploy(root)
+    assert (verdict.word, verdict.exit_code) == ("refused", 2)
+    assert f"{image} is the last bake, but it has not been tested: run `inv test-ami --env {ENV}`" in verdict.detail
+    ec2.create_tags(Resources=[image], Tags=[{"Key": tags.ENVIRONMENT, "Value": "staging"},
+                                             {"Key": tags.TEST_VERDICT, "Value": tags.VERDICT_PASSED}])
+    verdict, _ = deploy(root)
+    assert verdict.word == "refused" and "belongs to environment 'staging'" in verdict.detail
+    assert aws.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
