@@ -183,7 +183,11 @@ class _Deployment:
         current = image_the_group_runs(self.aws, group) if group else None
         if current:
             return current
-        return first_tested_image(self.aws, self.root / "build" / self.env / "manifest.json", self.s.name)
+        manifest = self.root / "build" / self.env / "manifest.json"
+        found = first_tested_image(self.aws, manifest, self.s.name)
+        if found is not None:
+            found = GroupImage(found.image_id, "", "", f"the tested bake in {manifest.relative_to(self.root)}")
+        return found
 
     def _user_data(self) -> str:
         """The launch template's user data: exactly render's, once the stack's outputs fill the settings."""

@@ -192,8 +192,8 @@ def root(tmp_path, monkeypatch) -> Path:
     keep = [line for line in text.splitlines() if not line.startswith(
         ("host =", "port =", "tls =", "bucket =", "trusted_proxies =", "db_password =", "redis_password =",
          "instanceid =", "passwordsalt =", "secret =", "admin_password ="))]
-    stack_section = f'\n[stack]\ncertificate_arn = "{CERT}"\n'
-    (tmp_path / "environments" / "example.toml").write_text("\n".join(keep) + stack_section)
+    text = "\n".join(keep).replace("# certificate_arn = ", f'certificate_arn = "{CERT}"  # was: ', 1)
+    (tmp_path / "environments" / "example.toml").write_text(text + "\n")
     return tmp_path
 
 

@@ -177,6 +177,7 @@ def test_security_groups_are_chained_and_allow_nothing_else():
         ("in", "CacheSecurityGroup", 6379, 6379, "InstanceSecurityGroup"),
         ("out", "CacheSecurityGroup", -1, -1, NO_EGRESS),
         ("out", "BootstrapSecurityGroup", 443, 443, "0.0.0.0/0"),
+        ("out", "BootstrapSecurityGroup", 80, 80, "0.0.0.0/0"),
         ("out", "BootstrapSecurityGroup", 5432, 5432, "DatabaseSecurityGroup"),
         ("in", "EndpointSecurityGroup", 443, 443, "InstanceSecurityGroup"),
         ("out", "EndpointSecurityGroup", -1, -1, NO_EGRESS),
