@@ -209,11 +209,15 @@ def deploy_stack(c, env=None, set_=None, yes=False, dry_run=False, allow_data_lo
     def confirm(prompt: str) -> bool:
         return input(prompt).strip().lower() in ("y", "yes")
 
-    verdict = deploy(
-        ROOT, _env(c, env), sets=set_ or [],
-        options=Options(yes=yes, dry_run=dry_run, allow_data_loss=allow_data_loss),
-        say=lambda line: print(line, flush=True), confirm=confirm if sys.stdin.isatty() else None,
-    )
+    try:
+        verdict = deploy(
+            ROOT, _env(c, env), sets=set_ or [],
+            options=Options(yes=yes, dry_run=dry_run, allow_data_loss=allow_data_loss),
+            say=lambda line: print(line, flush=True), confirm=confirm if sys.stdin.isatty() else None,
+        )
+    except KeyboardInterrupt:
+        raise Exit("interrupted; a stack operation already started goes on in CloudFormation: run deploy-stack "
+                   "again to see where it is", code=130) from None
     print(verdict.line(), flush=True)
     if not verdict.ok:
         raise Exit(code=verdict.exit_code)
@@ -232,8 +236,11 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
     """Create the application's restricted database role once, from a one-shot instance inside the VPC."""
     from infra.stack.bootstrap import bootstrap_database
 
-    verdict = bootstrap_database(ROOT, _env(c, env), sets=set_ or [], dry_run=dry_run,
-                                 timeout_seconds=float(timeout or 1800), say=lambda line: print(line, flush=True))
+    try:
+        verdict = bootstrap_database(ROOT, _env(c, env), sets=set_ or [], dry_run=dry_run,
+                                     timeout_seconds=float(timeout or 1800), say=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        raise Exit("interrupted; a bootstrap instance it had started was removed", code=130) from None
     print(verdict.line(), flush=True)
     if not verdict.ok:
         raise Exit(code=verdict.exit_code)

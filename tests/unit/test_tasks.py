@@ -49,6 +49,8 @@ def test_deploy_stack_refuses_what_it_cannot_deploy_with_the_fix_and_no_tracebac
     example = inv("deploy-stack", "--env", "example")
     assert example.returncode == 2
     assert "stack.certificate_arn is required" in example.stdout and "nothing was changed" in example.stdout
+    bootstrap = inv("bootstrap-db", "--env", "example")
+    assert bootstrap.returncode == 2 and "run `inv deploy-stack --env example` first" in bootstrap.stdout
 
 
 def test_aws_build_is_refused_until_it_exists():

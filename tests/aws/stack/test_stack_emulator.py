@@ -260,6 +260,14 @@ def test_the_first_deployment_then_an_update_that_is_up_to_date(aws, tmp_path):
         import psycopg
 
         psycopg.connect(host=pg.host, port=pg.port, dbname="nextcloud", user="nextcloud", password=app_password).close()
+        # The passwords went from Secrets Manager to the instance's script only: not into the user data, the
+        # task's output, the script's output, or the report.
+        user_data = base64.b64decode(ec2.describe_instance_attribute(
+            InstanceId=instance.instance, Attribute="userData")["UserData"]["Value"]).decode()
+        report = aws.client("ssm").get_parameter(Name=result_parameter(ENV))["Parameter"]["Value"]
+        seen = "\n".join([user_data, *said, verdict.detail, report, instance.result.stdout, instance.result.stderr])
+        for value in (app_password, master["password"]):
+            assert value not in seen
         again = bootstrap_database(root, ENV, poll_seconds=0.1)
         assert again.word == "up to date", "created once: a second bootstrap does nothing"
     assert aws.client("ssm").get_parameter(Name=result_parameter(ENV))["Parameter"]["Value"].startswith("done ")
