@@ -100,6 +100,7 @@ def test_a_damaged_outputs_file_is_refused_with_the_fix(root):
         load_settings(root, "example", environ={})
 
 
+@pytest.mark.slow
 def test_checkov_in_validate_fails_on_a_template_with_a_failed_check(tmp_path):
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     bad = tmp_path / "bad.yaml"

@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from infra.stack.template import (
     DATA_BEARING_TYPES,
     TEMPLATE,
@@ -296,6 +298,7 @@ def test_the_wire_form_fits_cloudformations_template_body_limit():
 
 
 # ---- the types the emulator skips: their properties against cfn-lint's resource schemas ---------------------------
+@pytest.mark.slow
 def test_cfn_lint_finds_no_error_or_warning():
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cfn-lint"), str(TEMPLATE)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -310,6 +313,7 @@ BREAKS = [  # (the template's text, a mistake in a property of a type the emulat
 ]
 
 
+@pytest.mark.slow
 def test_cfn_lint_checks_the_properties_of_types_the_emulator_skips(tmp_path):
     text = TEMPLATE.read_text()
     for needle, broken, _ in BREAKS:

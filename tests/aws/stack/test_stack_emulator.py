@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +37,21 @@ from render import tags
 from render.outputs import render_user_data
 from render.settings import load_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from cfn_emulator import PROVIDED_TYPES  # noqa: E402
+from emulator_process import serve_moto  # noqa: E402
 
 ENV = "prod"
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """This module's emulator: moto's server started through cfn_emulator.py (the same API and the same ``aws``
+    fixture on top; a conftest here would shadow the other directories' ``conftest`` modules)."""
+    yield from serve_moto(tmp_path_factory, [sys.executable, str(HERE / "cfn_emulator.py")])
 
 # Types moto's own CloudFormation creates (no double involved); if moto stops creating one, the test says so.
 NATIVE = {
