@@ -67,6 +67,21 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
+# Debian's AMIs (owner 136693071363) are not in moto's catalogue: the server starts with its small catalogue plus
+# these (MOTO_AMIS_PATH), in every region, restored by every reset. Without MOTO_AMIS_PATH moto also loads ~1,250
+# "latest" AMIs per region, each with a volume and a snapshot, which costs seconds after every reset.
+DEBIAN_AMIS = Path(__file__).with_name("debian-amis.json")
+
+
+def _ami_catalogue(path: Path) -> Path:
+    """moto's own AMI catalogue (44 public AMIs) + Debian's."""
+    from moto.utilities.utils import load_resource
+
+    amis = [*load_resource("ec2/resources/amis.json"), *json.loads(DEBIAN_AMIS.read_text())]
+    path.write_text(json.dumps(amis))
+    return path
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``moto_server`` in its own process on 127.0.0.1 (a free port), request recording on; yields its URL."""
@@ -75,7 +90,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording))
+    env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording),
+               MOTO_AMIS_PATH=str(_ami_catalogue(recording.parent / "amis.json")))
     log = (recording.parent / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
