@@ -154,6 +154,8 @@ def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_
     """Boot throwaway instances of the baked image (AWS: one canary) and run tests/image against them."""
     loaded = _load(c, env, set_)
     if loaded.settings.builder == "aws":
+        if instances or one_at_a_time:
+            raise Exit("--instances and --one-at-a-time are for the local twin; on AWS one canary is tested", code=2)
         from infra.aws.canary import test_aws_image
 
         _aws(lambda: test_aws_image(ROOT, loaded.settings, ami=ami, dry_run=dry_run, keep_going=keep_going,

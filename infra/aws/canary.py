@@ -238,7 +238,7 @@ def _address(aws: Aws, settings: Any, instance_id: str) -> str:
     if not address:  # the settings', not the AMI's fault: no verdict
         raise AwsError(
             f"{instance_id} has no {interface.replace('_', ' ')} (the group's subnet gives none): set "
-            "bake.ssh_interface = 'private_ip' on a build host inside the VPC, or 'session_manager'"
+            "bake.ssh_interface = 'private_ip' on a build host inside the VPC, or 'session_manager'", exit_code=1
         )
     return address
 

@@ -12,6 +12,7 @@ tags is never touched, whatever a filter returned.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -185,7 +186,7 @@ def remove_leftovers(aws: Aws, leftovers: Sequence[Leftover], log: Log, *, wait_
     for item in by_kind["key-pair"]:
         attempt(item, lambda i=item: aws.client("ec2", i.region).delete_key_pair(KeyName=i.resource_id))
     for item in by_kind["security-group"]:
-        attempt(item, lambda i=item: aws.client("ec2", i.region).delete_security_group(GroupId=i.resource_id))
+        attempt(item, lambda i=item: _delete_security_group(aws, i, wait_s=min(wait_s, 120)))
     for item in by_kind["image"]:
         # DeleteAssociatedSnapshots is the API's own way; the snapshots are deleted explicitly as well, because
         # older endpoints (and the emulator) ignore it, and DeregisterImage alone keeps them.
@@ -199,6 +200,20 @@ def remove_leftovers(aws: Aws, leftovers: Sequence[Leftover], log: Log, *, wait_
     for item in by_kind["snapshot"]:
         attempt(item, lambda i=item: aws.client("ec2", i.region).delete_snapshot(SnapshotId=i.resource_id))
     return result
+
+
+def _delete_security_group(aws: Aws, item: Leftover, *, wait_s: float) -> None:
+    """DeleteSecurityGroup; a just-terminated instance's network interface can hold the group for a little while
+    (DependencyViolation) and AWS has no waiter for that: bounded polling, every 5 s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            aws.client("ec2", item.region).delete_security_group(GroupId=item.resource_id)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "DependencyViolation" or time.monotonic() > deadline:
+                raise
+        time.sleep(5)
 
 
 def _delete_volume(aws: Aws, item: Leftover) -> None:
@@ -216,7 +231,8 @@ def sweep(
     now = now or datetime.now(UTC)
     regions = [settings.region, *settings.ami.regions]
     leftovers = find_leftovers(aws, settings.name, regions, older_than=older_than, now=now)
-    log(f"sweep {settings.name}: {len(leftovers)} leftover(s) older than {older_than} in {', '.join(regions)}")
+    hours = older_than.total_seconds() / 3600
+    log(f"sweep {settings.name}: {len(leftovers)} leftover(s) at least {hours:g} h old in {', '.join(regions)}")
     for item in leftovers:
         log(f"  {item.line(now)}")
     if not remove or not leftovers:
@@ -238,14 +254,23 @@ def _untagged_images_of_run(aws: Aws, settings: Any, regions: Sequence[str], run
         for reservation in page.get("Reservations", []) for i in reservation.get("Instances", [])
     ]
     candidates: dict[tuple[str, str], dict[str, Any]] = {}
+    orphans: list[dict[str, Any]] = []  # snapshots whose AMI Packer deregistered before it was stopped
     for instance_id in instances:
         made = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
             {"Name": "description", "Values": [f"Created by CreateImage({instance_id}) for ami-*"]}]).get(
             "Snapshots", [])
-        image_ids = sorted({s["Description"].rsplit(" for ", 1)[1] for s in made if " for ami-" in s["Description"]})
-        if image_ids:
-            for image in ec2.describe_images(Owners=["self"], ImageIds=image_ids).get("Images", []):
-                candidates[(settings.region, image["ImageId"])] = image
+        for snapshot in made:
+            image_id = snapshot.get("Description", "").rsplit(" for ", 1)[-1]
+            try:
+                images = ec2.describe_images(Owners=["self"], ImageIds=[image_id]).get("Images", [])
+            except ClientError as exc:
+                if "InvalidAMIID" not in exc.response.get("Error", {}).get("Code", ""):
+                    raise
+                images = []
+            if images:
+                candidates[(settings.region, image_id)] = images[0]
+            elif not tag_dict(snapshot) or tag_dict(snapshot).get(T.RUN) == run_id:
+                orphans.append(snapshot)
     for region in regions:
         for image in images_named(aws, region, image_name):
             candidates[(region, image["ImageId"])] = image
@@ -255,6 +280,9 @@ def _untagged_images_of_run(aws: Aws, settings: Any, regions: Sequence[str], run
             continue  # tagged by someone else: not this run's to remove
         yield Leftover(region, "image", image["ImageId"], image.get("Name", ""), run_id, T.PURPOSE_BAKE,
                        _created(image.get("CreationDate")), tuple(snapshots_of(image)))
+    for snapshot in orphans:
+        yield Leftover(settings.region, "snapshot", snapshot["SnapshotId"], "", run_id, T.PURPOSE_BAKE,
+                       _created(snapshot.get("StartTime")))
 
 
 def remove_run(aws: Aws, settings: Any, run_id: str, log: Log, *, image_name: str | None = None) -> Removal:

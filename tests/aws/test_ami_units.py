@@ -136,3 +136,26 @@ def test_debian_packer_needs_no_plugins():
     assert ensure_plugins("packer", log=lambda _m: None) == []
     with pytest.raises(PackerError, match="not found"):
         ensure_plugins("/nonexistent/packer")
+
+
+def test_a_copy_without_tags_gets_every_tag_on_itself_and_its_snapshot(aws):
+    """CopyImage copies no tags unless asked: whatever Packer did, finish_images tags each copy and its
+    snapshots explicitly, and only then drops the bake's purpose tag."""
+    from render import tags as T
+
+    ec2 = aws.client("ec2")
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    instance = ec2.run_instances(ImageId=DEBIAN_CURRENT, MinCount=1, MaxCount=1, SubnetId=subnet)["Instances"][0]
+    home = ec2.create_image(InstanceId=instance["InstanceId"], Name="nextcloud-example-test")["ImageId"]
+    copy = aws.client("ec2", "eu-west-1").copy_image(SourceImageId=home, SourceRegion=REGION,
+                                                    Name="nextcloud-example-test")["ImageId"]
+    ec2.create_tags(Resources=[home], Tags=[{"Key": T.PURPOSE, "Value": T.PURPOSE_BAKE}])
+    tags = {T.MANAGED: "true", T.ENVIRONMENT: "example", T.FINGERPRINT: "f" * 64, T.PURPOSE: T.PURPOSE_BAKE}
+    snapshots = ami.finish_images(Aws(region=REGION), {REGION: home, "eu-west-1": copy}, tags, log=lambda _m: None)
+    for region, image_id in ((REGION, home), ("eu-west-1", copy)):
+        client = aws.client("ec2", region)
+        image = client.describe_images(ImageIds=[image_id])["Images"][0]
+        expected = {k: v for k, v in tags.items() if k != T.PURPOSE}
+        assert {t["Key"]: t["Value"] for t in image["Tags"]} == expected
+        (snapshot,) = client.describe_snapshots(SnapshotIds=snapshots[region])["Snapshots"]
+        assert {t["Key"]: t["Value"] for t in snapshot["Tags"]} == expected

@@ -186,9 +186,14 @@ def test_ssh_is_opened_only_to_the_build_host_when_provisioning(aws, tmp_path, m
     settings = settings_for(aws, bake__communicator="ssh")
     from infra.aws import bake as bake_module
 
+    secret = "canary-secret-key-9f2c41d7e0"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # the emulator takes any key
     seen = {}
 
-    def stop_before_packer(*_a, variables, **_k):
+    def stop_before_packer(*_a, variables, extra_args, extra_env, sensitive_variables, **_k):
+        # The credentials reach Packer through its environment only, never its argument list.
+        assert extra_env["AWS_SECRET_ACCESS_KEY"] == secret
+        assert secret not in json.dumps([variables, extra_args, sensitive_variables])
         seen.update(variables)
         group = aws.client("ec2").describe_security_groups(GroupIds=[variables["security_group_id"]])
         seen["rules"] = group["SecurityGroups"][0]["IpPermissions"]
