@@ -10,6 +10,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from render import tags as T
 from render.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +173,18 @@ def make_group(aws: Any, settings: Any, image_id: str, *, desired: int = 1) -> d
 def registered_targets(aws: Any, target_group: str) -> set[str]:
     health = aws.client("elbv2").describe_target_health(TargetGroupArn=target_group)["TargetHealthDescriptions"]
     return {t["Target"]["Id"] for t in health}
+
+
+def register_ami(aws: Any, settings: Any, *, complete: bool = True, env: str | None = None) -> dict[str, str]:
+    """A finished AMI of the environment (and its copy), as a bake leaves it: registered, tagged."""
+    tags = {T.MANAGED: "true", T.ENVIRONMENT: env or settings.name, T.FINGERPRINT: "f" * 64,
+            T.NEXTCLOUD_VERSION: settings.nextcloud.version, T.RUN: "20260101T000000Z-abcdef"}
+    if not complete:
+        tags[T.PURPOSE] = T.PURPOSE_BAKE
+    amis = {}
+    for region in (REGION, *settings.ami.regions):
+        ec2 = aws.client("ec2", region)
+        image_id = ec2.register_image(Name=f"nextcloud-{settings.name}-test", RootDeviceName="/dev/xvda")["ImageId"]
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        amis[region] = image_id
+    return amis

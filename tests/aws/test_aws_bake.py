@@ -96,7 +96,7 @@ def test_packer_bakes_the_aws_side_end_to_end_with_copies_tags_imds_and_ssm(aws,
         parameter = aws.client("ssm", region).get_parameter(Name="/nextcloud/example/ami-id")["Parameter"]
         assert parameter["Value"] == image_id
     # ImdsSupport=v2.0 was asked for on every copy (the emulator does not record the attribute itself: the
-    # request's shape is checked against botocore's model in test_ami_units.py).
+    # request's shape is checked against botocore's model in test_aws_ami.py).
     imds = {p["ImageId"][0] for p in boto_requests(aws, "ModifyImageAttribute")
             if p.get("ImdsSupport.Value") == ["v2.0"]}
     assert imds == set(amis.values())

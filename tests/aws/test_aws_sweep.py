@@ -22,9 +22,9 @@ from bake_support import (
     emulator_state,
     make_group,
     ours,
+    register_ami,
     settings_for,
 )
-from test_canary import register_ami
 
 from infra.aws import throwaway
 from infra.aws.session import Aws, AwsError

@@ -9,8 +9,16 @@ import subprocess
 import sys
 
 import pytest
-from bake_support import BUILD_HOST, COPY_REGION, REGION, ROOT, emulator_state, make_group, settings_for
-from test_canary import register_ami
+from bake_support import (
+    BUILD_HOST,
+    COPY_REGION,
+    REGION,
+    ROOT,
+    emulator_state,
+    make_group,
+    register_ami,
+    settings_for,
+)
 
 from infra.aws.bake import build_aws_image
 from infra.aws.session import Aws, AwsError

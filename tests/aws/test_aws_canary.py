@@ -17,6 +17,7 @@ from bake_support import (
     ROOT,
     emulator_state,
     make_group,
+    register_ami,
     registered_targets,
     settings_for,
 )
@@ -24,21 +25,6 @@ from bake_support import (
 from infra.aws import canary
 from infra.aws.session import AwsError
 from render import tags as T
-
-
-def register_ami(aws: Any, settings: Any, *, complete: bool = True, env: str | None = None) -> dict[str, str]:
-    """A finished AMI of the environment (and its copy), as a bake leaves it: registered, tagged."""
-    tags = {T.MANAGED: "true", T.ENVIRONMENT: env or settings.name, T.FINGERPRINT: "f" * 64,
-            T.NEXTCLOUD_VERSION: settings.nextcloud.version, T.RUN: "20260101T000000Z-abcdef"}
-    if not complete:
-        tags[T.PURPOSE] = T.PURPOSE_BAKE
-    amis = {}
-    for region in (REGION, *settings.ami.regions):
-        ec2 = aws.client("ec2", region)
-        image_id = ec2.register_image(Name=f"nextcloud-{settings.name}-test", RootDeviceName="/dev/xvda")["ImageId"]
-        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        amis[region] = image_id
-    return amis
 
 
 class InstanceDouble:
