@@ -367,6 +367,15 @@ class Bake(_Section):
             raise ValueError("must be an instance profile name such as 'nextcloud-bake' (not its ARN)")
         return v
 
+    @model_validator(mode="after")
+    def _session_manager(self) -> Bake:
+        if self.ssh_interface == "session_manager" and not self.instance_profile:
+            raise ValueError(
+                "bake.ssh_interface = 'session_manager' needs bake.instance_profile: a profile whose role allows "
+                "Session Manager (e.g. the AWS managed policy AmazonSSMManagedInstanceCore)"
+            )
+        return self
+
 
 class Settings(_Section):
     """One environment, fully validated."""

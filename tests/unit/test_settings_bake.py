@@ -44,6 +44,7 @@ def test_bake_defaults_and_the_example():
     ("bake.communicator", "winrm", "bake.communicator"),
     ("ami.ssm_parameter", "nextcloud/ami", "starts with '/'"),
     ("ami.ssm_parameter", "/ssm/ami", "not under /aws or /ssm"),
+    ("bake.ssh_interface", "session_manager", "needs bake.instance_profile"),
 ])
 def test_bad_bake_settings_name_the_key_and_the_fix(key, value, message):
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")) as refusal:
