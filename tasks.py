@@ -36,6 +36,26 @@ def _not_yet(what: str, why: str) -> None:
     raise Exit(f"{what} is not available yet: {why}", code=3)
 
 
+def _say(message: str) -> None:
+    print(message, flush=True)  # plain: AWS messages hold brackets that rich would read as markup
+
+
+def _aws(call) -> None:
+    """Run one AWS operation and end with its verdict line and exit code (refusals: 2, failures: 1, Ctrl-C: 130)."""
+    from infra.aws.session import AwsError
+    from infra.verdict import Verdict
+
+    try:
+        verdict = call()
+    except AwsError as exc:
+        verdict = Verdict("refused" if exc.exit_code == 2 else "failed", str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        verdict = Verdict("interrupted", "stopped by Ctrl-C; what the run created was removed (listed above)", 130)
+    _say(verdict.line())
+    if not verdict.ok:
+        raise Exit(code=verdict.exit_code)
+
+
 @task(
     iterable=["set_"],
     help={"env": ENV_HELP, "set": SET_HELP},
@@ -84,19 +104,28 @@ def _packer_validate():
     return validate_template
 
 
+DRY_RUN_HELP = "AWS: print what would be created, changed or deleted; make no call that changes anything"
+
+
 @task(
     iterable=["set_"],
     help={
         "env": ENV_HELP,
         "set": SET_HELP,
         "force": "bake even when an artifact with the same fingerprint exists",
+        "dry_run": DRY_RUN_HELP,
     },
 )
-def build_ami(c, env=None, set_=None, force=False):
-    """Bake the image (local: qcow2 via Packer's qemu source; reuses an artifact with the same fingerprint)."""
+def build_ami(c, env=None, set_=None, force=False, dry_run=False):
+    """Bake the image (AWS: an AMI via amazon-ebs; local: a qcow2; reuses one with the same fingerprint)."""
     loaded = _load(c, env, set_)
-    if loaded.settings.builder != "local":
-        _not_yet("build-ami for AWS environments", "the AWS bake (amazon-ebs + AMI fingerprint reuse) is a later issue")
+    if loaded.settings.builder == "aws":
+        from infra.aws.bake import build_aws_image
+
+        _aws(lambda: build_aws_image(ROOT, loaded.settings, dry_run=dry_run, force=force, log=_say))
+        return
+    if dry_run:
+        raise Exit("--dry-run is for AWS environments; the local bake changes nothing outside build/", code=2)
     try:
         from infra.localtwin.build import build_local_image
     except ImportError:
@@ -115,13 +144,25 @@ def build_ami(c, env=None, set_=None, force=False):
         "instances": "how many throwaway instances to boot against the same services (default 1)",
         "keep_going": "run the whole testinfra suite even after a failure",
         "one_at_a_time": "boot the instances one after another instead of side by side (slower, less CPU)",
+        "ami": "AWS: the AMI to test (default: artifact_id of build/<env>/manifest.json)",
+        "timeout": "AWS: seconds the canary may take to become ready (default 1200)",
+        "dry_run": DRY_RUN_HELP,
     },
 )
-def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_time=False):
-    """Boot throwaway instances of the baked image with canary secrets and run tests/image against them."""
+def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_time=False, ami=None, timeout=None,
+             dry_run=False):
+    """Boot throwaway instances of the baked image (AWS: one canary) and run tests/image against them."""
     loaded = _load(c, env, set_)
-    if loaded.settings.builder != "local":
-        _not_yet("test-ami for AWS environments", "throwaway EC2 instances are a later issue")
+    if loaded.settings.builder == "aws":
+        if instances or one_at_a_time:
+            raise Exit("--instances and --one-at-a-time are for the local twin; on AWS one canary is tested", code=2)
+        from infra.aws.canary import test_aws_image
+
+        _aws(lambda: test_aws_image(ROOT, loaded.settings, ami=ami, dry_run=dry_run, keep_going=keep_going,
+                                    timeout_s=float(timeout) if timeout else None, log=_say))
+        return
+    if ami or dry_run:
+        raise Exit("--ami and --dry-run are for AWS environments", code=2)
     try:
         from infra.localtwin.test_ami import test_local_image
     except ImportError:
@@ -165,6 +206,26 @@ def bench(c, env=None, runs=None, only=None, full_bake=False, seed_runs=None, ti
         raise Exit(f"bench: {exc}", code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted; everything was torn down", code=130) from None
+
+
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "older_than": "only what is at least this old, e.g. 6h, 90m, 2d (default 6h; 0s = everything)",
+        "yes": "remove what is listed (default: only list it)",
+        "dry_run": DRY_RUN_HELP,
+    },
+)
+def sweep(c, env=None, set_=None, older_than="6h", yes=False, dry_run=False):
+    """List (--yes: remove) what failed bakes and canaries left in AWS: only resources with this project's tags."""
+    loaded = _load(c, env, set_)
+    if loaded.settings.builder != "aws":
+        raise Exit(f"sweep is for AWS environments; {loaded.settings.name} is {loaded.settings.builder}", code=2)
+    from infra.aws.sweep import sweep_environment
+
+    _aws(lambda: sweep_environment(loaded.settings, older_than=older_than, remove=yes, dry_run=dry_run, log=_say))
 
 
 @task(help={"env": ENV_HELP})
@@ -247,7 +308,8 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
 
 
 ns = Collection(
-    render, validate, build_ami, test_ami, bench, rollout, rollback, prune_amis, status, deploy_stack, bootstrap_db
+    render, validate, build_ami, test_ami, sweep, bench, rollout, rollback, prune_amis, status, deploy_stack,
+    bootstrap_db,
 )
 ns.configure(DEFAULTS)
 

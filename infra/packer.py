@@ -197,12 +197,15 @@ def run_packer_build(
     extra_args: Sequence[str] = (),
     cwd: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
+    manifest_name: str | None = None,
 ) -> PackerResult:
     """Run ``packer build -machine-readable -only=<only>`` and return the manifest entry.
 
     ``template`` is the template directory (or file), ``variables`` are passed with
     ``-var``, ``sensitive_variables`` through ``PKR_VAR_<name>``. ``only`` is
-    ``<builder type>.<source name>``, e.g. ``qemu.nextcloud``. Progress goes to ``log``
+    ``<builder type>.<build name>``, e.g. ``qemu.nextcloud``; Packer's manifest names an entry
+    after its *source*, so a build that renames a source (``source "source.amazon-ebs.nextcloud"
+    { name = "emulator" }``) is found with ``manifest_name="nextcloud"``. Progress goes to ``log``
     as ``[mm:ss] message``; step timings are written to ``timings_path`` (default:
     ``packer-timings.json`` beside the manifest). ``extra_env`` adds environment variables
     (e.g. ``PACKER_CACHE_DIR``). Raises PackerError when Packer fails.
@@ -274,7 +277,7 @@ def run_packer_build(
     timings = {"only": only, "exit_code": rc, **timer.as_dict()}
 
     if rc == 0:
-        entry = read_manifest(manifest_path, build_name=source_name, builder_type=builder_type)
+        entry = read_manifest(manifest_path, build_name=manifest_name or source_name, builder_type=builder_type)
         run_uuid = entry.packer_run_uuid
     timings["packer_run_uuid"] = run_uuid
     timings_path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +318,7 @@ def validate_template(root: Path, var_file: Path, packer: str = "packer") -> tup
         commands = [[packer, "fmt", "-check", "-diff", str(template)]] + [
             [packer, "validate", f"-only={only}", f"-var-file={var_file}",
              *(f"-var={k}={v}" for k, v in volatile.items()), str(template)]
-            for only in ("amazon-ebs.nextcloud", "qemu.nextcloud")
+            for only in ("amazon-ebs.nextcloud", "amazon-ebs.emulator", "qemu.nextcloud")
         ]
         for cmd in commands:
             try:
@@ -331,3 +334,55 @@ def validate_template(root: Path, var_file: Path, packer: str = "packer") -> tup
             else:
                 outputs.append(f"{label}: ok")
     return ok, "\n".join(outputs)
+
+
+# ---- Packer versions and plugins ---------------------------------------------------------------------------
+# Packer 1.10 removed the plugins it used to bundle; from then on the template's builders must be installed
+# (`packer plugins install`, Packer >= 1.8). Debian's 1.6.6 has them built in and knows no `plugins` command.
+# The template has both sources, and newer Packer refuses a template naming a builder it does not have, so a
+# bake of either needs both plugins. Pinned: a newer plugin is a deliberate change, like any dependency.
+UNBUNDLED_SINCE = (1, 10, 0)
+PLUGINS = {"github.com/hashicorp/amazon": "1.8.0", "github.com/hashicorp/qemu": "1.1.0"}
+
+
+def packer_version(packer: str = "packer") -> tuple[int, int, int]:
+    """The version of ``packer`` as (major, minor, patch); PackerError when it is missing or says nothing usable."""
+    try:
+        proc = subprocess.run(
+            [packer, "version"], capture_output=True, text=True, env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+            timeout=60,
+        )
+    except FileNotFoundError:
+        raise PackerError(f"{packer} not found: install it with `apt-get install packer`") from None
+    m = re.search(r"Packer v(\d+)\.(\d+)\.(\d+)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise PackerError(f"`{packer} version` said {(proc.stdout + proc.stderr).strip()!r}: not a Packer binary?")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def ensure_plugins(packer: str = "packer", plugins: Mapping[str, str] = PLUGINS, log: Log = print) -> list[str]:
+    """Install the pinned plugins a Packer without bundled builders lacks; returns what was installed.
+
+    Nothing to do for Packer < 1.10 (the builders are built in or bundled).
+    """
+    version = packer_version(packer)
+    if version < UNBUNDLED_SINCE:
+        return []
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1"}
+    listed = subprocess.run([packer, "plugins", "installed"], capture_output=True, text=True, env=env, timeout=120)
+    installed = []
+    for source, pinned in plugins.items():
+        binary = f"packer-plugin-{source.rsplit('/', 1)[-1]}_v{pinned}_"
+        if binary in listed.stdout:
+            continue
+        log(f"packer {'.'.join(map(str, version))}: installing plugin {source} v{pinned}")
+        proc = subprocess.run(
+            [packer, "plugins", "install", source, f"v{pinned}"], capture_output=True, text=True, env=env, timeout=600
+        )
+        if proc.returncode != 0:
+            raise PackerError(
+                f"`packer plugins install {source} v{pinned}` failed: {(proc.stdout + proc.stderr).strip()}; "
+                "install it by hand (or use Debian's packer 1.6.6, which has the builders built in)"
+            )
+        installed.append(f"{source} v{pinned}")
+    return installed

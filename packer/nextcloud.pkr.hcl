@@ -1,25 +1,13 @@
 # One build, two sources sharing every provisioner: amazon-ebs (the AMI) and qemu (the
-# local twin). The template only wires inputs; each image/scripts/*.sh does one thing and
-# gets its inputs as environment variables.
+# local twin); and, at the end, the amazon-ebs source alone for an AWS emulator. The template
+# only wires inputs; each image/scripts/*.sh does one thing and gets its inputs as
+# environment variables.
 
 locals {
   # Every provisioner script runs as root with its inputs in the environment.
   sudo_execute = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E {{ .Path }}"
 
   ami_name = "${var.ami_name_prefix}-${substr(var.fingerprint, 0, 12)}-${formatdate("YYYYMMDDhhmmss", var.build_time)}"
-
-  # Recorded on the AMI and its snapshots: the same values as version-info.json.
-  image_tags = merge(var.extra_tags, {
-    Name              = local.ami_name
-    environment       = var.env_name
-    fingerprint       = var.fingerprint
-    git_sha           = var.git_sha
-    build_time        = var.build_time
-    nextcloud_version = var.nextcloud_version
-    nextcloud_image   = var.nextcloud_image
-    docker_version    = var.docker_version
-    debian_release    = var.debian_release
-  })
 
   # Where the uploaded sources (image/ and the rendered env file) live during the bake;
   # cleanup.sh removes it.
@@ -34,11 +22,16 @@ locals {
 }
 
 source "amazon-ebs" "nextcloud" {
-  region        = var.region
-  instance_type = var.instance_type
-  ami_name      = local.ami_name
-  ami_regions   = var.ami_regions
+  region = var.region
+  # AWS_ENDPOINT_URL(_EC2) as boto3 resolves it (infra/aws/session.py); empty = AWS itself.
+  custom_endpoint_ec2 = var.ec2_endpoint
+  instance_type       = var.instance_type
+  ami_name            = local.ami_name
+  ami_regions         = var.ami_regions
 
+  # The exact AMI infra/ resolved on the host (the fingerprint covers it), and it must still
+  # match the selector: AWS answers ImageIds + Filters + Owners with their intersection.
+  source_ami = var.source_image_id
   source_ami_filter {
     filters = {
       name                = var.source_ami_name_filter
@@ -50,9 +43,21 @@ source "amazon-ebs" "nextcloud" {
     most_recent = true
   }
 
+  # The settings' subnet (no default-VPC assumption), and a security group and key pair infra/
+  # created for this run and tagged with it: SSH only from the build host, never 0.0.0.0/0.
+  subnet_id                   = var.subnet_id
+  security_group_id           = var.security_group_id
+  associate_public_ip_address = var.ssh_interface == "public_ip"
+  ssh_interface               = var.ssh_interface
+  ssh_keypair_name            = var.ssh_keypair_name
+  ssh_private_key_file        = var.ssh_private_key_file
+  iam_instance_profile        = var.iam_instance_profile
+  ssh_username                = var.ssh_username
+  ssh_timeout                 = "15m"
+
   # IMDSv2-only (imds_support = "v2.0" on the AMI, metadata_options on the build
   # instance) needs the amazon plugin of Packer >= 1.8; Debian's Packer 1.6.6 rejects both,
-  # so infra/ sets ImdsSupport=v2.0 on the registered AMI (ModifyImageAttribute) and the
+  # so infra/ sets ImdsSupport=v2.0 on every registered copy (ModifyImageAttribute) and the
   # launch template requires IMDSv2 tokens.
 
   launch_block_device_mappings {
@@ -67,14 +72,13 @@ source "amazon-ebs" "nextcloud" {
   }
   encrypt_boot = true
 
-  ssh_username = var.ssh_username
-
-  # A failed build can leave its instance, volume, key pair and security group behind:
-  # these tags are how a sweep finds them.
-  run_tags        = merge(local.image_tags, { "nextcloud-image:bake" = "true", Name = "packer-bake-${local.ami_name}" })
-  run_volume_tags = merge(local.image_tags, { "nextcloud-image:bake" = "true" })
-  snapshot_tags   = local.image_tags
-  tags            = local.image_tags
+  # Tag keys are defined once, in render/tags.py; infra/aws/ami.py fills these maps. The
+  # AMI and its snapshots (in every region) carry the provenance; the instance and its
+  # volume carry the run's tags, which is how a failed bake's leftovers are found and swept.
+  tags            = merge(var.extra_tags, var.ami_tags)
+  snapshot_tags   = merge(var.extra_tags, var.ami_tags)
+  run_tags        = merge(var.extra_tags, var.run_tags)
+  run_volume_tags = merge(var.extra_tags, var.run_tags)
 }
 
 source "qemu" "nextcloud" {
@@ -118,7 +122,13 @@ source "qemu" "nextcloud" {
 }
 
 build {
-  sources = ["source.amazon-ebs.nextcloud", "source.qemu.nextcloud"]
+  sources = ["source.qemu.nextcloud"]
+
+  # Each build fixes its communicator: this one provisions over SSH, the emulator build below
+  # never connects (a variable could pair this build with "none", or the emulator with SSH).
+  source "source.amazon-ebs.nextcloud" {
+    communicator = "ssh"
+  }
 
   provisioner "shell" {
     inline = ["mkdir -p ${local.staging_dir}"]
@@ -210,6 +220,29 @@ build {
     execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["FINGERPRINT=${var.fingerprint}"])
     script           = "${path.root}/../image/scripts/validate.sh"
+  }
+
+  post-processor "manifest" {
+    output     = "${var.build_dir}/packer-manifest.json"
+    strip_path = false
+    custom_data = {
+      fingerprint = var.fingerprint
+      git_sha     = var.git_sha
+      environment = var.env_name
+      build_time  = var.build_time
+    }
+  }
+}
+
+# The AWS side alone, for an AWS emulator (bake.communicator = "none"): the same
+# source (exact + filtered source AMI, launch in the subnet, image, tags, region copies), no
+# provisioners. Packer 1.6.6's shell and file provisioners cannot run without a communicator
+# (every upload fails: "Upload is not implemented when communicator = 'none'", after 5 minutes
+# of retries), so the emulator build has none; an emulator instance is never connected to.
+build {
+  source "source.amazon-ebs.nextcloud" {
+    name         = "emulator"
+    communicator = "none"
   }
 
   post-processor "manifest" {

@@ -90,6 +90,18 @@ variable "ssh_username" {
   default     = "admin"
 }
 
+variable "source_image_id" {
+  type        = string
+  description = "The exact source image resolved on the host (AWS: ami-...); empty = the newest match of the filter."
+  default     = ""
+}
+
+variable "source_image_name" {
+  type        = string
+  description = "Name of the resolved source image (recorded, and covered by the fingerprint)."
+  default     = ""
+}
+
 # ---- volatile (-var from infra/) ----
 
 variable "fingerprint" {
@@ -156,8 +168,62 @@ variable "bake_seed_dir" {
 
 variable "ssh_private_key_file" {
   type        = string
-  description = "qemu only: private key of the bake's throwaway key pair."
+  description = "Private key of the bake's throwaway key pair (amazon-ebs: the key of ssh_keypair_name)."
   default     = ""
+}
+
+# ---- amazon-ebs, volatile (infra/aws/bake.py) ----
+
+variable "ec2_endpoint" {
+  type        = string
+  description = "EC2 endpoint when it is not AWS's own (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_EC2); empty = AWS."
+  default     = ""
+}
+
+variable "subnet_id" {
+  type        = string
+  description = "Subnet of the bake instance (bake.subnet_id)."
+  default     = ""
+}
+
+variable "security_group_id" {
+  type        = string
+  description = "The run's security group (SSH only from the build host), created and removed by infra/."
+  default     = ""
+}
+
+variable "ssh_keypair_name" {
+  type        = string
+  description = "The run's key pair (public half imported by infra/; the private key never leaves the host)."
+  default     = ""
+}
+
+variable "ssh_interface" {
+  type        = string
+  description = "How Packer reaches the bake instance: public_ip, private_ip or session_manager."
+  default     = "public_ip"
+  validation {
+    condition     = contains(["public_ip", "private_ip", "session_manager"], var.ssh_interface)
+    error_message = "The ssh_interface must be public_ip, private_ip or session_manager."
+  }
+}
+
+variable "iam_instance_profile" {
+  type        = string
+  description = "Instance profile of the bake instance (ECR pulls, Session Manager); empty = none."
+  default     = ""
+}
+
+variable "ami_tags" {
+  type        = map(string)
+  description = "Tags of the AMI and its snapshots in every region (keys: render/tags.py)."
+  default     = {}
+}
+
+variable "run_tags" {
+  type        = map(string)
+  description = "Tags of the bake instance and its volume: this run's id, so a sweep finds them."
+  default     = {}
 }
 
 variable "validate_canaries" {

@@ -43,6 +43,11 @@ _DIGEST_PINNED = re.compile(
     r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
     r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})@sha256:(?P<digest>[0-9a-f]{64})$"
 )
+_TAGGED = re.compile(  # used with fullmatch: `$` would let a trailing newline through
+    r"(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
+)
+_SSM_PARAMETER = re.compile(r"/[A-Za-z0-9/_.-]{1,1010}")
 _IMAGE_REF = re.compile(
     r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
@@ -295,6 +300,19 @@ class Ami(_Section):
     retention: int = Field(default=3, ge=1, le=100, description="AMIs kept per environment when pruning")
     regions: list[str] = Field(default_factory=list, description="extra regions to copy the AMI to")
     root_volume_size_gb: int = Field(default=8, ge=4, le=1024)
+    ssm_parameter: str | None = Field(
+        default=None, description="SSM parameter the new AMI id is published to in every region (optional)"
+    )
+
+    @field_validator("ssm_parameter")
+    @classmethod
+    def _ssm_parameter(cls, v: str | None) -> str | None:
+        if v is not None and not (_SSM_PARAMETER.fullmatch(v) and not v.lower().startswith(("/aws", "/ssm"))):
+            raise ValueError(
+                "must be an SSM parameter name such as '/nextcloud/prod/ami-id' (starts with '/', letters, digits "
+                "and /_.-, at most 1011 characters, not under /aws or /ssm)"
+            )
+        return v
 
     @field_validator("regions")
     @classmethod
@@ -303,6 +321,66 @@ class Ami(_Section):
             if not _REGION.match(r):
                 raise ValueError(f"{r!r} is not an AWS region such as eu-west-1")
         return v
+
+
+class Bake(_Section):
+    """How AWS bakes and canaries run: where the throwaway instances live and how the build host reaches them."""
+
+    subnet_id: str | None = Field(default=None, description="subnet of the bake instance (stack output BakeSubnetId)")
+    ssh_interface: Literal["public_ip", "private_ip", "session_manager"] = Field(
+        default="public_ip",
+        description="how the build host reaches bake and canary instances: their public address, their private "
+        "address (a build host inside the VPC), or SSH through Session Manager (no inbound rule at all)",
+    )
+    ssh_source_cidrs: list[str] = Field(
+        default_factory=list,
+        description="addresses SSH is allowed from; empty = the build host's own public address (/32)",
+    )
+    instance_profile: str | None = Field(
+        default=None, description="instance profile of the bake instance (ECR pulls, Session Manager)"
+    )
+    communicator: Literal["ssh", "none"] = Field(
+        default="ssh",
+        description="'none' only against an AWS emulator: the AWS side of the bake without provisioning",
+    )
+
+    @field_validator("subnet_id")
+    @classmethod
+    def _subnet(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"subnet-[0-9a-f]{8}([0-9a-f]{9})?", v):
+            raise ValueError("must be a subnet id such as 'subnet-0123456789abcdef0'")
+        return v
+
+    @field_validator("ssh_source_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                net = ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR ({exc}); write e.g. 203.0.113.7/32") from None
+            if net.prefixlen < (24 if net.version == 4 else 56):
+                raise ValueError(
+                    f"{cidr!r} opens SSH to {net.num_addresses} addresses; name the build host (/32) or its "
+                    "network (at most a /24), or leave the list empty to use this host's public address"
+                )
+        return v
+
+    @field_validator("instance_profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w+=,.@-]{1,128}", v):
+            raise ValueError("must be an instance profile name such as 'nextcloud-bake' (not its ARN)")
+        return v
+
+    @model_validator(mode="after")
+    def _session_manager(self) -> Bake:
+        if self.ssh_interface == "session_manager" and not self.instance_profile:
+            raise ValueError(
+                "bake.ssh_interface = 'session_manager' needs bake.instance_profile: a profile whose role allows "
+                "Session Manager (e.g. the AWS managed policy AmazonSSMManagedInstanceCore)"
+            )
+        return self
 
 
 class Settings(_Section):
@@ -329,6 +407,7 @@ class Settings(_Section):
     rollout: Rollout = Rollout()
     ami: Ami = Ami()
     stack: Stack = Stack()
+    bake: Bake = Bake()
     tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict
     )
@@ -378,13 +457,16 @@ class Settings(_Section):
             problems.append(("base_image.owner", "required for AWS: set it to the AMI owner, e.g. '136693071363'"))
         if not self.base_image.name_filter:
             problems.append(("base_image.name_filter", "required for AWS: e.g. 'debian-12-amd64-*'"))
-        m = _DIGEST_PINNED.match(self.nextcloud.image)
+        # A versioned tag without a digest is accepted: build-ami resolves its digest on the host before the bake
+        # (infra/image_digest.py) and bakes and fingerprints the pinned reference.
+        m = _DIGEST_PINNED.match(self.nextcloud.image) or _TAGGED.fullmatch(self.nextcloud.image)
         if not m:
             problems.append(
                 (
                     "nextcloud.image",
-                    f"{self.nextcloud.image!r} is not pinned by digest; an AWS environment needs "
-                    "repo:tag@sha256:<64 hex> (find it with `docker buildx imagetools inspect nextcloud:TAG`)",
+                    f"{self.nextcloud.image!r} is not pinned by digest and has no tag; an AWS environment needs "
+                    "repo:tag@sha256:<64 hex> or a versioned repo:tag whose digest build-ami resolves "
+                    "(find it with `docker buildx imagetools inspect nextcloud:TAG`)",
                 )
             )
         elif m["tag"] in _FLOATING_TAGS or not re.match(r"^\d", m["tag"]):
@@ -411,6 +493,9 @@ class Settings(_Section):
                 )
         if self.secrets.redis_password == "literal:" and self.redis.tls:
             pass  # ElastiCache with TLS but without AUTH is legal.
+        if not self.bake.subnet_id:
+            problems.append(("bake.subnet_id", "required for AWS: the subnet the bake instance runs in, e.g. "
+                             "'subnet-0123456789abcdef0' (the stack's BakeSubnetId output)"))
         if not self.launch_template.name:
             problems.append(("launch_template.name", "required for AWS: the launch template the rollout versions"))
         if not self.autoscaling.group_name:

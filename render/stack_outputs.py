@@ -74,7 +74,7 @@ MAPPING: tuple[Feed, ...] = (
 )
 
 # Settings the table feeds that the settings model does not have yet (other branches add them).
-AWAITED = frozenset({"rollout.alarm_names", "bake.subnet_id", "logs.group_name"})
+AWAITED = frozenset({"rollout.alarm_names", "logs.group_name"})
 
 # Values that stand in for what the stack will provide, for the one command that runs before it exists
 # (deploy-stack's first run). They pass validation and are recognisable anywhere they would leak.
@@ -82,6 +82,7 @@ PENDING_VALUES: Mapping[str, Any] = {
     "database.host": "pending-stack.invalid",
     "redis.host": "pending-stack.invalid",
     "s3.bucket": "pending-stack",
+    "bake.subnet_id": "subnet-00000000",
     "secrets.db_password": "ssm:/pending-stack/db_password",
     "secrets.redis_password": "ssm:/pending-stack/redis_password",
     "secrets.instanceid": "ssm:/pending-stack/instanceid",

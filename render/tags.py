@@ -9,8 +9,13 @@ On an AMI and each of its snapshots, in every region:
   GIT_SHA, BUILD_TIME, SOURCE_AMI (+ SOURCE_AMI_NAME), NEXTCLOUD_IMAGE (digest-pinned), NEXTCLOUD_VERSION,
   DOCKER_VERSION     provenance, the same values as the image's /etc/nextcloud-image/version-info.json
   TEST_VERDICT       written by test-ami: "passed" or "failed"; TESTED_AT its time (RFC 3339 UTC), TEST_RUN its run id
+  RUN                the bake run that made it
 On the throwaway resources of a bake or a canary (instances, volumes, key pairs, security groups):
-  MANAGED, ENVIRONMENT, PURPOSE ("bake" | "canary"), RUN (one id per run: how sweep finds what a run left)
+  MANAGED, ENVIRONMENT, PURPOSE ("bake" | "canary"), RUN (one id per run: how sweep finds what a run left;
+  it starts with the run's UTC start time, YYYYMMDDTHHMMSSZ-xxxxxx)
+While a bake runs, its AMIs and snapshots carry PURPOSE=bake too; the bake removes it when every step is done
+(IMDSv2 and every tag on every copy). An AMI that still has PURPOSE never completed: never reuse, test, roll
+out or keep it (sweep removes it).
 """
 
 from __future__ import annotations

@@ -16,6 +16,17 @@ if [[ "${NEXTCLOUD_IMAGE}" == *@sha256:* ]]; then
          "the local twin uses a name:tag@local reference" >&2
     exit 1
   fi
+  registry="${NEXTCLOUD_IMAGE%%/*}"
+  if [[ "${registry}" =~ ^[0-9]{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$ ]]; then
+    # A private ECR repository or ECR pull-through cache: the bake instance's own role signs the pull
+    # (amazon-ecr-credential-helper, IMDS credentials). No registry credentials exist anywhere; the login
+    # configuration is a throwaway DOCKER_CONFIG, and the helper leaves the image with it.
+    apt-get install -y -qq --no-install-recommends amazon-ecr-credential-helper
+    DOCKER_CONFIG="$(mktemp -d)"
+    export DOCKER_CONFIG
+    trap 'rm -rf "${DOCKER_CONFIG}"; apt-get purge -y -qq amazon-ecr-credential-helper' EXIT
+    printf '{"credHelpers": {"%s": "ecr-login"}}\n' "${registry}" > "${DOCKER_CONFIG}/config.json"
+  fi
   docker pull --quiet "${NEXTCLOUD_IMAGE}"
 elif [[ -s "${STANDIN_ARCHIVE}" ]]; then
   tag="${NEXTCLOUD_IMAGE%@local}"

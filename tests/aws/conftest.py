@@ -67,10 +67,26 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
+# Debian's AMIs (owner 136693071363) are not in moto's catalogue: the server starts with its small catalogue plus
+# these (MOTO_AMIS_PATH), in every region, restored by every reset. Without MOTO_AMIS_PATH moto also loads ~1,250
+# "latest" AMIs per region, each with a volume and a snapshot, which costs seconds after every reset.
+DEBIAN_AMIS = Path(__file__).with_name("debian-amis.json")
+
+
+def _ami_catalogue(path: Path) -> Path:
+    """moto's own AMI catalogue (44 public AMIs) + Debian's."""
+    from moto.utilities.utils import load_resource
+
+    amis = [*load_resource("ec2/resources/amis.json"), *json.loads(DEBIAN_AMIS.read_text())]
+    path.write_text(json.dumps(amis))
+    return path
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``moto_server`` in its own process on 127.0.0.1 (a free port), request recording on; yields its URL."""
-    yield from serve_moto(tmp_path_factory, [sys.executable, "-m", "moto.server"])
+    catalogue = _ami_catalogue(tmp_path_factory.mktemp("amis") / "amis.json")
+    yield from serve_moto(tmp_path_factory, [sys.executable, "-m", "moto.server"], {"MOTO_AMIS_PATH": str(catalogue)})
 
 
 @dataclass

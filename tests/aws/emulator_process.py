@@ -11,8 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 
-def serve_moto(tmp_path_factory: pytest.TempPathFactory, command: list[str]) -> Iterator[str]:
-    """Run ``command -H 127.0.0.1 -p PORT`` (moto's server, or a program that wraps it) until the session ends."""
+def serve_moto(
+    tmp_path_factory: pytest.TempPathFactory, command: list[str], extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run ``command -H 127.0.0.1 -p PORT`` (moto's server, or a program that wraps it) until the session ends.
+
+    ``extra_env`` adds variables for the server, e.g. ``MOTO_AMIS_PATH``."""
     from infra.localtwin.instance import free_port
 
     port = free_port()
@@ -20,6 +24,7 @@ def serve_moto(tmp_path_factory: pytest.TempPathFactory, command: list[str]) -> 
     recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording), NCIMAGE_CFN_EMULATOR_URL=url)
+    env.update(extra_env or {})
     log = (recording.parent / "server.log").open("wb")
     proc = subprocess.Popen(
         [*command, "-H", "127.0.0.1", "-p", str(port)],

@@ -23,11 +23,11 @@ OUTPUTS = {
     "InstanceIdSecretArn": ARN.format("instanceid"), "PasswordSaltSecretArn": ARN.format("passwordsalt"),
     "SecretSecretArn": ARN.format("secret"), "AdminPasswordSecretArn": ARN.format("admin-password"),
     "LaunchTemplateName": "nextcloud-example", "GroupName": "nextcloud-example", "RolloutAlarmNames": "a,b",
-    "PublicSubnetIds": "subnet-1,subnet-2", "LogGroupName": "/nextcloud/example",
+    "PublicSubnetIds": "subnet-0a1b2c3d4e5f60001,subnet-0a1b2c3d4e5f60002", "LogGroupName": "/nextcloud/example",
 }
 # The lines of example.toml that hold what the stack provides (s3.region may stay: it agrees with the stack).
-PROVIDED = ("host =", "port =", "tls =", "bucket =", "trusted_proxies =", "db_password =", "redis_password =",
-            "instanceid =", "passwordsalt =", "secret =", "admin_password =")
+PROVIDED = ("host =", "port =", "tls =", "bucket =", "trusted_proxies =", "subnet_id =", "db_password =",
+            "redis_password =", "instanceid =", "passwordsalt =", "secret =", "admin_password =")
 
 
 @pytest.fixture

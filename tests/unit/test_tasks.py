@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ["render", "validate", "build-ami", "test-ami", "rollout", "rollback", "prune-amis", "status",
+TASKS = ["render", "validate", "build-ami", "test-ami", "sweep", "rollout", "rollback", "prune-amis", "status",
          "deploy-stack", "bootstrap-db", "bench"]
 
 
@@ -53,10 +53,12 @@ def test_deploy_stack_refuses_what_it_cannot_deploy_with_the_fix_and_no_tracebac
     assert bootstrap.returncode == 2 and "run `inv deploy-stack --env example` first" in bootstrap.stdout
 
 
-def test_aws_build_is_refused_until_it_exists():
-    proc = inv("build-ami", "--env", "example")
-    assert proc.returncode != 0
-    assert "not available yet" in proc.stderr
+@pytest.mark.parametrize("args", [["sweep", "--env", "local"], ["test-ami", "--env", "local", "--ami", "ami-1"],
+                                  ["build-ami", "--env", "local", "--dry-run"]])
+def test_aws_only_flags_and_tasks_are_refused_for_the_local_twin(args):
+    proc = inv(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "AWS" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_validate_passes_on_the_shipped_environments_and_names_every_check():
