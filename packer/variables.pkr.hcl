@@ -70,7 +70,7 @@ variable "nextcloud_image" {
 
 variable "nextcloud_version" {
   type        = string
-  description = "Nextcloud version of nextcloud_image, e.g. 29.0.7."
+  description = "Nextcloud version of nextcloud_image, e.g. 34.0.3."
 }
 
 variable "docker_version" {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -247,8 +248,8 @@ class Node:
         start = text.index("$OC_Version = array(")
         end = text.index(");", start)
         vf.write_text(text[:start] + f"$OC_Version = array({', '.join(map(str, version))}" + text[end:])
-        vf.write_text(vf.read_text().replace("$OC_VersionString = '29.0.7'",
-                                             f"$OC_VersionString = '{'.'.join(map(str, version[:3]))}'"))
+        vf.write_text(re.sub(r"\$OC_VersionString = '[^']*'",
+                             f"$OC_VersionString = '{'.'.join(map(str, version[:3]))}'", vf.read_text()))
 
     def stop(self) -> None:
         for p in self.procs:

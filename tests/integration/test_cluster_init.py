@@ -31,7 +31,7 @@ from conftest import (
 pytestmark = pytest.mark.integration
 
 NODES = 8
-NEWER = (29, 0, 8, 1)
+NEWER = (34, 0, 4, 1)
 
 
 def effective_identity(node) -> dict[str, str]:
@@ -60,19 +60,19 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
     rows = query(pg, "SELECT state, instanceid, version, installed_at = updated_at, identity_digest "
                      "FROM nextcloud_cluster_state")
     # installed_at = updated_at: the joiners wrote nothing.
-    assert [r[:4] for r in rows] == [("installed", IDENTITY["NEXTCLOUD_INSTANCEID"], "29.0.7.1", True)]
+    assert [r[:4] for r in rows] == [("installed", IDENTITY["NEXTCLOUD_INSTANCEID"], "34.0.3.1", True)]
     # The install itself ran with the cluster identity, not the installer's fresh random salt/secret.
-    assert installs[0][3] == f"installed 29.0.7.1 identity={rows[0][4]}"
+    assert installs[0][3] == f"installed 34.0.3.1 identity={rows[0][4]}"
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
 
     identities = {json.dumps(effective_identity(n)) for n in nodes}
     assert len(identities) == 1
     instanceid, salt, secret, installed, version = json.loads(identities.pop())
     assert (instanceid, salt, secret) == tuple(IDENTITY.values())  # not the installer's random ones
-    assert installed is True and version == "29.0.7.1"
+    assert installed is True and version == "34.0.3.1"
     for n in nodes:
-        assert n.readyz_cli() == {"ready": True, "code": "ready", "reason": "", "version": "29.0.7.1",
-                                  "versionstring": "29.0.7"}
+        assert n.readyz_cli() == {"ready": True, "code": "ready", "reason": "", "version": "34.0.3.1",
+                                  "versionstring": "34.0.3"}
 
 
 def test_install_leaves_no_config_or_secret_in_the_webroot(make_node, pg):
@@ -142,7 +142,7 @@ def test_newer_code_without_permission_is_not_ready_and_writes_nothing(make_node
         procs.append(n.start_init())
     for n in nodes:
         state = n.wait_state("upgrade_pending")
-        assert "29.0.8.1" in state["reason"] and "29.0.7.1" in state["reason"]
+        assert "34.0.4.1" in state["reason"] and "34.0.3.1" in state["reason"]
         assert "NEXTCLOUD_ALLOW_UPGRADE" in state["reason"]
     time.sleep(1.5)  # several more decision rounds under the lock
     for n in nodes:
@@ -166,11 +166,11 @@ def test_newer_code_with_permission_upgrades_exactly_once_across_concurrent_star
         assert rc == 0, f"{node.name}: {out}"
     upgrades = [c for c in occ_calls(pg, "upgrade") if c[3].startswith("upgraded")]
     assert len(upgrades) == 1, occ_calls(pg, "upgrade")
-    assert upgrades[0][3] == "upgraded 29.0.7.1 -> 29.0.8.1"
-    assert query(pg, "SELECT version, versionstring FROM nextcloud_cluster_state") == [("29.0.8.1", "29.0.8")]
+    assert upgrades[0][3] == "upgraded 34.0.3.1 -> 34.0.4.1"
+    assert query(pg, "SELECT version, versionstring FROM nextcloud_cluster_state") == [("34.0.4.1", "34.0.4")]
     assert len(occ_calls(pg, "maintenance:install")) == 1
     for n in nodes:
-        assert n.readyz_cli()["version"] == "29.0.8.1"
+        assert n.readyz_cli()["version"] == "34.0.4.1"
 
 
 @pytest.mark.parametrize("override", [
@@ -277,7 +277,7 @@ def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_no
     victim.wait_state("upgrading")
     time.sleep(0.5)
     result = old.readyz_cli()
-    assert result["code"] == "cluster_busy" and "upgrading to 29.0.8.1" in result["reason"], result
+    assert result["code"] == "cluster_busy" and "upgrading to 34.0.4.1" in result["reason"], result
     kill_node(victim)
 
     nodes = [make_node(f"r{i}") for i in range(3)]
@@ -287,10 +287,10 @@ def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_no
         results = list(pool.map(lambda n: n.run_init(timeout=60, NEXTCLOUD_ALLOW_UPGRADE="1"), nodes))
     assert all(rc == 0 for rc, _ in results), results
     calls = occ_calls(pg, "upgrade")
-    assert [c[3] for c in calls if c[2] == 0] == ["upgraded 29.0.7.1 -> 29.0.8.1"]
+    assert [c[3] for c in calls if c[2] == 0] == ["upgraded 34.0.3.1 -> 34.0.4.1"]
     assert [c[2] for c in calls if c[2] != 0] == [None]  # the killed one never finished
     assert query(pg, "SELECT state, version, target_version FROM nextcloud_cluster_state") == [
-        ("installed", "29.0.8.1", None)]
+        ("installed", "34.0.4.1", None)]
     result = old.readyz_cli()
     assert result["code"] == "cluster_changed", result
 
@@ -344,6 +344,6 @@ def test_operator_occ_runs_against_a_root_owned_read_only_config(make_node, pg, 
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert status["installed"] is True and status["versionstring"] == "29.0.7", status
+    assert status["installed"] is True and status["versionstring"] == "34.0.3", status
     assert {f.name: (f.read_bytes(), f.stat().st_uid) for f in cfg.iterdir()} == before
     assert not list(Path("/dev/shm").glob("nextcloud-occ.*")), "the private config dir was not removed"

@@ -43,7 +43,7 @@ def wait_for(node, status: int, timeout: float = 20) -> dict:
 def test_ready_when_installed_and_everything_reachable(ready_node):
     status, body = ready_node.readyz_http()
     assert status == 200
-    assert body == {"ready": True, "code": "ready", "reason": "", "version": "29.0.7.1", "versionstring": "29.0.7"}
+    assert body == {"ready": True, "code": "ready", "reason": "", "version": "34.0.3.1", "versionstring": "34.0.3"}
 
 
 def test_not_installed(make_node):
@@ -68,18 +68,18 @@ def _maintenance_off(node, pg, redis):
 
 
 def _newer_code(node, pg, redis):
-    node.set_code_version((29, 0, 8, 1))
+    node.set_code_version((34, 0, 4, 1))
 
 
 def _same_code(node, pg, redis):
-    node.set_code_version((29, 0, 7, 1))
+    node.set_code_version((34, 0, 3, 1))
 
 
 # (name, break, expected code, words the reason must contain, repair)
 CASES = [
     ("maintenance", _maintenance_on, "maintenance", ["maintenance mode is on"], _maintenance_off),
     ("upgrade pending", _newer_code, "upgrade_pending",
-     ["upgrade pending", "29.0.8.1", "newer than installed 29.0.7.1"], _same_code),
+     ["upgrade pending", "34.0.4.1", "newer than installed 34.0.3.1"], _same_code),
     ("db down", lambda n, pg, r: pg.stop(), "db_unreachable", ["database unreachable"], lambda n, pg, r: pg.start()),
     ("redis down", lambda n, pg, r: r.stop(), "redis_unreachable", ["redis unreachable"],
      lambda n, pg, r: r.start()),

@@ -87,7 +87,7 @@ def test_defaults_fill_what_the_file_leaves_out():
 def test_fingerprint_changes_with_what_defines_the_image(tmp_path):
     base = settings()
     fp = render_all(ROOT, base)[FINGERPRINT]
-    newer = settings(sets=["nextcloud.image=nextcloud-standin:29.0.8-apache", "nextcloud.version=29.0.8"])
+    newer = settings(sets=["nextcloud.image=nextcloud-standin:34.0.4-apache", "nextcloud.version=34.0.4"])
     assert render_all(ROOT, newer)[FINGERPRINT] != fp
     other_db = settings(sets=["database.host=10.0.2.3"])
     assert render_all(ROOT, other_db)[FINGERPRINT] != fp, "the non-secret environment is baked into the image"

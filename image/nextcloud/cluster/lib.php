@@ -80,7 +80,7 @@ function configBool(array $config, string $key): bool {
 	return (bool)$v;
 }
 
-/** Code version from version.php: ['version' => '29.0.7.1', 'versionstring' => '29.0.7']. */
+/** Code version from version.php: ['version' => '34.0.3.1', 'versionstring' => '34.0.3']. */
 function codeVersion(?string $webroot = null): array {
 	$file = ($webroot ?? webroot()) . '/version.php';
 	if (!is_file($file)) {

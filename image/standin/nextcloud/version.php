@@ -1,11 +1,11 @@
 <?php
 // TEST FIXTURE (stand-in Nextcloud code tree, see README.md): the same variables as Nextcloud's version.php.
-$OC_Version = array(29, 0, 7, 1);
-$OC_VersionString = '29.0.7';
+$OC_Version = array(34, 0, 3, 1);
+$OC_VersionString = '34.0.3';
 $OC_Edition = '';
 $OC_Channel = 'stable';
 $OC_VersionCanBeUpgradedFrom = array(
-	'nextcloud' => array('28.0' => true, '29.0' => true),
+	'nextcloud' => array('33.0' => true, '34.0' => true),
 	'owncloud' => array('10.13' => true),
 );
 $OC_Build = 'stand-in test fixture, no Nextcloud code';
