@@ -674,6 +674,7 @@ fetch_image_sources() {
   install -d -m 0700 "${staging}"
   curl -fsS --retry 5 "${base_url}/image.tar.gz" | tar -xz -C "${staging}"
   curl -fsS --retry 5 -o "${staging}/nextcloud.env" "${base_url}/nextcloud.env"
+  curl -fsS --retry 5 -o "${staging}/secret-references.json" "${base_url}/secret-references.json"
   curl -fsS --retry 5 -o "${staging}/standin.tar.gz" "${base_url}/standin.tar.gz"
 }
 
@@ -1277,7 +1278,8 @@ def _measure_seed(
     serve = workdir / "serve"
     serve.mkdir()
     (serve / "image.tar.gz").write_bytes(image_sources_tarball(inputs.root / "image"))
-    shutil.copyfile(inputs.root / "build" / inputs.settings.name / "nextcloud.env", serve / "nextcloud.env")
+    for rendered in ("nextcloud.env", "secret-references.json"):
+        shutil.copyfile(inputs.root / "build" / inputs.settings.name / rendered, serve / rendered)
     try:
         os.link(archive, serve / "standin.tar.gz")
     except OSError:

@@ -145,6 +145,12 @@ build {
     destination = "${local.staging_dir}/nextcloud.env"
   }
 
+  # The secret reference grammar the boot-time resolver reads (generated from render/secret_refs.py).
+  provisioner "file" {
+    source      = "${var.build_dir}/secret-references.json"
+    destination = "${local.staging_dir}/secret-references.json"
+  }
+
   # Local twin only: no registry, so the stand-in base image comes as an archive.
   provisioner "file" {
     only        = ["qemu.nextcloud"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from render.secret_refs import SECRET_VARIABLES, render_contract
 from render.settings import Settings, secret_ref_kind
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -19,20 +20,15 @@ IMAGE_TREES = ("image", "packer")
 _IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", "packer_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".swp", "~")
 
-# Environment variable names the secrets are delivered as (the contract with the image's resolver and init).
-SECRET_VARIABLES = {
-    "db_password": "NEXTCLOUD_DB_PASSWORD",
-    "redis_password": "NEXTCLOUD_REDIS_PASSWORD",
-    "instanceid": "NEXTCLOUD_INSTANCEID",
-    "passwordsalt": "NEXTCLOUD_PASSWORDSALT",
-    "secret": "NEXTCLOUD_SECRET",
-    "admin_password": "NEXTCLOUD_ADMIN_PASSWORD",
-}
-
+# SECRET_VARIABLES (settings field → the environment variable the secret is delivered as) is part of the secret
+# contract with the image's resolver, defined in render/secret_refs.py (imported above, also for code importing it
+# from here).
 USER_DATA = "user-data.yaml"
 PACKER_VARS = "packer-vars.json"
 NEXTCLOUD_ENV = "nextcloud.env"
 FINGERPRINT = "fingerprint"
+# The secret reference grammar the image's resolver parses user data with (render/secret_refs.py); baked in.
+SECRET_REFERENCES = "secret-references.json"
 
 
 def _jinja() -> Environment:
@@ -189,7 +185,11 @@ def render_all(root: Path, s: Settings, resolved: ResolvedInputs | None = None) 
     ``resolved`` carries what infra/ looked up before a bake (the exact base image); without it the fingerprint
     covers the settings and the trees only, which is what ``inv render`` shows offline.
     """
-    build_inputs = {PACKER_VARS: render_packer_vars(s, resolved), NEXTCLOUD_ENV: render_nextcloud_env(s)}
+    build_inputs = {
+        PACKER_VARS: render_packer_vars(s, resolved),
+        NEXTCLOUD_ENV: render_nextcloud_env(s),
+        SECRET_REFERENCES: render_contract(),
+    }
     return {
         **build_inputs,
         USER_DATA: render_user_data(s),

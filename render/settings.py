@@ -9,7 +9,10 @@ Layering, lowest to highest precedence:
   4. environment variables ``NCIMAGE_<SECTION>__<KEY>`` (values parsed as TOML when they parse, else strings),
   5. command-line flags ``--set section.key=value`` (same value parsing).
 
-Every error names the field (as a dotted path), where the bad value came from, and how to fix it.
+Every error names the field (as a dotted path), where the bad value came from, and how to fix it; none quotes a
+secret. Rules every field inherits (a new section gets them by subclassing ``render.sections.Section``, here
+``_Section``): no control characters in any string, anywhere; no unknown keys; no type coercion. Cross-field rules
+raise ``FieldProblems`` so each problem still names its own key.
 """
 
 from __future__ import annotations
@@ -18,47 +21,49 @@ import difflib
 import ipaddress
 import os
 import re
-import tomllib
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from render.rules import (
+    S3_NAMING_RULES,
+    image_version_problem,
+    parse_image_reference,
+    s3_bucket_problem,
+    trusted_proxy_problem,
+)
+from render.secret_refs import FORMS_HELP, MAY_BE_EMPTY, InvalidReference, classify
+from render.secret_refs import REGION as _REGION_PATTERN
+from render.sections import FieldProblems, matching
+from render.sections import Section as _Section
 from render.stack_outputs import StackOutputsError, outputs_path, read_outputs, stack_layer
 from render.stack_settings import Stack
+from render.toml_source import TomlProblem, parse_file
+from render.toml_source import parse_value as _parse_toml_value
 
 ENV_PREFIX = "NCIMAGE_"
 ENVIRONMENTS_DIR = "environments"
 
-# A reference is resolved on the instance at boot; only the local twin may carry a literal value.
-_SECRETSMANAGER_ARN = re.compile(
-    r"^arn:aws[a-z-]*:secretsmanager:[a-z]{2}(-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
-)
-_SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:parameter/[A-Za-z0-9/_.-]+$")
-_SSM_NAME = re.compile(r"^ssm:/[A-Za-z0-9/_.-]+$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
-_DIGEST_PINNED = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})@sha256:(?P<digest>[0-9a-f]{64})$"
-)
-_TAGGED = re.compile(  # used with fullmatch: `$` would let a trailing newline through
-    r"(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
-)
+# Every pattern is used with fullmatch: Python's `$` also matches before a final newline.
+_REGION = re.compile(_REGION_PATTERN)
 _SSM_PARAMETER = re.compile(r"/[A-Za-z0-9/_.-]{1,1010}")
-_IMAGE_REF = re.compile(
-    r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
-)
-_FLOATING_TAGS = {"latest", "stable", "production", "apache", "fpm", "fpm-alpine"}
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
-_AWS_NAME = re.compile(r"^[A-Za-z0-9()./_-]{3,128}$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.(nano|micro|small|medium|large|metal|\d*xlarge)$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
+_AWS_NAME = re.compile(r"[A-Za-z0-9()./_-]{3,128}")
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\d[a-z0-9-]*\.(nano|micro|small|medium|large|metal|\d*xlarge)")
 
 
 class SettingsError(Exception):
@@ -70,25 +75,12 @@ class SettingsError(Exception):
         super().__init__(f"{source}: invalid settings\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-SecretRef = Annotated[str, Field(min_length=1)]
+SecretRef = str
 
 
 def secret_ref_kind(ref: str) -> str:
     """Classify a secret reference: 'literal', 'secretsmanager' or 'ssm'; raise ValueError with a fix otherwise."""
-    if ref.startswith("literal:"):
-        return "literal"
-    if _SECRETSMANAGER_ARN.match(ref):
-        return "secretsmanager"
-    if _SSM_ARN.match(ref) or _SSM_NAME.match(ref):
-        return "ssm"
-    raise ValueError(
-        "not a secret reference: use a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME), "
-        "an SSM parameter (ssm:/path/name or its ARN), or, in the local environment only, literal:VALUE"
-    )
+    return classify(ref).kind
 
 
 class BaseImage(_Section):
@@ -108,16 +100,22 @@ class BaseImage(_Section):
 
 class Nextcloud(_Section):
     image: str = Field(description="Nextcloud image reference; AWS environments pin it by digest")
-    version: str = Field(pattern=r"^\d+\.\d+\.\d+$", description="Nextcloud version the image carries")
+    version: Annotated[
+        str, matching(r"\d+\.\d+\.\d+", "must be a Nextcloud release such as 34.0.3 (major.minor.patch)")
+    ] = Field(description="Nextcloud version the image carries")
 
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if not _IMAGE_REF.match(v):
-            raise ValueError(
-                "not an image reference: use repo:tag@sha256:<64 hex>, e.g. nextcloud:29.0.7-apache@sha256:…"
-            )
+        parse_image_reference(v)
         return v
+
+    @model_validator(mode="after")
+    def _tag_agrees_with_version(self) -> Nextcloud:
+        problem = image_version_problem(parse_image_reference(self.image), self.version)
+        if problem:
+            raise FieldProblems([("image", problem)])
+        return self
 
 
 class Docker(_Section):
@@ -143,7 +141,7 @@ class Site(_Section):
     @field_validator("domain")
     @classmethod
     def _domain(cls, v: str) -> str:
-        if not _HOSTNAME.match(v):
+        if not _HOSTNAME.fullmatch(v):
             raise ValueError("must be a DNS name or IP address such as cloud.example.com")
         return v
 
@@ -151,19 +149,21 @@ class Site(_Section):
     @classmethod
     def _domains(cls, v: list[str]) -> list[str]:
         for d in v:
-            host = d.split(":", 1)[0] if d.count(":") == 1 else d
-            if not (_HOSTNAME.match(host) or _is_ip(host)):
-                raise ValueError(f"{d!r} is not a DNS name or IP address")
+            host, _, port = d.partition(":") if d.count(":") == 1 else (d, "", "")
+            if not (_HOSTNAME.fullmatch(host) or _is_ip(host)) or (port and not _port_ok(port)):
+                raise ValueError(
+                    f"{d!r} is not a DNS name or IP address (with an optional port 1-65535); write e.g. "
+                    "cloud.example.com"
+                )
         return v
 
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
         for cidr in v:
-            try:
-                ipaddress.ip_network(cidr, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a CIDR ({exc}); write e.g. 10.0.0.0/16") from None
+            problem = trusted_proxy_problem(cidr)
+            if problem:
+                raise ValueError(problem)
         return v
 
 
@@ -176,35 +176,47 @@ class S3(_Section):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
-            raise ValueError("must be a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        problem = s3_bucket_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(
+                f"{v!r} is not a valid S3 bucket name: it {problem}; choose a name such as example-nextcloud-primary "
+                f"(S3's rules: {S3_NAMING_RULES})"
+            )
         return v
 
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
-        if v is not None and not _REGION.match(v):
+        if v is not None and not _REGION.fullmatch(v):
             raise ValueError("must be an AWS region such as eu-central-1")
         return v
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?", v):
-            raise ValueError("must be an http(s) URL such as https://s3.eu-central-1.amazonaws.com")
+        m = re.fullmatch(r"https?://(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?/?", v) if v is not None else None
+        if v is not None and not (m and _port_ok(m["port"]) and (_HOSTNAME.fullmatch(m["host"]) or _is_ip(m["host"]))):
+            raise ValueError("must be an http(s) URL such as https://s3.eu-central-1.amazonaws.com (a port 1-65535)")
         return v
+
+
+PostgresName = Annotated[
+    str,
+    matching(r"[A-Za-z_][A-Za-z0-9_]{0,62}", "must be a PostgreSQL name: a letter or _, then up to 62 letters, digits "
+             "or _ (e.g. nextcloud)"),
+]
 
 
 class Database(_Section):
     host: str
     port: int = Field(default=5432, ge=1, le=65535)
-    name: str = Field(default="nextcloud", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-    user: str = Field(default="nextcloud", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    name: PostgresName = "nextcloud"
+    user: PostgresName = "nextcloud"
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if not (_HOSTNAME.match(v) or _is_ip(v)):
+        if not (_HOSTNAME.fullmatch(v) or _is_ip(v)):
             raise ValueError("must be a DNS name or IP address (the RDS endpoint)")
         return v
 
@@ -217,13 +229,16 @@ class Redis(_Section):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if not (_HOSTNAME.match(v) or _is_ip(v)):
+        if not (_HOSTNAME.fullmatch(v) or _is_ip(v)):
             raise ValueError("must be a DNS name or IP address (the ElastiCache endpoint)")
         return v
 
 
 class Secrets(_Section):
-    """References resolved at boot by the instance role; literals only in the local environment."""
+    """References resolved at boot by the instance role; literals only in the local environment.
+
+    The grammar is render/secret_refs.py, the same the image's resolver reads: what passes here parses at boot.
+    """
 
     db_password: SecretRef
     redis_password: SecretRef = "literal:"
@@ -234,13 +249,24 @@ class Secrets(_Section):
 
     @field_validator("*")
     @classmethod
-    def _ref(cls, v: str) -> str:
-        secret_ref_kind(v)
+    def _ref(cls, v: str, info: ValidationInfo) -> str:
+        try:
+            ref = classify(v)
+        except InvalidReference as exc:
+            raise ValueError(str(exc)) from None
+        if ref.kind == "literal" and not ref.literal and info.field_name not in MAY_BE_EMPTY:
+            allowed = " and ".join(MAY_BE_EMPTY)
+            raise ValueError(
+                f"the literal value is empty; write literal:<value>, or reference the secret (only {allowed} may "
+                "be empty, meaning no password)"
+            )
         return v
 
 
 class Cluster(_Section):
-    admin_user: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    admin_user: Annotated[
+        str, matching(r"[A-Za-z0-9_.@-]{1,64}", "must be 1-64 letters, digits and _.@- (e.g. admin)")
+    ] = "admin"
     allow_install: bool = Field(default=True, description="an instance may install Nextcloud on an empty database")
     allow_upgrade: bool = Field(default=False, description="an instance may upgrade the database to its code")
 
@@ -251,7 +277,7 @@ class LaunchTemplate(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _AWS_NAME.match(v):
+        if v is not None and not _AWS_NAME.fullmatch(v):
             raise ValueError("must be 3-128 characters of letters, digits and ()./_-")
         return v
 
@@ -296,7 +322,9 @@ class Rollout(_Section):
 
 
 class Ami(_Section):
-    name_prefix: str = Field(default="nextcloud", pattern=r"^[A-Za-z0-9()./_-]{3,100}$")
+    name_prefix: Annotated[
+        str, matching(r"[A-Za-z0-9()./_-]{3,100}", "must be 3-100 letters, digits and ()./_- (e.g. nextcloud-prod)")
+    ] = "nextcloud"
     retention: int = Field(default=3, ge=1, le=100, description="AMIs kept per environment when pruning")
     regions: list[str] = Field(default_factory=list, description="extra regions to copy the AMI to")
     root_volume_size_gb: int = Field(default=8, ge=4, le=1024)
@@ -318,8 +346,10 @@ class Ami(_Section):
     @classmethod
     def _regions(cls, v: list[str]) -> list[str]:
         for r in v:
-            if not _REGION.match(r):
+            if not _REGION.fullmatch(r):
                 raise ValueError(f"{r!r} is not an AWS region such as eu-west-1")
+            if v.count(r) > 1:
+                raise ValueError(f"{r!r} is listed twice; list each region once")
         return v
 
 
@@ -408,21 +438,19 @@ class Settings(_Section):
     ami: Ami = Ami()
     stack: Stack = Stack()
     bake: Bake = Bake()
-    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=dict
-    )
+    tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError("must be 2-32 lowercase letters, digits and hyphens, starting with a letter")
         return v
 
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if not _REGION.match(v):
+        if not _REGION.fullmatch(v):
             raise ValueError("must be an AWS region such as eu-central-1")
         return v
 
@@ -436,16 +464,20 @@ class Settings(_Section):
     @field_validator("instance_type")
     @classmethod
     def _instance_type(cls, v: str) -> str:
-        if not _INSTANCE_TYPE.match(v):
+        if not _INSTANCE_TYPE.fullmatch(v):
             raise ValueError("must be an EC2 instance type such as t3.medium")
         return v
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
+        for key, value in v.items():
+            if not 1 <= len(key) <= 128:
+                raise ValueError(f"tag key {key[:40]!r} is {len(key)} characters; EC2 tag keys are 1 to 128: rename it")
             if key.lower().startswith("aws:"):
                 raise ValueError(f"tag key {key!r} uses the reserved 'aws:' prefix; rename it")
+            if len(value) > 256:
+                raise ValueError(f"the value of tag {key!r} is {len(value)} characters; EC2 allows 256: shorten it")
         return v
 
     @model_validator(mode="after")
@@ -459,8 +491,8 @@ class Settings(_Section):
             problems.append(("base_image.name_filter", "required for AWS: e.g. 'debian-12-amd64-*'"))
         # A versioned tag without a digest is accepted: build-ami resolves its digest on the host before the bake
         # (infra/image_digest.py) and bakes and fingerprints the pinned reference.
-        m = _DIGEST_PINNED.match(self.nextcloud.image) or _TAGGED.fullmatch(self.nextcloud.image)
-        if not m:
+        image = parse_image_reference(self.nextcloud.image)
+        if image.digest is None and image.tag is None:
             problems.append(
                 (
                     "nextcloud.image",
@@ -469,11 +501,20 @@ class Settings(_Section):
                     "(find it with `docker buildx imagetools inspect nextcloud:TAG`)",
                 )
             )
-        elif m["tag"] in _FLOATING_TAGS or not re.match(r"^\d", m["tag"]):
+        elif image.tag is None:
             problems.append(
                 (
                     "nextcloud.image",
-                    f"floating tag {m['tag']!r}; use a versioned tag such as "
+                    f"{self.nextcloud.image!r} is pinned by digest but has no tag; write "
+                    f"{image.repository}:{self.nextcloud.version}-apache@sha256:{image.digest} (the tag says which "
+                    "release the digest is, and is checked against nextcloud.version)",
+                )
+            )
+        elif image.tag_version is None:
+            problems.append(
+                (
+                    "nextcloud.image",
+                    f"floating tag {image.tag!r}; use a versioned tag such as "
                     f"{self.nextcloud.version}-apache with its digest",
                 )
             )
@@ -482,8 +523,8 @@ class Settings(_Section):
         if not self.s3.bucket:
             problems.append(("s3.bucket", "required for AWS: the primary object storage bucket"))
         for field in Secrets.model_fields:
-            ref = getattr(self.secrets, field)
-            if secret_ref_kind(ref) == "literal" and ref != "literal:":
+            ref = classify(getattr(self.secrets, field))
+            if ref.kind == "literal" and ref.literal:
                 problems.append(
                     (
                         f"secrets.{field}",
@@ -491,8 +532,6 @@ class Settings(_Section):
                         "or SSM and reference it (arn:aws:secretsmanager:… or ssm:/…)",
                     )
                 )
-        if self.secrets.redis_password == "literal:" and self.redis.tls:
-            pass  # ElastiCache with TLS but without AUTH is legal.
         if not self.bake.subnet_id:
             problems.append(("bake.subnet_id", "required for AWS: the subnet the bake instance runs in, e.g. "
                              "'subnet-0123456789abcdef0' (the stack's BakeSubnetId output)"))
@@ -501,14 +540,12 @@ class Settings(_Section):
         if not self.autoscaling.group_name:
             problems.append(("autoscaling.group_name", "required for AWS: the Auto Scaling group to refresh"))
         if problems:
-            raise _AwsRuleErrors(problems)
+            raise FieldProblems(problems)
         return self
 
 
-class _AwsRuleErrors(ValueError):
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+def _port_ok(port: str | None) -> bool:
+    return port is None or (port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def _is_ip(v: str) -> bool:
@@ -536,23 +573,39 @@ def available_environments(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / ENVIRONMENTS_DIR).glob("*.toml"))
 
 
-def parse_value(raw: str) -> Any:
-    """Parse an override the way TOML would (numbers, booleans, arrays, quoted strings); else keep the string."""
+def parse_value(raw: str, where: str = "value") -> Any:
+    """Parse an override the way TOML would (numbers, booleans, arrays, quoted strings); else keep the string.
+
+    Raises SettingsError (naming ``where``) only for a value nested too deeply to parse.
+    """
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+        return _parse_toml_value(raw, where)
+    except TomlProblem as exc:
+        raise SettingsError(where, exc.problems) from None
+
+
+def _how_to_write(origin: str) -> str:
+    if origin.startswith(ENV_PREFIX):
+        return "write NCIMAGE_SECTION__KEY=value, e.g. NCIMAGE_DATABASE__PORT=5433"
+    if origin.startswith("--set"):
+        return "write --set section.key=value, e.g. --set database.port=5433"
+    return "use a dotted section.key"
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, origin: str, origins: dict[str, str]) -> None:
     parts = dotted.split(".")
     if not all(parts):
-        raise SettingsError(origin, [f"{dotted!r}: empty key segment; write section.key=value"])
+        raise SettingsError(origin, [f"{dotted!r} (from {origin}): empty key segment; {_how_to_write(origin)}"])
     node = data
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SettingsError(origin, [f"{dotted}: {part!r} is a value, not a section; fix the key path"])
+            section = ".".join(parts[:depth])
+            raise SettingsError(
+                origin,
+                [f"{dotted} (from {origin}): {section} is a value, not a section; set {section} itself, "
+                 f"or fix the key path ({_how_to_write(origin)})"],
+            )
         node = child
     node[parts[-1]] = value
     origins[dotted] = origin
@@ -564,7 +617,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            found.append((dotted, parse_value(environ[name]), name))
+            found.append((dotted, parse_value(environ[name], f"{dotted} (from {name})"), name))
     return found
 
 
@@ -574,8 +627,10 @@ def flag_overrides(items: Iterable[str]) -> list[tuple[str, Any, str]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise SettingsError("--set", [f"{item!r}: expected section.key=value, e.g. --set database.port=5433"])
-        found.append((key.strip(), parse_value(raw), f"--set {key.strip()}"))
+            shown = reprlib.repr(item)
+            raise SettingsError("--set", [f"{shown}: expected section.key=value, e.g. --set database.port=5433"])
+        origin = f"--set {key.strip()}"
+        found.append((key.strip(), parse_value(raw, f"{key.strip()} (from {origin})"), origin))
     return found
 
 
@@ -598,7 +653,8 @@ def load_settings(
     source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", env):
         raise SettingsError(
-            "--env", [f"{env!r} is not an environment name; use one of: {', '.join(available_environments(root))}"]
+            "--env",
+            [f"{reprlib.repr(env)} is not an environment name; use one of: {', '.join(available_environments(root))}"],
         )
     if not path.is_file():
         known = ", ".join(available_environments(root)) or "none"
@@ -609,17 +665,10 @@ def load_settings(
                 f"(copy environments/example.toml to {source} to create one)"
             ],
         )
-    text = path.read_bytes()
-    if not text.strip():
-        raise SettingsError(source, ["the file is empty; start from environments/example.toml"])
     try:
-        data = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SettingsError(source, ["not UTF-8 text; save the file as UTF-8"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(
-            source, [f"not valid TOML: {exc}; fix the syntax (see environments/example.toml)"]
-        ) from None
+        data = parse_file(path.read_bytes())
+    except TomlProblem as exc:
+        raise SettingsError(source, exc.problems) from None
 
     origins: dict[str, str] = {}
     stack_file = outputs_path(root, env)
@@ -633,8 +682,9 @@ def load_settings(
     for dotted, value, origin in layered:
         _set_path(data, dotted, value, origin, origins)
 
-    if data.get("name") not in (None, env) and "name" not in origins:
-        raise SettingsError(source, [f"name: is {data.get('name')!r} but the file is {env}.toml; make them match"])
+    name = data.get("name")
+    if isinstance(name, str) and name != env and "name" not in origins:
+        raise SettingsError(source, [f"name: is {reprlib.repr(name)} but the file is {env}.toml; make them match"])
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -658,11 +708,51 @@ def _model_for(path: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in path:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
+        sections = [a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return None
+        model = sections[0]
     return model
+
+
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 80, 80, 6, 6
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> str:
+    """A bad value as a message may show it: shortened, and never the value of a secret."""
+    if loc and loc[0] == "secrets":
+        return type(value).__name__
+    return f"{type(value).__name__} {_SHORT.repr(value)}"
+
+
+def _env_name_hint(origin: str | None) -> str:
+    """For NCIMAGE_DATABASE_PORT: the double-underscore spelling of a variable whose key is unknown."""
+    if not origin or not origin.startswith(ENV_PREFIX) or "__" in origin:
+        return ""
+    words = origin[len(ENV_PREFIX) :].split("_")
+    for i in range(1, len(words)):
+        section, key = "_".join(words[:i]).lower(), "_".join(words[i:]).lower()
+        model = _model_for((section,))
+        if model is not None and key in model.model_fields:
+            return f" (NCIMAGE_ variables separate section and key with a double underscore: {ENV_PREFIX}" \
+                   f"{'_'.join(words[:i])}__{'_'.join(words[i:])})"
+    return " (NCIMAGE_ variables separate section and key with a double underscore: NCIMAGE_SECTION__KEY)"
+
+
+def _quote_hint(loc: tuple[Any, ...], origin: str | None, value: Any) -> str:
+    """A number, boolean or date where a string belongs (34.0, 123456789012): say how to write it as a string."""
+    if isinstance(value, str | dict | list):
+        return ""
+    if loc and loc[0] == "secrets":
+        return f"; write the reference as a quoted string: {FORMS_HELP}"
+    if origin and origin.startswith((ENV_PREFIX, "--set")):
+        return f"; the value was read as TOML: quote it to keep a string, e.g. {origin}='\"{value}\"'"
+    if not loc or origin:
+        return ""
+    return f'; quote it to make it a string: "{value}"' if isinstance(loc[-1], int) else (
+        f'; quote it to make it a string: {loc[-1]} = "{value}"'
+    )
 
 
 def _explain(exc: ValidationError, data: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
@@ -671,11 +761,15 @@ def _explain(exc: ValidationError, data: Mapping[str, Any], origins: Mapping[str
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _AwsRuleErrors):
-            lines.extend(f"{f}: {m}" for f, m in ctx_error.problems)
+        if isinstance(ctx_error, FieldProblems):
+            prefix = "".join(f"{p}." for p in loc)
+            lines.extend(f"{prefix}{f}: {m}" for f, m in ctx_error.problems)
             continue
-        dotted = ".".join(str(p) for p in loc) or "(file)"
+        item = next((p for p in loc if isinstance(p, int)), None)
+        dotted = ".".join(str(p) for p in loc if not isinstance(p, int)) or "(file)"
         origin = origins.get(dotted)
+        if item is not None:
+            dotted += f" (item {item + 1})"
         where = f" (from {origin})" if origin else ""
         kind = err["type"]
         if kind == "missing":
@@ -689,16 +783,25 @@ def _explain(exc: ValidationError, data: Mapping[str, Any], origins: Mapping[str
             known = sorted(parent_model.model_fields) if parent_model else []
             guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"did you mean {guess[0]!r}? " if guess else ""
-            lines.append(f"{dotted}{where}: unknown key; {hint}remove it (known keys here: {', '.join(known)})")
+            lines.append(
+                f"{dotted}{where}: unknown key; {hint}remove it (known keys here: {', '.join(known)})"
+                + _env_name_hint(origin)
+            )
         elif kind == "model_type":
-            lines.append(f"{dotted}{where}: must be a table ([{dotted}] section), not {type(err['input']).__name__}")
+            lines.append(
+                f"{dotted}{where}: must be a table ([{dotted}] section), not {type(err['input']).__name__}"
+            )
         elif kind == "literal_error":
-            lines.append(f"{dotted}{where}: {err['msg'].replace('Input should be', 'must be')}; got {err['input']!r}")
+            lines.append(
+                f"{dotted}{where}: {err['msg'].replace('Input should be', 'must be')}; got {_shown(loc, err['input'])}"
+            )
         elif kind == "value_error":
             lines.append(f"{dotted}{where}: {str(ctx_error or err['msg']).removeprefix('Value error, ')}")
         elif kind.endswith("_type") or kind.endswith("_parsing"):
             want = err["msg"].replace("Input should be", "must be")
-            lines.append(f"{dotted}{where}: {want}; got {type(err['input']).__name__} {err['input']!r}")
+            hint = _quote_hint(loc, origin, err["input"]) if kind == "string_type" else ""
+            lines.append(f"{dotted}{where}: {want}; got {_shown(loc, err['input'])}{hint}")
         else:
-            lines.append(f"{dotted}{where}: {err['msg']}; got {err['input']!r}")
+            want = err["msg"].replace("Input should be", "must be")
+            lines.append(f"{dotted}{where}: {want}; got {_shown(loc, err['input'])}")
     return lines

@@ -10,14 +10,18 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-_CERTIFICATE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:certificate/[0-9a-f-]{36}$")
-_TOPIC = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}$")
+from render.rules import s3_bucket_problem
+from render.sections import Section
+
+# Used with fullmatch: `$` would also match before a final newline.
+_CERTIFICATE = re.compile(r"arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:certificate/[0-9a-f-]{36}")
+_TOPIC = re.compile(r"arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}")
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class _Part(Section):
+    """A part of [stack]: the rules every settings section follows (render/sections.py)."""
 
 
 class StackDatabase(_Part):
@@ -95,7 +99,7 @@ class Stack(_Part):
     @field_validator("certificate_arn")
     @classmethod
     def _certificate(cls, v: str | None) -> str | None:
-        if v is not None and not _CERTIFICATE.match(v):
+        if v is not None and not _CERTIFICATE.fullmatch(v):
             raise ValueError("must be an ACM certificate ARN: arn:aws:acm:REGION:ACCOUNT:certificate/UUID")
         return v
 
@@ -109,14 +113,15 @@ class Stack(_Part):
     @field_validator("access_logs_bucket")
     @classmethod
     def _bucket(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
-            raise ValueError("must be an S3 bucket name")
+        problem = s3_bucket_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(f"{v!r} is not a valid S3 bucket name: it {problem}")
         return v
 
     @field_validator("alarm_topic_arn")
     @classmethod
     def _topic(cls, v: str | None) -> str | None:
-        if v is not None and not _TOPIC.match(v):
+        if v is not None and not _TOPIC.fullmatch(v):
             raise ValueError("must be an SNS topic ARN: arn:aws:sns:REGION:ACCOUNT:NAME")
         return v
 

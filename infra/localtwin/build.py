@@ -39,7 +39,7 @@ from infra.packer import PackerError, run_packer_build
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ONLY = "qemu.nextcloud"
 QCOW2_NAME = "nextcloud.qcow2"
-RENDERED = ("packer-vars.json", "nextcloud.env", "fingerprint")
+RENDERED = ("packer-vars.json", "nextcloud.env", "secret-references.json", "fingerprint")
 
 Log = Callable[[str], None]
 

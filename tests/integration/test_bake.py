@@ -163,6 +163,7 @@ def rendered(tmp_path: Path) -> Path:
     env_dir.mkdir()
     (env_dir / "packer-vars.json").write_text("{}")
     (env_dir / "nextcloud.env").write_text("NEXTCLOUD_DB_HOST=10.0.2.2\n")
+    (env_dir / "secret-references.json").write_text("{}\n")
     (env_dir / "fingerprint").write_text(FINGERPRINT + "\n")
     return tmp_path
 

@@ -333,7 +333,7 @@ def test_noop_is_refused_when_a_rebuild_would_bake(tmp_path):
     fp = "1" * 64
     art = build_dir / "artifacts" / fp
     art.mkdir(parents=True)
-    for name in ("packer-vars.json", "nextcloud.env"):
+    for name in ("packer-vars.json", "nextcloud.env", "secret-references.json"):
         (build_dir / name).write_text("{}\n")
     (build_dir / "fingerprint").write_text(fp + "\n")
     files = {name: art / name for name in ("nextcloud.qcow2", "vmlinuz", "initrd.img")}

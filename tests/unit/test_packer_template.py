@@ -21,6 +21,7 @@ from infra.packer import (
     read_manifest,
     run_packer_build,
 )
+from render.secret_refs import render_contract
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKER_DIR = ROOT / "packer"
@@ -54,6 +55,7 @@ def build_dir(tmp_path: Path) -> Path:
     """A build dir with the rendered files and the qemu inputs infra passes with -var."""
     (tmp_path / "packer-vars.json").write_text(json.dumps(SAMPLE_VARS))
     (tmp_path / "nextcloud.env").write_text("NEXTCLOUD_DB_HOST=db\n")
+    (tmp_path / "secret-references.json").write_text(render_contract())
     for name in ("disk.raw", "vmlinuz", "initrd.img", "standin.tar.gz"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "seed").mkdir()

@@ -31,6 +31,7 @@ import pytest
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from render.outputs import SECRET_VARIABLES
+from render.secret_refs import render_contract
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS = REPO / "image" / "rootfs"
@@ -106,6 +107,10 @@ class Run:
 def resolver(tmp_path: Path) -> Callable[..., Run]:
     """Write instance.json (a dict, or raw text) and run the real script on it."""
 
+    # The contract the image carries: `inv render` writes it, the bake installs it, the resolver reads it.
+    contract = tmp_path / "secret-references.json"
+    contract.write_text(render_contract(), encoding="utf-8")
+
     def run(
         doc: dict[str, Any] | str,
         *,
@@ -128,6 +133,7 @@ def resolver(tmp_path: Path) -> Callable[..., Run]:
             "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
             "AWS_EC2_METADATA_DISABLED": "true",
+            "NEXTCLOUD_SECRET_REFERENCES": str(contract),
         }
         base_env.update(env or {})
         command = [python, *python_flags, str(SCRIPT), "--instance-json", str(instance_json)]
@@ -235,8 +241,11 @@ def test_world_readable_instance_json_is_warned_about(resolver):
 
 def test_missing_instance_json_is_a_clear_error(tmp_path):
     missing = tmp_path / "nope.json"
+    contract = tmp_path / "secret-references.json"
+    contract.write_text(render_contract())
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--instance-json", str(missing), "--output", str(tmp_path / "out.env")],
+        [sys.executable, str(SCRIPT), "--instance-json", str(missing), "--output", str(tmp_path / "out.env"),
+         "--references", str(contract)],
         capture_output=True,
         text=True,
         check=False,
@@ -251,7 +260,10 @@ def test_paths_can_come_from_the_environment(tmp_path):
     instance_json.write_text(json.dumps(instance_doc()), encoding="utf-8")
     instance_json.chmod(0o600)
     output = tmp_path / "env" / "runtime.env"
-    env = dict(os.environ, NEXTCLOUD_INSTANCE_JSON=str(instance_json), NEXTCLOUD_RUNTIME_ENV=str(output))
+    contract = tmp_path / "secret-references.json"
+    contract.write_text(render_contract())
+    env = dict(os.environ, NEXTCLOUD_INSTANCE_JSON=str(instance_json), NEXTCLOUD_RUNTIME_ENV=str(output),
+               NEXTCLOUD_SECRET_REFERENCES=str(contract))
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert output.exists()

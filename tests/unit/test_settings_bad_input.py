@@ -3,10 +3,13 @@ and nothing written under build/. Runs the real `inv render` front door in a scr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,7 @@ DIGEST = "@sha256:" + "0" * 64
 CASES = [
     ("empty-file", "", {}, [], "empty", "example.toml"),
     ("whitespace-only", "  \n\n", {}, [], "empty", "example.toml"),
-    ("not-toml", "name = \n[[[", {}, [], "not valid TOML", "fix the syntax"),
+    ("not-toml", "name = \n[[[", {}, [], "not valid TOML", "strings need quotes"),
     ("not-utf8", b"name = '\xff\xfe'".decode("latin-1"), {}, [], "UTF-8", "save the file"),
     ("missing-name", aws('name = "example"\n', ""), {}, [], "name: required field is missing", "add `name"),
     ("missing-builder", aws('builder = "aws"', ""), {}, [], "builder: required field is missing", "add `builder"),
@@ -44,11 +47,11 @@ CASES = [
     ("unknown-top-key", aws('builder = "aws"', 'builder = "aws"\nbuidler = "aws"'), {}, [], "buidler",
      "did you mean 'builder'"),
     ("unknown-section-key", aws("tls = true", "tls = true\ntsl = true"), {}, [], "redis.tsl", "did you mean 'tls'"),
-    ("floating-latest", aws("nextcloud:29.0.7-apache" + DIGEST, "nextcloud:latest"), {}, [], "nextcloud.image",
+    ("floating-latest", aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud:latest"), {}, [], "nextcloud.image",
      "floating tag 'latest'"),
-    ("floating-tag-without-digest", aws("nextcloud:29.0.7-apache" + DIGEST, "nextcloud:apache"), {}, [],
+    ("floating-tag-without-digest", aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud:apache"), {}, [],
      "nextcloud.image", "floating tag 'apache'"),
-    ("no-tag-no-digest", aws("nextcloud:29.0.7-apache" + DIGEST, "nextcloud"), {}, [],
+    ("no-tag-no-digest", aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud"), {}, [],
      "nextcloud.image", "repo:tag@sha256"),
     ("bake-subnet-missing", aws('subnet_id = "subnet-0123456789abcdef0"', ""), {}, [], "bake.subnet_id",
      "BakeSubnetId"),
@@ -60,9 +63,9 @@ CASES = [
      "bake.ssh_interface", "public_ip"),
     ("ssm-parameter-reserved", aws('# ssm_parameter = "/nextcloud/example/ami-id"', 'ssm_parameter = "/aws/x"'),
      {}, [], "ami.ssm_parameter", "not under /aws"),
-    ("latest-with-digest", aws("nextcloud:29.0.7-apache" + DIGEST, "nextcloud:latest" + DIGEST), {}, [],
+    ("latest-with-digest", aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud:latest" + DIGEST), {}, [],
      "nextcloud.image", "floating tag 'latest'"),
-    ("not-an-image-ref", aws("nextcloud:29.0.7-apache" + DIGEST, "Next Cloud!"), {}, [], "nextcloud.image",
+    ("not-an-image-ref", aws("nextcloud:34.0.3-apache" + DIGEST, "Next Cloud!"), {}, [], "nextcloud.image",
      "repo:tag@sha256"),
     ("invalid-region", aws('region = "eu-central-1"\n', 'region = "europe-middle"\n'), {}, [], "region",
      "such as eu-central-1"),
@@ -73,9 +76,9 @@ CASES = [
                                    'nextcloud/db-password-AbCdEf"', 'db_password = "literal:hunter2"'),
      {}, [], "secrets.db_password", "Secrets Manager"),
     ("unknown-secret-scheme", aws('instanceid = "ssm:/nextcloud/example/instanceid"', 'instanceid = "vault:x"'),
-     {}, [], "secrets.instanceid", "ssm:/path/name"),
+     {}, [], "secrets.instanceid", "ssm:/<name>"),
     ("plain-secret-value", local('db_password = "literal:local-only-db-password"', 'db_password = "hunter2"'),
-     {}, [], "secrets.db_password", "literal:VALUE"),
+     {}, [], "secrets.db_password", "literal:<value>"),
     ("invalid-builder", aws('builder = "aws"', 'builder = "gcp"'), {}, [], "builder", "'local' or 'aws'"),
     ("invalid-instance-type", aws('instance_type = "t3.medium"', 'instance_type = "huge"'), {}, [],
      "instance_type", "such as t3.medium"),
@@ -102,7 +105,7 @@ CASES = [
      "http(s) URL"),
     ("bad-domain", aws('domain = "cloud.example.com"', 'domain = "not a domain!"'), {}, [], "site.domain",
      "cloud.example.com"),
-    ("short-version", aws('version = "29.0.7"', 'version = "29"'), {}, [], "nextcloud.version", "pattern"),
+    ("short-version", aws('version = "34.0.3"', 'version = "29"'), {}, [], "nextcloud.version", "such as 34.0.3"),
     ("aws-without-launch-template", aws('[launch_template]\nname = "nextcloud-example"', "[launch_template]"),
      {}, [], "launch_template.name", "launch template the rollout versions"),
     ("section-is-value", aws("[redis]", 'redis = "localhost"\n[redis_old]'), {}, [], "redis", "remove it"),
@@ -114,11 +117,202 @@ CASES = [
      "CIDR"),
 ]
 
+DEEP = 3000  # far past any real setting, and past the depth at which Python's TOML parser runs out of stack
 
-@pytest.fixture(scope="module")
-def scratch_project(tmp_path_factory) -> Path:
+
+def deep_array(depth: int = DEEP) -> str:
+    return "[" * depth + "]" * depth
+
+
+def deep_table(depth: int = DEEP) -> str:
+    return "{a = " * depth + "1" + "}" * depth
+
+
+# Each class of hole found by trying malformed files as a new user would (issue 10 §4). The whole class is fixed,
+# so each has several members, in the file, in NCIMAGE_* variables and in --set flags.
+CONTROL_CHARACTERS = [
+    ("newline-end-of-domain", aws('domain = "cloud.example.com"', 'domain = "cloud.example.com\\n"'), {}, [],
+     "site.domain", "line feed (U+000A) at the end"),
+    ("newline-end-of-version", aws('version = "34.0.3"', 'version = "34.0.3\\n"'), {}, [], "nextcloud.version",
+     "remove it"),
+    ("newline-end-of-bucket", aws('bucket = "example-nextcloud-primary"', 'bucket = "example-nextcloud-primary\\n"'),
+     {}, [], "s3.bucket", "line feed"),
+    ("newline-end-of-name-prefix", aws('name_prefix = "nextcloud-example"', 'name_prefix = "nextcloud-example\\n"'),
+     {}, [], "ami.name_prefix", "remove it"),
+    ("multiline-string-domain", aws('domain = "cloud.example.com"', 'domain = """cloud.example.com\n"""'), {}, [],
+     "site.domain", "line feed"),
+    ("carriage-return-in-host", aws('.euc1.cache.amazonaws.com"', '.euc1.cache.amazonaws.com\\r"'), {}, [],
+     "redis.host", "carriage return"),
+    ("tab-in-tag-value", aws('owner = "platform-team"', 'owner = "platform\\tteam"'), {}, [], "tags", "'owner'"),
+    ("escape-in-db-user", aws('user = "nextcloud"', 'user = "nextcloud\\u001b[31m"'), {}, [], "database.user",
+     "escape"),
+    ("nul-escape-in-domain", aws('domain = "cloud.example.com"', 'domain = "cloud\\u0000.example.com"'), {}, [],
+     "site.domain", "NUL"),
+    ("line-separator-in-filter", aws('name_filter = "debian-12-amd64-*"', 'name_filter = "debian-12-amd64-*\\u2028"'),
+     {}, [], "base_image.name_filter", "U+2028"),
+    ("newline-in-proxy-item", aws('["10.0.0.0/16"]', '["10.0.0.0/16\\n"]'), {}, [], "site.trusted_proxies",
+     "item 1"),
+    ("newline-in-secret-reference", aws('instanceid = "ssm:/nextcloud/example/instanceid"',
+                                        'instanceid = "ssm:/nextcloud/example/instanceid\\n"'), {}, [],
+     "secrets.instanceid", "remove it"),
+    ("newline-in-literal-secret", local('admin_password = "literal:local-only-admin-password"',
+                                        'admin_password = "literal:local-only-admin-password\\n"'), {}, [],
+     "secrets.admin_password", "line feed"),
+    ("newline-in-stack-section", aws('# name = "nextcloud-example"', 'name = "nextcloud-example\\n"'), {}, [],
+     "stack.name", "line feed"),
+    ("newline-in-bake-section", aws('subnet_id = "subnet-0123456789abcdef0"',
+                                    'subnet_id = "subnet-0123456789abcdef0\\n"'), {}, [], "bake.subnet_id",
+     "line feed"),
+    ("newline-in-stack-output-override", EXAMPLE, {"NCIMAGE_STACK__DATABASE__INSTANCE_CLASS": "db.t4g.medium\n"}, [],
+     "stack.database.instance_class", "line feed"),
+    ("env-var-trailing-newline", EXAMPLE, {"NCIMAGE_SITE__DOMAIN": "cloud.example.com\n"}, [],
+     "site.domain (from NCIMAGE_SITE__DOMAIN)", "line feed"),
+    ("flag-trailing-newline", EXAMPLE, {}, ["redis.host=cache.example.com\n"], "redis.host (from --set redis.host)",
+     "line feed"),
+]
+
+S3_BUCKET_NAMES = [
+    (f"bucket-{label}", aws('bucket = "example-nextcloud-primary"', f'bucket = "{name}"'), {}, [], "s3.bucket", why)
+    for label, name, why in [
+        ("ip-address", "192.168.5.4", "IP address"),
+        ("xn-prefix", "xn--nextcloud", "xn--"),
+        ("sthree-prefix", "sthree-nextcloud", "sthree-"),
+        ("amzn-demo-prefix", "amzn-s3-demo-nextcloud", "amzn-s3-demo-"),
+        ("s3alias-suffix", "nextcloud-s3alias", "-s3alias"),
+        ("ol-s3-suffix", "nextcloud--ol-s3", "--ol-s3"),
+        ("mrap-suffix", "nextcloud.mrap", ".mrap"),
+        ("directory-suffix", "nextcloud--usw2-az1--x-s3", "--x-s3"),
+        ("table-suffix", "nextcloud--table-s3", "--table-s3"),
+        ("adjacent-periods", "nextcloud..primary", "two adjacent periods"),
+        ("hyphen-before-period", "nextcloud-.primary", "next to a period"),
+        ("period-before-hyphen", "nextcloud.-primary", "next to a period"),
+        ("too-long", "n" * 64, "3 to 63"),
+        ("too-short", "nc", "3 to 63"),
+        ("ends-with-hyphen", "nextcloud-", "begin and end"),
+        ("underscore", "nextcloud_primary", "lowercase letters"),
+    ]
+]
+
+TRUSTED_PROXIES = [
+    (f"proxy-{label}", aws('["10.0.0.0/16"]', f'["{cidr}"]'), {}, [], "site.trusted_proxies", why)
+    for label, cidr, why in [
+        ("whole-internet-v4", "0.0.0.0/0", "X-Forwarded-For"),
+        ("whole-internet-v6", "::/0", "X-Forwarded-For"),
+        ("half-the-internet", "0.0.0.0/1", "public"),
+        ("public-range", "52.0.0.0/8", "public"),
+        ("public-host", "8.8.8.8", "10.0.0.0/16"),
+        ("ipv4-mapped-everything", "::ffff:0:0/96", "public"),
+        ("public-v6-wider-than-a-vpc", "2600::/16", "/48"),
+        ("link-local", "169.254.0.0/16", "public"),
+    ]
+] + [
+    ("proxy-whole-internet-from-flag", LOCAL, {}, ["site.trusted_proxies=['0.0.0.0/0']"],
+     "site.trusted_proxies (from --set site.trusted_proxies)", "public"),
+]
+
+SECRET_REFERENCES = [
+    ("empty-literal-local", local('db_password = "literal:local-only-db-password"', 'db_password = "literal:"'),
+     {}, [], "secrets.db_password", "empty"),
+    ("empty-literal-aws", aws('db_password = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:'
+                              'nextcloud/db-password-AbCdEf"', 'db_password = "literal:"'), {}, [],
+     "secrets.db_password", "empty"),
+    ("empty-secret-string", aws('instanceid = "ssm:/nextcloud/example/instanceid"', 'instanceid = ""'), {}, [],
+     "secrets.instanceid", "ssm:/<name>"),
+    ("ssm-double-slash", aws('instanceid = "ssm:/nextcloud/example/instanceid"', 'instanceid = "ssm://nextcloud/x"'),
+     {}, [], "secrets.instanceid", "ssm:/<name>"),
+    ("ssm-trailing-slash", aws('instanceid = "ssm:/nextcloud/example/instanceid"',
+                               'instanceid = "ssm:/nextcloud/example/"'), {}, [], "secrets.instanceid", "ssm:/<name>"),
+    ("arn-short-account", aws("eu-central-1:123456789012:secret:nextcloud/db-password",
+                              "eu-central-1:12345678901:secret:nextcloud/db-password"), {}, [],
+     "secrets.db_password", "12-digit account"),
+    ("arn-bad-secret-name", aws("secret:nextcloud/db-password-AbCdEf", "secret:nextcloud/db!password"), {}, [],
+     "secrets.db_password", "Secrets Manager ARN"),
+    ("secret-as-number", aws('instanceid = "ssm:/nextcloud/example/instanceid"', "instanceid = 12345"), {}, [],
+     "secrets.instanceid", "ssm:/<name>"),
+]
+
+IMAGE_AND_VERSION = [
+    ("tag-disagrees-with-version", aws('"nextcloud:34.0.3-apache', '"nextcloud:33.0.2-apache'), {}, [],
+     "nextcloud.image", "make them agree"),
+    ("version-disagrees-with-tag", aws('version = "34.0.3"', 'version = "34.0.4"'), {}, [], "nextcloud.image",
+     "make them agree"),
+    ("version-from-env-disagrees", EXAMPLE, {"NCIMAGE_NEXTCLOUD__VERSION": "33.0.2"}, [], "nextcloud.image",
+     "make them agree"),
+    ("local-tag-disagrees", local("nextcloud-standin:34.0.3-apache", "nextcloud-standin:33.0.2-apache"), {}, [],
+     "nextcloud.image", "make them agree"),
+    ("release-line-tag", aws('"nextcloud:34.0.3-apache', '"nextcloud:34-apache'), {}, [], "nextcloud.image",
+     "full version tag"),
+    ("fpm-variant", aws('"nextcloud:34.0.3-apache', '"nextcloud:34.0.3-fpm'), {}, [], "nextcloud.image",
+     "apache variant"),
+    ("digest-without-tag", aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud" + DIGEST), {}, [], "nextcloud.image",
+     "has no tag"),
+    ("short-digest", aws(DIGEST, "@sha256:" + "0" * 63), {}, [], "nextcloud.image", "64 hex"),
+]
+
+FILE_AND_PARSER = [
+    ("deeply-nested-array", aws("regions = []", f"regions = {deep_array()}"), {}, [], "ami.regions", "nested"),
+    ("deeply-nested-inline-table", aws('project = "nextcloud"', f"project = {deep_table()}"), {}, [],
+     "tags.project", "nested"),
+    ("deeply-nested-env-var", LOCAL, {"NCIMAGE_AMI__REGIONS": deep_array()}, [],
+     "ami.regions (from NCIMAGE_AMI__REGIONS)", "nested"),
+    ("deeply-nested-flag", LOCAL, {}, [f"ami.regions={deep_array()}"], "ami.regions (from --set ami.regions)",
+     "nested"),
+    ("deep-dotted-key", aws("[tags]", "[tags]\n" + ".".join(["x"] * DEEP) + " = 1"), {}, [], "tags.x",
+     "remove it"),
+    ("duplicate-key", aws("port = 5432", "port = 5432\nport = 5433"), {}, [], "database.port", "set twice"),
+    ("duplicate-table", aws("[redis]", "[redis]\ntls = true\n[redis]"), {}, [], "[redis]", "appears twice"),
+    ("raw-nul-byte", aws("port = 5432", "port = 54\x0032"), {}, [], "database.port", "NUL"),
+    ("raw-bell-after-value", aws("port = 5432", "port = 5432  # \x07"), {}, [], "database.port", "delete it"),
+    ("lone-carriage-return", aws("port = 5432", "port = 5432\r # old Mac line end"), {}, [], "database.port",
+     "carriage return"),
+    ("utf8-bom", "\ufeff" + EXAMPLE, {}, [], "BOM", "without BOM"),
+    ("utf16-file", EXAMPLE.encode("utf-16"), {}, [], "UTF-16", "save it as UTF-8"),
+    ("latin1-value", EXAMPLE.encode().replace(b'domain = "cloud.example.com"', b'domain = "caf\xe9.example.com"', 1),
+     {}, [], "site.domain", "UTF-8"),
+    ("huge-file", EXAMPLE + "#" * (2 * 1024 * 1024), {}, [], "MiB", "right file"),
+    ("unquoted-string", aws('domain = "cloud.example.com"', "domain = cloud.example.com"), {}, [], "site.domain",
+     "strings need quotes"),
+    ("missing-equals", aws('domain = "cloud.example.com"', 'domain "cloud.example.com"'), {}, [], "site.domain",
+     "key = value"),
+    ("name-is-a-list", aws('name = "example"', 'name = ["example"]'), {}, [], "name", "must be a valid string"),
+]
+
+OVERRIDES = [
+    ("env-var-single-underscore", LOCAL, {"NCIMAGE_DATABASE_PORT": "5433"}, [], "NCIMAGE_DATABASE_PORT",
+     "NCIMAGE_DATABASE__PORT"),
+    ("env-var-empty-key", LOCAL, {"NCIMAGE_DATABASE__": "5433"}, [], "NCIMAGE_DATABASE__", "NCIMAGE_SECTION__KEY"),
+    ("env-var-number-for-string", EXAMPLE, {"NCIMAGE_NEXTCLOUD__VERSION": "34.0"}, [],
+     "nextcloud.version (from NCIMAGE_NEXTCLOUD__VERSION)", "quote it"),
+    ("flag-empty-key-segment", LOCAL, {}, ["database..port=1"], "database..port", "section.key=value"),
+    ("flag-into-a-value", LOCAL, {}, ["site.domain.name=x"], "site.domain", "not a section"),
+    ("flag-number-for-string", LOCAL, {}, ["redis.host=10"], "redis.host (from --set redis.host)", "quote it"),
+]
+
+OTHER_VALUES = [
+    ("endpoint-port-too-big", aws("path_style = false", 'path_style = false\nendpoint = "https://s3.example.com:99999"'),
+     {}, [], "s3.endpoint", "port 1-65535"),
+    ("trusted-domain-port-too-big", aws('trusted_domains = ["cloud.example.com"]',
+                                        'trusted_domains = ["cloud.example.com:99999"]'), {}, [],
+     "site.trusted_domains", "port 1-65535"),
+    ("empty-tag-key", aws('project = "nextcloud"', '"" = "nextcloud"'), {}, [], "tags", "1 to 128"),
+    ("tag-value-too-long", aws('project = "nextcloud"', f'project = "{"x" * 300}"'), {}, [], "tags",
+     "shorten it"),
+    ("region-listed-twice", aws("regions = []", 'regions = ["eu-west-1", "eu-west-1"]'), {}, [], "ami.regions",
+     "list each region once"),
+    ("account-id-as-number", aws('instance_type = "t3.medium"', 'instance_type = "t3.medium"\n'
+                                 "account_id = 123456789012"), {}, [], "account_id",
+     'account_id = "123456789012"'),
+    ("list-item-wrong-type", aws("regions = []", 'regions = ["eu-west-1", 5]'), {}, [], "ami.regions (item 2)",
+     'quote it'),
+]
+
+CASES += CONTROL_CHARACTERS + S3_BUCKET_NAMES + TRUSTED_PROXIES + SECRET_REFERENCES + IMAGE_AND_VERSION
+CASES += FILE_AND_PARSER + OVERRIDES + OTHER_VALUES
+
+
+def make_project(root: Path) -> Path:
     """A copy of the project's front door with its own environments/ and build/, so bad files touch nothing real."""
-    root = tmp_path_factory.mktemp("project")
+    root.mkdir(parents=True)
     shutil.copy(ROOT / "tasks.py", root / "tasks.py")
     for tree in ("render", "image", "packer", "infra"):
         if (ROOT / tree).exists():
@@ -127,27 +321,98 @@ def scratch_project(tmp_path_factory) -> Path:
     return root
 
 
-def test_there_are_at_least_30_cases():
+@pytest.fixture(scope="module")
+def scratch_project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("scratch") / "project")
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory) -> dict[str, Rendered]:
+    """Every case through `inv render`, each in its own scratch project, a few at a time (it is mostly the
+    interpreter starting: the cores are the limit)."""
+    base = tmp_path_factory.mktemp("cases")
+
+    def run(case: tuple) -> tuple[str, Rendered]:
+        name, content, environ, sets = case[:4]
+        if name == "not-utf8":
+            content = content.encode("latin-1")
+        return name, render_in(make_project(base / name), content, environ, sets)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return dict(pool.map(run, CASES))
+
+
+def test_there_are_cases_of_every_class():
     assert len(CASES) >= 30
     assert len({c[0] for c in CASES}) == len(CASES)
+    for group in (CONTROL_CHARACTERS, S3_BUCKET_NAMES, TRUSTED_PROXIES, SECRET_REFERENCES, IMAGE_AND_VERSION,
+                  FILE_AND_PARSER, OVERRIDES, OTHER_VALUES):
+        assert len(group) >= 5
 
 
-@pytest.mark.parametrize(("case", "content", "environ", "sets", "field", "fix"), CASES, ids=[c[0] for c in CASES])
-def test_bad_environment_is_refused(scratch_project, case, content, environ, sets, field, fix):
-    env_name = "example" if content is not LOCAL and "builder = \"local\"" not in content else "local"
-    env_file = scratch_project / "environments" / f"{env_name}.toml"
-    env_file.write_bytes(content.encode("latin-1") if case == "not-utf8" else content.encode())
+@dataclass
+class Rendered:
+    returncode: int
+    message: str
+    wrote: bool
+
+
+def render_in(project: Path, content: str | bytes, environ: dict[str, str], sets: list[str]) -> Rendered:
+    """Write ``content`` as the environment file and run `inv render` on it the way a user would; whatever it
+    wrote is recorded, then removed, so one accepted case cannot spoil the next."""
+    is_local = content is LOCAL or (isinstance(content, str) and 'builder = "local"' in content)
+    env_name = "local" if is_local else "example"
+    env_file = project / "environments" / f"{env_name}.toml"
+    env_file.write_bytes(content if isinstance(content, bytes) else content.encode())
     cmd = [sys.executable, "-m", "invoke", "render", "--env", env_name]
     for item in sets:
         cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NCIMAGE_")} | environ
     try:
-        proc = subprocess.run(cmd, cwd=scratch_project, capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env, timeout=60)
     finally:
         env_file.unlink()
-    message = proc.stdout + proc.stderr
-    assert proc.returncode != 0, message
+    wrote = (project / "build").exists()
+    shutil.rmtree(project / "build", ignore_errors=True)
+    return Rendered(proc.returncode, proc.stdout + proc.stderr, wrote)
+
+
+@pytest.mark.parametrize(("case", "field", "fix"), [(c[0], c[4], c[5]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_environment_is_refused(refusals, case, field, fix):
+    result = refusals[case]
+    message = result.message
+    assert result.returncode != 0, message
     assert field in message, message
     assert fix in message, message
     assert "Traceback" not in message, message
-    assert not (scratch_project / "build").exists(), "a refused environment must not write anything"
+    assert len(message) < 4000, "a refusal is a few lines, not a dump of the value"
+    assert not result.wrote, "a refused environment must not write anything"
+
+
+def test_a_digest_pinned_reference_without_a_tag_is_not_called_unpinned(scratch_project):
+    result = render_in(scratch_project, aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud" + DIGEST), {}, [])
+    assert result.returncode != 0
+    assert "not pinned by digest" not in result.message
+    assert "nextcloud:34.0.3-apache" + DIGEST in result.message, "the fix is the reference to write"
+
+
+def test_a_bom_is_named_as_such(scratch_project):
+    result = render_in(scratch_project, "\ufeff" + EXAMPLE, {}, [])
+    assert result.returncode != 0
+    assert "byte-order mark (BOM)" in result.message and "Invalid statement" not in result.message
+
+
+@pytest.mark.parametrize("secret", ["hunter2-canary-7f3a", "literal:hunter2-canary-7f3a\n"])
+def test_refusals_never_echo_a_secret_value(scratch_project, secret):
+    content = aws('instanceid = "ssm:/nextcloud/example/instanceid"', f"instanceid = {json.dumps(secret)}")
+    for environ, sets in (({}, []), ({"NCIMAGE_SECRETS__ADMIN_PASSWORD": secret}, []),
+                          ({}, [f"secrets.passwordsalt={secret}"])):
+        result = render_in(scratch_project, content, environ, sets)
+        assert result.returncode != 0 and "secrets.instanceid" in result.message, result.message
+        assert "hunter2" not in result.message, result.message
+
+
+def test_a_duplicate_key_names_its_line_and_key(scratch_project):
+    content = aws("port = 5432", "port = 5432\nport = 5433")
+    line = next(i for i, text in enumerate(content.splitlines(), start=1) if text.startswith("port = 5433"))
+    assert f"line {line}" in render_in(scratch_project, content, {}, []).message
