@@ -8,12 +8,14 @@ from pathlib import Path
 from invoke import Collection, Context, Exit, task
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 ROOT = Path(__file__).resolve().parent
 # Defaults live here and only here; `invoke.yaml` or INVOKE_PIPELINE_* variables can override them.
 DEFAULTS = {"pipeline": {"env": "local", "instances": 1, "bench_runs": 3}}
 
 console = Console(stderr=False, highlight=False)
+warnings_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ENV_HELP = "environment name: environments/<env>.toml (default: local, the QEMU twin that needs no AWS account)"
 SET_HELP = "override one setting, e.g. --set database.port=5433 (repeatable; wins over NCIMAGE_* variables)"
@@ -27,9 +29,12 @@ def _load(c: Context, env: str | None, sets: list[str] | None):
     from render.settings import SettingsError, load_settings
 
     try:
-        return load_settings(ROOT, _env(c, env), sets=sets or [])
+        loaded = load_settings(ROOT, _env(c, env), sets=sets or [])
     except SettingsError as exc:
         raise Exit(f"error: {exc}\nNothing was written.", code=2) from None
+    for warning in loaded.warnings:  # e.g. the pinned Nextcloud is past its end of life: said, never fatal
+        warnings_console.print(Text.assemble(("warning: ", "bold yellow"), warning))
+    return loaded
 
 
 def _not_yet(what: str, why: str) -> None:

@@ -24,6 +24,7 @@ import re
 import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -36,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from render import nextcloud_releases
 from render.rules import (
     S3_NAMING_RULES,
     image_version_problem,
@@ -558,11 +560,12 @@ def _is_ip(v: str) -> bool:
 
 @dataclass(frozen=True)
 class Loaded:
-    """Validated settings plus where they came from (for messages and provenance)."""
+    """Validated settings plus where they came from (for messages and provenance) and warnings to show the user."""
 
     settings: Settings
     path: Path
     origins: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
 
 
 def environment_path(root: Path, env: str) -> Path:
@@ -642,11 +645,13 @@ def load_settings(
     sets: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
     stack_pending: bool = False,
+    today: date | None = None,
 ) -> Loaded:
     """Load and validate environment ``env`` from ``root/environments``, layering env vars, flags and overrides.
 
     ``overrides`` (dotted key → value) is for programs, e.g. test-ami's canary secrets; it wins over everything.
     ``stack_pending`` is for deploy-stack before the stack exists: what the stack will provide gets placeholders.
+    ``today`` dates the end-of-life check of the pinned Nextcloud (default: the system date).
     Raises SettingsError naming each bad field and its fix; never writes anything.
     """
     path = environment_path(root, env)
@@ -689,7 +694,8 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise SettingsError(source, _explain(exc, data, origins)) from None
-    return Loaded(settings=settings, path=path, origins=origins)
+    warnings = nextcloud_releases.support_warnings(settings.nextcloud.version, today or date.today())
+    return Loaded(settings=settings, path=path, origins=origins, warnings=tuple(warnings))
 
 
 def _rel(path: Path, root: Path) -> str:
