@@ -391,6 +391,11 @@ MALFORMED = [
         _mutate(lambda d: d["secrets"].update(nextcloud_extra="literal:x")),
         "'nextcloud_extra' is not a valid name",
     ),
+    (
+        "secret-name-with-trailing-newline",
+        _mutate(lambda d: d["secrets"].update({"NEXTCLOUD_EXTRA\n": "literal:x"})),
+        "'NEXTCLOUD_EXTRA\\n' is not a valid name",
+    ),
 ]
 
 
