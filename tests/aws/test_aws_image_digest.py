@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("podman", "skopeo", "docker-registry")),
     reason="needs podman, skopeo and docker-registry (apt-get install podman skopeo docker-registry)",
 )
-TAG = "29.0.7-apache"
+TAG = "34.0.3-apache"  # agrees with environments/example.toml's nextcloud.version
 
 
 def _blob(layout: Path, data: bytes) -> dict:

@@ -57,8 +57,8 @@ def test_a_region_the_environment_does_not_run_in(aws, tmp_path, monkeypatch):
 
 def test_an_unpinned_image_with_no_engine(aws, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    settings = settings_for(aws, nextcloud__image="nextcloud:29.0.7-apache")
-    refused(aws, settings, r"nextcloud.image 'nextcloud:29.0.7-apache' is not pinned by digest and no "
+    settings = settings_for(aws, nextcloud__image="nextcloud:34.0.3-apache")
+    refused(aws, settings, r"nextcloud.image 'nextcloud:34.0.3-apache' is not pinned by digest and no "
                            r"Docker-compatible engine", tmp_path)
 
 

@@ -17,12 +17,12 @@ def example(**overrides):
 
 
 def test_a_versioned_tag_is_accepted_for_aws_build_ami_pins_it():
-    assert example(**{"nextcloud.image": "nextcloud:29.0.7-apache"}).nextcloud.image == "nextcloud:29.0.7-apache"
-    ecr = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/docker-hub/library/nextcloud:29.0.7-apache"
+    assert example(**{"nextcloud.image": "nextcloud:34.0.3-apache"}).nextcloud.image == "nextcloud:34.0.3-apache"
+    ecr = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/docker-hub/library/nextcloud:34.0.3-apache"
     assert example(**{"nextcloud.image": ecr}).nextcloud.image == ecr
 
 
-@pytest.mark.parametrize("image", ["nextcloud:29.0.7-apache\n", "nextcloud:stable", "nextcloud"])
+@pytest.mark.parametrize("image", ["nextcloud:34.0.3-apache\n", "nextcloud:stable", "nextcloud"])
 def test_unpinnable_or_floating_references_are_refused(image):
     with pytest.raises(SettingsError, match="nextcloud.image"):
         example(**{"nextcloud.image": image})
@@ -37,7 +37,8 @@ def test_bake_defaults_and_the_example():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("bake.subnet_id", "subnet-0123456789abcdef0\n", "subnet id"),
+    ("bake.subnet_id", "subnet-0123456789abcdef0\n", "line feed (U+000A) at the end"),
+    ("bake.subnet_id", "subnet-0123", "subnet id"),
     ("bake.ssh_source_cidrs", ["10.0.0.0/8"], "at most a /24"),
     ("bake.ssh_source_cidrs", ["::/0"], "at most a /24"),
     ("bake.instance_profile", "arn:aws:iam::123456789012:instance-profile/x", "not its ARN"),
