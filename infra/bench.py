@@ -2,7 +2,8 @@
 
 One run measures, one VM at a time, every boot timed from QEMU's start:
 
-* ``boot_bare_s``: the base disk (the source-AMI stand-in), boot -> SSH key login works. The floor.
+* ``boot_bare_s``: the floor: the base disk (the source-AMI stand-in) with the image's product-independent boot
+  settings written in (FLOOR_FILES: SSH host key types, journald), boot -> SSH key login works.
 * ``boot_baked_ready_s``: the baked artifact with test-ami's user data, boot -> ``GET /readyz`` 200.
 * ``boot_seed_ready_s``: the base disk with user data that does at boot what the original setup did (apt
   update + upgrade, install Docker, fetch and load the Nextcloud image, build the derived image, write its
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import http.server
 import io
 import json
@@ -639,19 +641,68 @@ def run_label(n: int, runs: int) -> str:
     return f"{n}/{runs}"
 
 
+# ---- the floor: the base disk with the image's product-independent boot settings ---------------------------
+# What the baked image changes about booting that has nothing to do with Nextcloud. Without them the bare boot
+# generates RSA 3072 and DSA host keys the baked image no longer does (~10 s under TCG) and the ratio flatters the
+# product; with them the ratio measures only what the product adds. Paths are in image/rootfs.
+FLOOR_FILES = (
+    "etc/cloud/cloud.cfg.d/50-nextcloud-image.cfg",
+    "etc/systemd/journald.conf.d/50-nextcloud-image.conf",
+)
+FLOOR_CACHE = Path("build") / "cache" / "floor"
+
+
+def _debugfs_write(disk: Path, requests: Sequence[str]) -> None:
+    proc = subprocess.run(["debugfs", "-w", "-f", "-", str(disk)], input="\n".join(requests) + "\n",
+                          capture_output=True, text=True, check=False)
+    bad = [line for line in proc.stderr.splitlines() if line.strip() and "File exists" not in line
+           and not line.startswith("debugfs ")]
+    if proc.returncode != 0 or bad:
+        raise BenchError(f"debugfs could not write the floor settings into {disk}: {'; '.join(bad)[:400]}")
+
+
+def floor_disk(root: Path, base: BootTarget, log: Log = _log) -> BootTarget:
+    """The base disk with FLOOR_FILES written in (a private copy, cached by content; the base disk is untouched)."""
+    sources = [root / "image" / "rootfs" / rel for rel in FLOOR_FILES]
+    key_src = [str(base.disk.resolve()), str(base.disk.stat().st_size), str(base.disk.stat().st_mtime_ns)]
+    key_src += [f"{rel}\0{p.read_text()}" for rel, p in zip(FLOOR_FILES, sources, strict=True)]
+    key = hashlib.sha256("\n".join(key_src).encode()).hexdigest()
+    entry = root / FLOOR_CACHE / key
+    disk = entry / "floor.raw"
+    if not disk.is_file():
+        log(f"bench: writing the floor disk (base disk + {', '.join(FLOOR_FILES)}) ...")
+        entry.mkdir(parents=True, exist_ok=True)
+        tmp = entry / f".floor-{os.getpid()}.raw"
+        subprocess.run(["cp", "--sparse=always", str(base.disk), str(tmp)], check=True)
+        requests = []
+        for rel, src in zip(FLOOR_FILES, sources, strict=True):
+            parts = rel.split("/")[:-1]
+            requests += [f"mkdir /{'/'.join(parts[:i])}" for i in range(1, len(parts) + 1)]
+            requests += [f"write {src} /{rel}", f"sif /{rel} mode 0100644", f"sif /{rel} uid 0", f"sif /{rel} gid 0"]
+        _debugfs_write(tmp, requests)
+        tmp.rename(disk)
+    return BootTarget(disk, base.kernel, base.initrd)
+
+
+def _host_key_types(inst: BenchInstance) -> dict[str, Any]:
+    r = inst.ssh("ls /etc/ssh/ | sed -n 's/^ssh_host_\\(.*\\)_key\\.pub$/\\1/p'", timeout=60)
+    return {"host_key_types": sorted(r.stdout.split())}
+
+
 # ---- seed-style boot ---------------------------------------------------------------------------------------
 SEED_SETUP = r"""#!/usr/bin/env bash
 # Benchmark only (infra/bench.py): what the original setup's user data did at every boot, so the
-# baked image can be compared with it. Update and upgrade packages, install Docker, get the
-# Nextcloud image, write its environment, start it. With no registry here the image is fetched
-# from a throwaway HTTP server on the host: the stand-in base archive is imported and the derived
-# image built, as the bake does (with a registry this would be `docker pull`). The steps reuse the
-# bake's own scripts, so they do exactly what the bake does, only at boot.
+# baked image can be compared with it. Update and upgrade packages, install Docker, pull the
+# Nextcloud image (by digest, from the twin's loopback registry), build the derived image, write
+# its environment, start it. The project's sources come from a throwaway HTTP server on the host.
+# The steps reuse the bake's own scripts, so they do exactly what the bake does, only at boot.
 set -o errexit -o nounset -o pipefail
 
 base_url="$1"
 nextcloud_image="$2"
 fingerprint="$3"
+docker_packages="$4"
+insecure_registry="$5"
 staging=/tmp/nextcloud-image
 timings=/var/log/seed-setup-timings.tsv
 export DEBIAN_FRONTEND=noninteractive
@@ -675,14 +726,14 @@ fetch_image_sources() {
   curl -fsS --retry 5 "${base_url}/image.tar.gz" | tar -xz -C "${staging}"
   curl -fsS --retry 5 -o "${staging}/nextcloud.env" "${base_url}/nextcloud.env"
   curl -fsS --retry 5 -o "${staging}/secret-references.json" "${base_url}/secret-references.json"
-  curl -fsS --retry 5 -o "${staging}/standin.tar.gz" "${base_url}/standin.tar.gz"
 }
 
 : > "${timings}"
 step apt_update_upgrade apt_update_upgrade
 step fetch_image_sources fetch_image_sources
-step install_docker env DOCKER_VERSION=debian "${staging}/scripts/install-docker.sh"
-step load_nextcloud_image env NEXTCLOUD_IMAGE="${nextcloud_image}" STANDIN_ARCHIVE="${staging}/standin.tar.gz" \
+step install_docker env DOCKER_VERSION=debian DOCKER_PACKAGES="${docker_packages}" STAGING_DIR="${staging}" \
+  "${staging}/scripts/install-docker.sh"
+step load_nextcloud_image env NEXTCLOUD_IMAGE="${nextcloud_image}" INSECURE_REGISTRY="${insecure_registry}" \
   "${staging}/scripts/cache-nextcloud-image.sh"
 step build_nextcloud_image env NEXTCLOUD_IMAGE="${nextcloud_image}" FINGERPRINT="${fingerprint}" \
   BUILD_CONTEXT="${staging}/nextcloud" "${staging}/scripts/build-nextcloud-image.sh"
@@ -694,7 +745,8 @@ step start_nextcloud systemctl start --no-block nextcloud.service
 SEED_SCRIPT_PATH = "/usr/local/sbin/seed-setup"
 
 
-def seed_user_data(base_user_data: str, base_url: str, nextcloud_image: str, fingerprint: str) -> str:
+def seed_user_data(base_user_data: str, base_url: str, nextcloud_image: str, fingerprint: str,
+                   docker_packages: str = "docker.io", insecure_registry: str = "") -> str:
     """test-ami's rendered user data plus the seed-style setup: the script and a runcmd that runs it."""
     data = yaml.safe_load(base_user_data) or {}
     if not isinstance(data, dict):
@@ -702,7 +754,8 @@ def seed_user_data(base_user_data: str, base_url: str, nextcloud_image: str, fin
     data.setdefault("write_files", []).append(
         {"path": SEED_SCRIPT_PATH, "owner": "root:root", "permissions": "0755", "content": SEED_SETUP}
     )
-    data.setdefault("runcmd", []).append([SEED_SCRIPT_PATH, base_url, nextcloud_image, fingerprint])
+    data.setdefault("runcmd", []).append(
+        [SEED_SCRIPT_PATH, base_url, nextcloud_image, fingerprint, docker_packages, insecure_registry])
     return "#cloud-config\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
@@ -715,8 +768,6 @@ def image_sources_tarball(image_dir: Path) -> bytes:
 
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for child in sorted(image_dir.iterdir()):
-            if child.name == "standin":  # the stand-in's own sources: the archive is served separately
-                continue
             tar.add(child, arcname=child.name, filter=keep)
     return buf.getvalue()
 
@@ -869,16 +920,14 @@ def noop_precondition(inputs: Inputs) -> str | None:
     Asks the bake driver's own reuse check with the current rendered fingerprint and cache keys, so the
     benchmark never starts a bake by accident when someone changed the inputs since the artifact was baked.
     """
-    from infra.localtwin import base_disk, standin
-    from infra.localtwin.build import BuildError, find_reusable_artifact, read_fingerprint
+    from infra.localtwin.build import BuildError, current_fingerprint, find_reusable_artifact
 
     build_dir = inputs.root / "build" / inputs.settings.name
     try:
-        fingerprint = read_fingerprint(build_dir)
-        keys = (base_disk.base_disk_key(), standin.standin_key())
+        fingerprint = current_fingerprint(inputs.root, inputs.settings, build_dir, log=lambda _m: None)
     except (BuildError, RuntimeError) as e:
         return f"cannot tell whether a rebuild would be a no-op: {e}"
-    if find_reusable_artifact(build_dir, fingerprint, *keys) is None:
+    if find_reusable_artifact(build_dir, fingerprint) is None:
         return (
             f"inputs changed since the artifact was baked (rendered fingerprint {fingerprint[:12]}, artifact "
             f"{inputs.fingerprint[:12]}, or the base disk / stand-in inputs): `inv build-ami` would bake, not reuse. "
@@ -1153,8 +1202,10 @@ def run_bench(
                 services_up = True
         if "bare" in chosen:
             assert user_data is not None
+            floor = floor_disk(root, inputs.base, log)
             m["boot_bare_s"] = _measure_boots(
-                "bare", "boot_bare_s", runs, lambda n: (inputs.base, user_data, None), "ssh", timeout_s, log)
+                "bare", "boot_bare_s", runs, lambda n: (floor, user_data, _host_key_types), "ssh", timeout_s, log)
+            m["boot_bare_s"]["floor_files"] = list(FLOOR_FILES)
             save()
         if "baked" in chosen:
             assert user_data is not None
@@ -1162,8 +1213,8 @@ def run_bench(
 
             def after_baked(inst: BenchInstance) -> dict[str, Any]:
                 if not image_info:
-                    image_info.update(_docker_image_sizes(inst, _nextcloud_image(inputs).removesuffix("@local")))
-                return _installed_here(inst)
+                    image_info.update(_docker_image_sizes(inst, _nextcloud_image(inputs)))
+                return {**_installed_here(inst), **_host_key_types(inst)}
 
             m["boot_baked_ready_s"] = _measure_boots(
                 "baked", "boot_baked_ready_s", runs, lambda n: (inputs.artifact, user_data, after_baked), "ready",
@@ -1270,24 +1321,28 @@ def _measure_seed(
     stack: contextlib.ExitStack, inputs: Inputs, workdir: Path, user_data: str, runs: int, timeout_s: float, log: Log
 ) -> dict[str, Any]:
     from infra.localtwin import standin
+    from infra.localtwin.registry import GUEST_REGISTRY, LoopbackRegistry, RegistryError
 
-    archive = standin.cached_standin_archive()
-    if archive is None:
-        return {"samples": [], "stats": summarize([]), "error": "the stand-in archive is not cached: run "
+    nc = inputs.settings.nextcloud
+    image = standin.cached_standin_image(nc.image, nc.version)
+    if image is None:
+        return {"samples": [], "stats": summarize([]), "error": "the stand-in image is not cached: run "
                 "`python -m infra.localtwin.standin` (or inv build-ami) first", "measured_at": _now_iso()}
+    try:
+        registry = stack.enter_context(LoopbackRegistry())
+        registry.push(image)
+    except RegistryError as e:
+        return {"samples": [], "stats": summarize([]), "error": str(e), "measured_at": _now_iso()}
     serve = workdir / "serve"
     serve.mkdir()
     (serve / "image.tar.gz").write_bytes(image_sources_tarball(inputs.root / "image"))
     for rendered in ("nextcloud.env", "secret-references.json"):
         shutil.copyfile(inputs.root / "build" / inputs.settings.name / rendered, serve / rendered)
-    try:
-        os.link(archive, serve / "standin.tar.gz")
-    except OSError:
-        shutil.copyfile(archive, serve / "standin.tar.gz")
     port = stack.enter_context(loopback_http_server(serve))
     size_gb = _root_volume_gb(inputs)
     disk = _seed_qcow2(inputs.base.disk, size_gb, workdir)
-    seed_ud = seed_user_data(user_data, f"http://{GUEST_HOST_IP}:{port}", _nextcloud_image(inputs), inputs.fingerprint)
+    seed_ud = seed_user_data(user_data, f"http://{GUEST_HOST_IP}:{port}", _nextcloud_image(inputs), inputs.fingerprint,
+                             str(_packer_vars(inputs)["docker_packages"]), GUEST_REGISTRY)
     target = BootTarget(disk, inputs.base.kernel, inputs.base.initrd)
 
     def after(inst: BenchInstance) -> dict[str, Any]:

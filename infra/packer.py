@@ -304,15 +304,15 @@ def validate_template(root: Path, var_file: Path, packer: str = "packer") -> tup
     ok = True
     with tempfile.TemporaryDirectory(prefix="packer-validate-") as tmp:
         t = Path(tmp)
-        for name in ("disk.raw", "vmlinuz", "initrd.img", "standin.tar.gz"):
+        for name in ("disk.raw", "vmlinuz", "initrd.img"):
             (t / name).write_bytes(b"placeholder")
         (t / "seed").mkdir()
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(t / "key")], check=True)
         volatile = {
             "fingerprint": fingerprint, "git_sha": "0" * 40, "build_time": "2000-01-01T00:00:00Z",
             "build_dir": str(build_dir), "output_dir": str(t / "out"), "base_disk": str(t / "disk.raw"),
-            "base_image": "placeholder", "kernel": str(t / "vmlinuz"), "initrd": str(t / "initrd.img"),
-            "standin_archive": str(t / "standin.tar.gz"), "ssh_private_key_file": str(t / "key"),
+            "kernel": str(t / "vmlinuz"), "initrd": str(t / "initrd.img"),
+            "image_upload_dir": str(root / "image"), "ssh_private_key_file": str(t / "key"),
             "bake_seed_dir": str(t / "seed"),
         }
         commands = [[packer, "fmt", "-check", "-diff", str(template)]] + [

@@ -134,9 +134,10 @@ build {
     inline = ["mkdir -p ${local.staging_dir}"]
   }
 
-  # The rootfs overlay, the Nextcloud image build context and the scripts' data.
+  # The rootfs overlay, the Nextcloud image build context and the scripts' helpers: exactly the files the
+  # fingerprint covers (render/outputs.py IMAGE_UPLOAD, staged by infra/ into image_upload_dir).
   provisioner "file" {
-    source      = "${path.root}/../image/"
+    source      = "${var.image_upload_dir}/"
     destination = local.staging_dir
   }
 
@@ -151,17 +152,14 @@ build {
     destination = "${local.staging_dir}/secret-references.json"
   }
 
-  # Local twin only: no registry, so the stand-in base image comes as an archive.
-  provisioner "file" {
-    only        = ["qemu.nextcloud"]
-    source      = var.standin_archive
-    destination = "${local.staging_dir}/standin.tar.gz"
-  }
-
   provisioner "shell" {
-    execute_command  = local.sudo_execute
-    environment_vars = concat(local.common_env, ["DOCKER_VERSION=${var.docker_version}"])
-    script           = "${path.root}/../image/scripts/install-docker.sh"
+    execute_command = local.sudo_execute
+    environment_vars = concat(local.common_env, [
+      "DOCKER_VERSION=${var.docker_version}",
+      "DOCKER_PACKAGES=${var.docker_packages}",
+      "STAGING_DIR=${local.staging_dir}",
+    ])
+    script = "${path.root}/../image/scripts/install-docker.sh"
   }
 
   provisioner "shell" {
@@ -174,7 +172,7 @@ build {
     execute_command = local.sudo_execute
     environment_vars = concat(local.common_env, [
       "NEXTCLOUD_IMAGE=${var.nextcloud_image}",
-      "STANDIN_ARCHIVE=${local.staging_dir}/standin.tar.gz",
+      "INSECURE_REGISTRY=${var.bake_insecure_registry}",
     ])
     script = "${path.root}/../image/scripts/cache-nextcloud-image.sh"
   }
@@ -210,9 +208,19 @@ build {
       "FINGERPRINT=${var.fingerprint}",
       "NEXTCLOUD_IMAGE=${var.nextcloud_image}",
       "NEXTCLOUD_VERSION=${var.nextcloud_version}",
-      "BASE_IMAGE=${var.base_image}",
+      "BASE_IMAGE=${var.source_image_id}",
+      "BASE_IMAGE_NAME=${var.source_image_name}",
+      "DOCKER_PACKAGES=${var.docker_packages}",
     ])
     script = "${path.root}/../image/scripts/write-version-info.sh"
+  }
+
+  # The artifact's provenance (installed packages, image digests) beside the manifest: infra/ summarises it there,
+  # so what changed between two images is one diff.
+  provisioner "file" {
+    direction   = "download"
+    source      = "/etc/nextcloud-image/version-info.json"
+    destination = "${var.build_dir}/version-info.json"
   }
 
   provisioner "shell" {

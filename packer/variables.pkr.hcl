@@ -78,6 +78,23 @@ variable "docker_version" {
   description = "\"debian\" for Debian's docker.io, otherwise the apt version pin of docker-ce."
 }
 
+variable "docker_packages" {
+  type        = string
+  description = "Engine packages installed at exactly these versions and held: \"name=version ...\"."
+}
+
+variable "source_image_id" {
+  type        = string
+  description = "The exact base image the bake starts from, resolved on the host: the source AMI id, or the local base disk's sha256 digest."
+  default     = ""
+}
+
+variable "source_image_name" {
+  type        = string
+  description = "Name of source_image_id (the AMI name, or the local base disk's label)."
+  default     = ""
+}
+
 variable "root_volume_size_gb" {
   type        = number
   description = "Root volume size of the image in GiB."
@@ -136,9 +153,14 @@ variable "base_disk" {
   default     = ""
 }
 
-variable "base_image" {
+variable "image_upload_dir" {
   type        = string
-  description = "Identity of the base disk recorded in version-info (qemu); empty on AWS, where the source AMI id is read from the instance metadata."
+  description = "Directory holding exactly the image/ files the fingerprint covers (render/outputs.py stage_image_upload)."
+}
+
+variable "bake_insecure_registry" {
+  type        = string
+  description = "qemu only: host:port of the twin's loopback registry, trusted without TLS during the pull only (never in the image)."
   default     = ""
 }
 
@@ -151,12 +173,6 @@ variable "kernel" {
 variable "initrd" {
   type        = string
   description = "qemu only: initrd booted with -initrd."
-  default     = ""
-}
-
-variable "standin_archive" {
-  type        = string
-  description = "qemu only: stand-in Nextcloud base archive (test fixture) loaded with docker import."
   default     = ""
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,30 @@ from render.secret_refs import SECRET_VARIABLES, render_contract
 from render.settings import Settings, secret_ref_kind
 
 TEMPLATES = Path(__file__).parent / "templates"
-# The trees whose content goes into the image; a change to any file in them is a new image.
-IMAGE_TREES = ("image", "packer")
+
+# ---- what the fingerprint covers (the one place that says it; README "The fingerprint" points here) ----------
+# The fingerprint is one sha256 that decides whether a bake would produce the same image: a scheduled rebuild whose
+# fingerprint matches an existing artifact reuses it. It covers exactly what reaches the artifact:
+#   1. IMAGE_UPLOAD: every file Packer uploads into the build VM (image/ without its READMEs; stage_image_upload()
+#      copies exactly this set for Packer's file provisioner), with its executable bit;
+#   2. the Packer template (PACKER_TEMPLATES): which scripts run, in which order, with which inputs;
+#   3. the rendered build inputs: packer-vars.json (the settings that shape the image, the exact base image the bake
+#      starts from -- the resolved source AMI id, or the local twin's base disk digest -- and the digest-pinned
+#      Nextcloud image) and nextcloud.env (the non-secret container environment baked into the image).
+# It deliberately leaves out:
+#   - secrets and the instance role (allow_install/allow_upgrade): they reach an instance through its user data at
+#     boot, never the image, so rotating a secret or changing a role never rebuilds the image;
+#   - what changes from bake to bake without changing the image's content: git sha, build time, paths, canaries
+#     (passed to Packer with -var, recorded in version-info and the manifest instead);
+#   - documentation, tests and fixtures: the local twin's stand-in Nextcloud image enters only through its digest;
+#   - the machine: no absolute paths, times or host names are hashed, so the same inputs give the same fingerprint
+#     on any machine.
+IMAGE_DIR = "image"
+PACKER_DIR = "packer"
+PACKER_TEMPLATES = "*.pkr.hcl"
 _IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", "packer_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".swp", "~")
+FINGERPRINT_VERSION = "v2"
 
 # SECRET_VARIABLES (settings field → the environment variable the secret is delivered as) is part of the secret
 # contract with the image's resolver, defined in render/secret_refs.py (imported above, also for code importing it
@@ -82,6 +103,8 @@ def packer_variables(s: Settings, resolved: ResolvedInputs | None = None) -> dic
         "nextcloud_image": s.nextcloud.image,
         "nextcloud_version": s.nextcloud.version,
         "docker_version": s.docker.version,
+        # Exact versions install-docker.sh installs and holds: "name=version ..." ("name" alone: not pinned).
+        "docker_packages": " ".join(f"{n}={v}" if v else n for n, v in sorted(s.docker.packages().items())),
         "root_volume_size_gb": s.ami.root_volume_size_gb,
         "ssh_username": "admin",
         **resolved_vars,
@@ -147,28 +170,47 @@ def render_packer_vars(s: Settings, resolved: ResolvedInputs | None = None) -> s
     return json.dumps(packer_variables(s, resolved), indent=2, sort_keys=True) + "\n"
 
 
-def tree_files(root: Path, trees: tuple[str, ...] = IMAGE_TREES) -> list[Path]:
-    """Every file under the image-defining trees, sorted, skipping caches and editor droppings."""
-    files = []
-    for tree in trees:
-        base = root / tree
-        if not base.is_dir():
-            continue
-        for path in base.rglob("*"):
-            rel = path.relative_to(root)
-            if any(part in _IGNORED_PARTS for part in rel.parts) or path.name.endswith(_IGNORED_SUFFIXES):
-                continue
-            if path.is_file():
-                files.append(rel)
+def _ignored(rel: Path) -> bool:
+    return any(part in _IGNORED_PARTS for part in rel.parts) or rel.name.endswith(_IGNORED_SUFFIXES)
+
+
+def image_upload_files(root: Path) -> list[Path]:
+    """IMAGE_UPLOAD: the files under image/ that Packer uploads into the build VM (documentation excluded), sorted."""
+    base = root / IMAGE_DIR
+    files = [
+        p.relative_to(base) for p in base.rglob("*")
+        if p.is_file() and not _ignored(p.relative_to(root)) and not p.name.startswith("README")
+    ]
     return sorted(files, key=lambda p: p.as_posix())
 
 
+def fingerprinted_files(root: Path) -> list[Path]:
+    """Every file the fingerprint hashes (relative to ``root``): IMAGE_UPLOAD and the Packer template."""
+    files = [Path(IMAGE_DIR) / rel for rel in image_upload_files(root)]
+    files += [p.relative_to(root) for p in (root / PACKER_DIR).glob(PACKER_TEMPLATES) if p.is_file()]
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def stage_image_upload(root: Path, dest: Path) -> list[Path]:
+    """Copy IMAGE_UPLOAD into ``dest`` (emptied first), keeping the executable bit: what Packer uploads, exactly."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    copied = []
+    for rel in image_upload_files(root):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / IMAGE_DIR / rel, target)
+        target.chmod(0o755 if os.access(root / IMAGE_DIR / rel, os.X_OK) else 0o644)
+        copied.append(target)
+    return copied
+
+
 def fingerprint(root: Path, build_inputs: dict[str, str]) -> str:
-    """One digest over everything that determines the image: the image/ and packer/ trees (content and executable
-    bit) and the rendered build inputs (which hold the base image selector and the Nextcloud image reference)."""
+    """One digest over what reaches the artifact (see the comment at the top of this module): the fingerprinted
+    files (path, executable bit, content) and the rendered build inputs."""
     h = hashlib.sha256()
-    h.update(b"nextcloud-image fingerprint v1\n")
-    for rel in tree_files(root):
+    h.update(f"nextcloud-image fingerprint {FINGERPRINT_VERSION}\n".encode())
+    for rel in fingerprinted_files(root):
         path = root / rel
         mode = "x" if os.access(path, os.X_OK) else "-"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()

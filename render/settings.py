@@ -120,10 +120,21 @@ class Nextcloud(_Section):
         return self
 
 
+_APT_VERSION = re.compile(r"(?:[0-9]+:)?[0-9][0-9A-Za-z.+~-]*")
+
+
 class Docker(_Section):
+    """The container engine, pinned: every package its behaviour depends on is installed at this version and held."""
+
     version: str = Field(
         default="debian",
-        description="'debian' installs Debian's docker.io; otherwise an exact docker-ce apt version",
+        description="'debian' installs Debian's docker.io; else the exact apt version of docker-ce and docker-ce-cli",
+    )
+    containerd_version: str | None = Field(
+        default=None, description="exact apt version of containerd.io (required with a docker-ce version)"
+    )
+    debian_version: str | None = Field(
+        default=None, description="with version = 'debian': the exact apt version of Debian's docker.io"
     )
 
     @field_validator("version")
@@ -132,6 +143,36 @@ class Docker(_Section):
         if v != "debian" and not re.fullmatch(r"[0-9]+:[0-9][0-9A-Za-z.+~-]*", v):
             raise ValueError("must be 'debian' or an exact docker-ce apt version such as 5:27.3.1-1~debian.12~bookworm")
         return v
+
+    @field_validator("containerd_version", "debian_version")
+    @classmethod
+    def _apt_version(cls, v: str | None) -> str | None:
+        if v is not None and not _APT_VERSION.fullmatch(v):
+            raise ValueError("must be an exact apt version such as 1.7.22-1 (see `apt-cache madison PACKAGE`)")
+        return v
+
+    @model_validator(mode="after")
+    def _pins(self) -> Docker:
+        if self.version == "debian" and self.containerd_version is not None:
+            raise ValueError(
+                "containerd_version pins containerd.io from Docker's repository; with version = 'debian' Debian's "
+                "docker.io brings its own containerd: remove containerd_version (or pin docker-ce in version)"
+            )
+        if self.version != "debian" and self.debian_version is not None:
+            raise ValueError("debian_version pins Debian's docker.io; with a docker-ce version remove it")
+        if self.version != "debian" and self.containerd_version is None:
+            raise ValueError(
+                "a docker-ce version needs containerd_version too (the exact containerd.io apt version, e.g. "
+                "1.7.22-1): every engine package is pinned"
+            )
+        return self
+
+    def packages(self) -> dict[str, str]:
+        """Package -> exact apt version the image installs and holds ('' = Debian's current, not pinned)."""
+        if self.version == "debian":
+            return {"docker.io": self.debian_version or ""}
+        pins = {"docker-ce": self.version, "docker-ce-cli": self.version}
+        return {**pins, "containerd.io": self.containerd_version or ""}
 
 
 class Site(_Section):

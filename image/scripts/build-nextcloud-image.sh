@@ -20,8 +20,8 @@ if [[ ! -f "${BUILD_CONTEXT}/Dockerfile" ]]; then
   exit 1
 fi
 
-# A @local stand-in was imported under its name:tag (see cache-nextcloud-image.sh).
-base_image="${NEXTCLOUD_IMAGE%@local}"
+# The digest-pinned reference cache-nextcloud-image.sh pulled (Docker looks a tag@digest reference up by digest).
+base_image="${NEXTCLOUD_IMAGE}"
 if ! docker image inspect "${base_image}" > /dev/null; then
   echo "build-nextcloud-image.sh: base image ${base_image} is not in the Docker store;" \
        "cache-nextcloud-image.sh must run first" >&2
@@ -29,8 +29,8 @@ if ! docker image inspect "${base_image}" > /dev/null; then
 fi
 
 # Never pull: the base is already here, pinned. No network either: the Dockerfile fetches
-# nothing, and dockerd has no bridge (install-docker.sh).
-docker build --pull=false --network none \
+# nothing, and dockerd has no bridge (install-docker.sh). The classic builder: no buildx plugin is installed.
+DOCKER_BUILDKIT=0 docker build --pull=false --network none \
   --build-arg "BASE_IMAGE=${base_image}" \
   --label "nextcloud-image.fingerprint=${FINGERPRINT}" \
   --tag "nextcloud-cluster:${FINGERPRINT:0:12}" \

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Installs the Docker engine the image runs Nextcloud with and configures it for an
-# immutable host: logs to journald (no json-file logs growing on the root volume),
-# live-restore (a dockerd restart does not take the container down) and host networking only.
-#   DOCKER_VERSION  "debian": Debian's docker.io (local twin, no registry needed);
-#                   otherwise the exact apt version of docker-ce from Docker's repository,
-#                   e.g. "5:27.3.1-1~debian.12~bookworm".
+# Installs the Docker engine the image runs Nextcloud with, every engine package at the exact version the settings
+# pin (held, so nothing moves it later), and configures it for an immutable host: logs to journald (no json-file
+# logs growing on the root volume), live-restore (a dockerd restart does not take the container down) and host
+# networking only.
+#   DOCKER_VERSION   "debian": Debian's docker.io (local twin, no registry needed); otherwise docker-ce from
+#                    Docker's repository (its key checked against the fingerprint Docker publishes)
+#   DOCKER_PACKAGES  "name=version ...": exactly what to install and hold (render/outputs.py, from [docker])
+#   STAGING_DIR      uploaded sources (scripts/lib/apt-pins.sh)
 set -o errexit -o nounset -o pipefail
 
 : "${DOCKER_VERSION:?DOCKER_VERSION is required (\"debian\" or a docker-ce apt version)}"
+: "${DOCKER_PACKAGES:?DOCKER_PACKAGES is required (\"name=version ...\" of the engine packages)}"
+: "${STAGING_DIR:?STAGING_DIR is required (directory with scripts/lib/apt-pins.sh)}"
 export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=lib/apt-pins.sh
+. "${STAGING_DIR}/scripts/lib/apt-pins.sh"
+
+# Docker's release key, as Docker's install documentation for Debian gives it ("Verify that you now have the key
+# with the fingerprint 9DC8 5822 9FC7 DD38 854A E2D8 8D81 803C 0EBF CD88", docker/docs engine/install/debian.md).
+DOCKER_REPO_KEY_FINGERPRINT="9DC8 5822 9FC7 DD38 854A  E2D8 8D81 803C 0EBF CD88"
 
 apt_get() {
   apt-get -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confold "$@"
@@ -19,27 +29,26 @@ apt_get update -qq
 if [[ "${DOCKER_VERSION}" == "debian" ]]; then
   # Without apparmor, every `docker run` fails on Debian's cloud kernel
   # (exec: "apparmor_parser": executable file not found).
-  apt_get install -y -qq --no-install-recommends docker.io apparmor
+  install_pinned "${DOCKER_PACKAGES} apparmor"
+  # docker.io's own runtime packages come from the same release; held with it so they move together or not at all.
+  apt-mark hold containerd runc > /dev/null
 else
-  # Docker's own repository, its key pinned to this source only.
+  # Docker's own repository, its key verified before apt trusts it and pinned to this source only.
   apt_get install -y -qq --no-install-recommends ca-certificates curl gnupg
   install -d -m 0755 /etc/apt/keyrings
-  curl -fsSL https://download.docker.com/linux/debian/gpg | gpg --dearmor --yes -o /etc/apt/keyrings/docker.gpg
+  key="$(mktemp)"
+  curl -fsSL -o "${key}" https://download.docker.com/linux/debian/gpg
+  verify_key_fingerprint "${key}" "${DOCKER_REPO_KEY_FINGERPRINT}"
+  gpg --dearmor --yes -o /etc/apt/keyrings/docker.gpg < "${key}"
+  rm -f "${key}"
   chmod 0644 /etc/apt/keyrings/docker.gpg
   # shellcheck source=/dev/null
   codename="$(. /etc/os-release && echo "${VERSION_CODENAME}")"
   echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.gpg]" \
        "https://download.docker.com/linux/debian ${codename} stable" > /etc/apt/sources.list.d/docker.list
   apt_get update -qq
-  if ! apt-cache madison docker-ce | grep -qF " ${DOCKER_VERSION} "; then
-    echo "install-docker.sh: docker-ce ${DOCKER_VERSION} is not in Docker's repository;" \
-         "available: $(apt-cache madison docker-ce | awk '{print $3}' | head -5 | tr '\n' ' ')" >&2
-    exit 1
-  fi
-  apt_get install -y -qq --no-install-recommends \
-    "docker-ce=${DOCKER_VERSION}" "docker-ce-cli=${DOCKER_VERSION}" containerd.io docker-buildx-plugin apparmor
-  # The pinned version is what the image records; an unattended upgrade must not move it.
-  apt-mark hold docker-ce docker-ce-cli
+  # No buildx plugin: the image build uses the classic builder (build-nextcloud-image.sh), nothing else builds.
+  install_pinned "${DOCKER_PACKAGES} apparmor"
 fi
 
 # No bridge, no iptables: the one container runs on the host's network (nextcloud.service), so

@@ -41,8 +41,8 @@ PACKAGES = (
 # Small like Debian's cloud images: the bake resizes the disk to root_volume_size_gb and cloud-init
 # grows the filesystem at boot (a volume smaller than its source would fail, as on EC2).
 DISK_SIZE = "3G"
-# Bump when the layout of the cache entry changes.
-FORMAT = 1
+# Bump when the layout of the cache entry changes (2: base.json records the disk's digest).
+FORMAT = 2
 
 Log = Callable[[str], None]
 
@@ -55,10 +55,11 @@ class BaseDisk:
     kernel: Path
     initrd: Path
     key: str
+    digest: str = ""  # sha256:<hex> of disk.raw, recorded when it was built: the twin's "source AMI id"
 
     @property
     def label(self) -> str:
-        """Name recorded as the artifact's base image (the local stand-in for a source AMI id)."""
+        """Name recorded beside the digest as the artifact's base image (the stand-in for a source AMI name)."""
         return f"local-debian-12-base:{self.key[:12]}"
 
 
@@ -83,17 +84,28 @@ def base_disk_key() -> str:
 
 def _entry(cache: Path, key: str) -> BaseDisk:
     d = cache / key
-    return BaseDisk(disk=d / "disk.raw", kernel=d / "vmlinuz", initrd=d / "initrd.img", key=key)
+    try:
+        digest = str(json.loads((d / "base.json").read_text()).get("digest") or "")
+    except (OSError, ValueError):
+        digest = ""
+    return BaseDisk(disk=d / "disk.raw", kernel=d / "vmlinuz", initrd=d / "initrd.img", key=key, digest=digest)
 
 
 def cached_base_disk(cache: Path = DEFAULT_CACHE) -> BaseDisk | None:
     """The cached disk for the current inputs, or None when it has not been built."""
     base = _entry(cache, base_disk_key())
-    if (cache / base.key / "base.json").is_file() and all(
-        p.is_file() for p in (base.disk, base.kernel, base.initrd)
-    ):
+    if base.digest.startswith("sha256:") and all(p.is_file() for p in (base.disk, base.kernel, base.initrd)):
         return base
     return None
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
 
 
 def _require_tools() -> None:
@@ -152,6 +164,8 @@ def build_base_disk(cache: Path = DEFAULT_CACHE, log: Log = print) -> BaseDisk:
         shutil.rmtree(rootdir)
         info = {
             "key": key,
+            # Computed once here: the cache entry is never modified, so later bakes trust it (as an AMI id).
+            "digest": file_digest(disk),
             "inputs": {k: v for k, v in base_disk_inputs().items() if k != "customize_hook"},
             "kernel_release": kernels[0].name.removeprefix("vmlinuz-"),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,9 +9,12 @@ sure the base disk and the stand-in Nextcloud archive are cached, runs
      "fingerprint": "...", "reused": false, "built_at": "...Z", "kernel": "...",
      "initrd": "...", "timings": {...}, ...}
 
-With unchanged inputs (an artifact for this fingerprint, built on the same base disk and
-stand-in archive, whose sha256 still matches) it returns that artifact with
-``reused: true`` without starting a VM. The artifact is made read-only: instances boot
+Before anything else it resolves the exact inputs, as an AWS bake resolves its source AMI:
+the base disk's digest and the stand-in Nextcloud image's digest (both cached, so this takes
+milliseconds), and renders them into the fingerprint. With unchanged inputs (an artifact for
+this fingerprint whose sha256 still matches) it returns that artifact with ``reused: true``
+without starting a VM. A bake pushes the stand-in to the twin's loopback registry and the VM
+pulls it from there by digest (infra/localtwin/registry.py). The artifact is made read-only: instances boot
 from qcow2 overlays (``qemu-img create -b``), never from the artifact itself.
 """
 
@@ -34,6 +37,7 @@ from typing import Any
 import yaml
 
 from infra.localtwin import base_disk, standin
+from infra.localtwin.registry import GUEST_REGISTRY, LoopbackRegistry, RegistryError
 from infra.packer import PackerError, run_packer_build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,14 +118,14 @@ def _artifact_record(artifact_dir: Path) -> dict | None:
         return None
 
 
-def find_reusable_artifact(build_dir: Path, fingerprint: str, base_key: str, standin_key: str) -> dict | None:
-    """The recorded artifact for this fingerprint and these cached inputs, if intact; else None."""
+def find_reusable_artifact(build_dir: Path, fingerprint: str) -> dict | None:
+    """The recorded artifact for this fingerprint, if intact; else None.
+
+    The fingerprint covers the resolved base disk and stand-in digests, so an artifact recorded under it was baked
+    from exactly these inputs.
+    """
     record = _artifact_record(build_dir / "artifacts" / fingerprint)
-    if not record:
-        return None
-    if (record.get("fingerprint"), record.get("base_disk_key"), record.get("standin_key")) != (
-        fingerprint, base_key, standin_key,
-    ):
+    if not record or record.get("fingerprint") != fingerprint:
         return None
     paths = [Path(record.get(k, "")) for k in ("artifact_id", "kernel", "initrd")]
     if not all(p.is_file() for p in paths):
@@ -129,6 +133,46 @@ def find_reusable_artifact(build_dir: Path, fingerprint: str, base_key: str, sta
     if file_sha256(paths[0]) != record.get("sha256"):
         return None
     return record
+
+
+def resolve_local_inputs(settings: Any, log: Log = print) -> tuple[Any, base_disk.BaseDisk, standin.StandinImage]:
+    """The local twin's exact build inputs, resolved on the host like an AWS bake's source AMI: the base disk's
+    digest and the digest-pinned stand-in image (each built once, then read from its cache)."""
+    from render.outputs import ResolvedInputs
+
+    base = base_disk.ensure_base_disk(log=log)
+    try:
+        image = standin.ensure_standin_image(settings.nextcloud.image, settings.nextcloud.version, log=log)
+    except (RuntimeError, ValueError) as exc:
+        raise BuildError(f"stand-in image: {exc}") from exc
+    resolved = ResolvedInputs(
+        base_image_id=base.digest, base_image_name=base.label, nextcloud_image=image.reference(GUEST_REGISTRY),
+    )
+    return resolved, base, image
+
+
+def current_fingerprint(root: Path, settings: Any, build_dir: Path, log: Log = print) -> str:
+    """Resolve, render build/<env>/ with the resolved inputs and return the fingerprint a bake now would have."""
+    from render.outputs import render_all, write_outputs
+
+    resolved, _, _ = resolve_local_inputs(settings, log=log)
+    write_outputs(build_dir, render_all(root, settings, resolved))
+    return read_fingerprint(build_dir)
+
+
+def packages_summary(version_info: dict) -> dict:
+    """The manifest's summary of the image's packages: the engine pins, the count and a digest of the full list
+    (the list itself is in version-info.json beside it), and the Nextcloud base image digest."""
+    packages = version_info.get("packages") or {}
+    listing = "".join(f"{name}\t{version}\n" for name, version in sorted(packages.items()))
+    return {
+        "docker_packages": version_info.get("docker_packages"),
+        "held": version_info.get("held_packages"),
+        "count": len(packages),
+        "list_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "nextcloud_image": version_info.get("nextcloud_image"),
+        "nextcloud_image_digest": version_info.get("nextcloud_image_digest"),
+    }
 
 
 def _write_seed(seed_dir: Path, public_key: str) -> None:
@@ -196,41 +240,33 @@ def build_local_image(
     env = getattr(settings, "name", None) or env or "local"
     build_root = (build_root or root / "build").resolve()
     build_dir = build_root / env
+    timings: dict[str, float] = {}
+    base = image = None
     if settings is not None:
-        # Render first, so the fingerprint the reuse decision rests on covers the image/ and
-        # packer/ trees as they are now, not as they were at the last `inv render`.
+        # Resolve and render first, so the fingerprint the reuse decision rests on covers the exact base disk and
+        # stand-in image and the image/ and packer/ files as they are now, not as at the last `inv render`.
         from render.outputs import render_all, write_outputs
 
-        write_outputs(build_dir, render_all(root, settings))
+        t = time.monotonic()
+        resolved, base, image = resolve_local_inputs(settings, log=log)
+        timings["resolve_seconds"] = round(time.monotonic() - t, 1)
+        write_outputs(build_dir, render_all(root, settings, resolved))
     fingerprint = read_fingerprint(build_dir)
     if not (root / "image" / "nextcloud" / "Dockerfile").is_file():
         raise BuildError("image/nextcloud/Dockerfile is missing: the image overlay has to exist before a bake")
-    base_key = base_disk.base_disk_key()
-    try:
-        standin_key = standin.standin_key()
-    except RuntimeError as exc:
-        raise BuildError(str(exc)) from exc
     manifest_path = build_dir / "manifest.json"
     artifact_dir = build_dir / "artifacts" / fingerprint
 
     if not force:
-        record = find_reusable_artifact(build_dir, fingerprint, base_key, standin_key)
+        record = find_reusable_artifact(build_dir, fingerprint)
         if record:
             manifest = {**record, "reused": True}
             manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
             log(f"bake: reusing {record['artifact_id']} (fingerprint {fingerprint[:12]}, inputs unchanged)")
             return manifest
-
-    timings: dict[str, float] = {}
-    t = time.monotonic()
-    base = base_disk.ensure_base_disk(log=log)
-    timings["base_disk_seconds"] = round(time.monotonic() - t, 1)
-    t = time.monotonic()
-    try:
-        archive = standin.ensure_standin_archive(log=log)
-    except RuntimeError as exc:
-        raise BuildError(str(exc)) from exc
-    timings["standin_archive_seconds"] = round(time.monotonic() - t, 1)
+    if base is None or image is None:
+        raise BuildError(f"no artifact for fingerprint {fingerprint[:12]} to reuse, and no settings to bake with: "
+                         "run `inv build-ami --env {env}`")
 
     # Packer refuses an existing output directory; whatever is there is a failed bake.
     if artifact_dir.exists():
@@ -252,6 +288,9 @@ def build_local_image(
     if any("," in c for c in canaries):
         raise BuildError("a canary contains a comma; VALIDATE_CANARIES is comma-separated")
     build_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    from render.outputs import stage_image_upload
+
+    stage_image_upload(root, work / "image")
     variables = {
         "fingerprint": fingerprint,
         "git_sha": _git_sha(),
@@ -259,13 +298,26 @@ def build_local_image(
         "build_dir": str(build_dir),
         "output_dir": str(artifact_dir),
         "base_disk": str(base.disk),
-        "base_image": base.label,
         "kernel": str(base.kernel),
         "initrd": str(base.initrd),
-        "standin_archive": str(archive),
+        "image_upload_dir": str(work / "image"),
+        "bake_insecure_registry": GUEST_REGISTRY,
         "ssh_private_key_file": str(key),
         "bake_seed_dir": str(work / "seed"),
     }
+    (build_dir / "version-info.json").unlink(missing_ok=True)
+    registry = LoopbackRegistry()
+    t = time.monotonic()
+    try:
+        registry.start()
+        registry.push(image)
+    except RegistryError as exc:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        raise BuildError(str(exc)) from exc
+    timings["registry_push_seconds"] = round(time.monotonic() - t, 1)
+    log(f"bake: {image.repository}:{image.tag}@{image.digest[:19]} served on {registry.address} "
+        f"(guest: {GUEST_REGISTRY})")
     log(f"bake: packer build -only={ONLY} (fingerprint {fingerprint[:12]}, TCG: several minutes) ...")
     t = time.monotonic()
     try:
@@ -282,6 +334,7 @@ def build_local_image(
             extra_env={"PACKER_CACHE_DIR": str(build_root / "cache" / "packer")},
         )
     finally:
+        registry.stop()
         shutil.rmtree(work, ignore_errors=True)
     timings["bake_seconds"] = round(time.monotonic() - t, 1)
 
@@ -296,6 +349,11 @@ def build_local_image(
     timings["finalize_seconds"] = round(time.monotonic() - t, 1)
     timings["total_seconds"] = round(time.monotonic() - started, 1)
 
+    try:
+        version_info = json.loads((build_dir / "version-info.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"the bake did not hand back its version-info.json ({exc})") from exc
+    (artifact_dir / "version-info.json").write_text(json.dumps(version_info, indent=2) + "\n")
     record = {
         "artifact_id": str(qcow2),
         "sha256": sha,
@@ -306,9 +364,14 @@ def build_local_image(
         "kernel": str(kernel),
         "initrd": str(initrd),
         "git_sha": variables["git_sha"],
-        "base_image": base.label,
-        "base_disk_key": base_key,
-        "standin_key": standin_key,
+        "base_image": base.digest,
+        "base_image_name": base.label,
+        "base_disk_key": base.key,
+        "nextcloud_image": image.reference(GUEST_REGISTRY),
+        # What drove the bake (the expected values test-ami hands the image suite) and what it installed.
+        "inputs": json.loads((build_dir / "packer-vars.json").read_text()),
+        "packages": packages_summary(version_info),
+        "version_info": str(artifact_dir / "version-info.json"),
         "packer_run_uuid": result.entry.packer_run_uuid,
         "timings": {**timings, "packer_steps": str(result.timings_path)},
     }

@@ -1,28 +1,21 @@
 #!/usr/bin/env bash
-# Builds the stand-in for the official nextcloud:*-apache base image on the host, without
-# a Docker engine: a Debian bookworm root filesystem with Apache + mod_php 8.2 and the PHP
-# extensions Nextcloud needs, laid out like the official image, written as a gzip tarball
-# that the bake loads with `docker import`. TEST FIXTURE: it carries no Nextcloud code.
+# Builds the root filesystem layer of the stand-in for the official nextcloud:*-apache base image on the host,
+# without a Docker engine: Debian bookworm with Apache + mod_php 8.2 and the PHP extensions Nextcloud needs,
+# laid out like the official image, written as an uncompressed tarball. TEST FIXTURE: it carries no Nextcloud
+# code. The code tree (/usr/src/nextcloud) is a second layer, and the image configuration (VOLUME, ENTRYPOINT,
+# ...) is written by infra/localtwin/standin/__init__.py, which turns both into an OCI image.
 #
-# Usage: build-standin-archive.sh OUTPUT.tar.gz
-# Inputs (environment): NEXTCLOUD_TREE  fake code tree copied to /usr/src/nextcloud
-#                                        (default: image/standin/nextcloud beside this script)
-#                       DEBIAN_MIRROR    default http://deb.debian.org/debian
+# Usage: build-standin-rootfs.sh OUTPUT.tar
+# Inputs (environment): DEBIAN_MIRROR  default http://deb.debian.org/debian
 set -o errexit -o nounset -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 output="${1:-}"
-NEXTCLOUD_TREE="${NEXTCLOUD_TREE:-${here}/nextcloud}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-if [[ -z "${output}" || "${output}" != *.tar.gz ]]; then
-  echo "usage: $0 OUTPUT.tar.gz (the bake loads a gzip tarball with docker import)" >&2
+if [[ -z "${output}" || "${output}" != *.tar ]]; then
+  echo "usage: $0 OUTPUT.tar (an uncompressed tarball: the OCI layer is compressed from it)" >&2
   exit 2
-fi
-if [[ ! -f "${NEXTCLOUD_TREE}/version.php" ]]; then
-  echo "error: ${NEXTCLOUD_TREE}/version.php not found: the stand-in needs the fake Nextcloud tree" \
-       "(image/standin/nextcloud/) or NEXTCLOUD_TREE pointing at one" >&2
-  exit 1
 fi
 if ! command -v mmdebstrap > /dev/null; then
   echo "error: mmdebstrap not found; install it with: apt-get install mmdebstrap" >&2
@@ -53,7 +46,7 @@ mmdebstrap \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/lintian/*' \
-  --customize-hook="NEXTCLOUD_TREE='${NEXTCLOUD_TREE}' '${here}/customize-standin.sh' \"\$1\"" \
+  --customize-hook="'${here}/customize-standin.sh' \"\$1\"" \
   bookworm "${output}" \
   "deb ${DEBIAN_MIRROR} bookworm main" \
   "deb ${DEBIAN_MIRROR} bookworm-updates main" \

@@ -1,32 +1,26 @@
 #!/usr/bin/env bash
-# mmdebstrap customize hook for the stand-in base image: lay the chroot out like the
-# official nextcloud:*-apache image and trim it. Usage: customize-standin.sh ROOTDIR
+# mmdebstrap customize hook for the stand-in base image's root filesystem: lay the chroot out like the
+# official nextcloud:*-apache image (php:*-apache plus what nextcloud/docker's Dockerfile adds) and trim it.
+# The code tree /usr/src/nextcloud is not here: it is the image's second layer, as in the official image.
+# Usage: customize-standin.sh ROOTDIR
 set -o errexit -o nounset -o pipefail
 
 root="${1:?usage: customize-standin.sh ROOTDIR}"
-: "${NEXTCLOUD_TREE:?NEXTCLOUD_TREE must name the fake Nextcloud code tree}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-# Static files (apache2-foreground, PHP ini, Apache config) from the overlay.
+# Static files (apache2-foreground, /entrypoint.sh, PHP ini, Apache config) from the overlay.
 cp -R --no-preserve=ownership "${here}/rootfs/." "${root}/"
+chmod 0755 "${root}/usr/local/bin/apache2-foreground" "${root}/entrypoint.sh"
 
-# The fake code tree where the official image keeps the real one.
-rm -rf "${root}/usr/src/nextcloud"
-mkdir -p "${root}/usr/src"
-cp -R --no-preserve=ownership "${NEXTCLOUD_TREE}" "${root}/usr/src/nextcloud"
-if [[ -f "${root}/usr/src/nextcloud/occ" ]]; then
-  chmod 0755 "${root}/usr/src/nextcloud/occ"
-fi
-
-# Same ownership as the official image: the web user (www-data, uid 33 on Debian) owns
-# the code and the served tree; /var/www/html starts empty.
+# Same ownership as the official image: the web user (www-data, uid 33 on Debian) owns /var/www
+# (nextcloud/docker: chown -R www-data:root /var/www; chmod -R g=u /var/www); /var/www/html starts empty.
 if [[ "$(chroot "${root}" id -u www-data)" != 33 ]]; then
   echo "customize-standin.sh: www-data is not uid 33 in the stand-in" >&2
   exit 1
 fi
 rm -rf "${root}/var/www/html"
-mkdir -p "${root}/var/www/html"
-chroot "${root}" chown -R www-data:root /usr/src/nextcloud /var/www
+mkdir -p "${root}/var/www/html" "${root}/var/www/data" "${root}/usr/src"
+chroot "${root}" chown -R www-data:root /var/www
 chmod -R g=u "${root}/var/www"
 
 for hook in pre-installation post-installation pre-upgrade post-upgrade before-starting; do
@@ -45,8 +39,8 @@ ln -sfT /dev/stderr "${root}/var/log/apache2/error.log"
 mkdir -p "${root}/usr/local/share/nextcloud-standin"
 cat > "${root}/usr/local/share/nextcloud-standin/README" <<'TXT'
 TEST FIXTURE: stand-in for the official nextcloud:*-apache base image, built from Debian
-packages by image/standin/build-standin-archive.sh. It carries no Nextcloud code;
-/usr/src/nextcloud holds a fake tree (version.php + an occ test double).
+packages by infra/localtwin/standin/. It carries no Nextcloud code; /usr/src/nextcloud holds
+a fake tree (version.php, an occ test double and filler files of a release's size).
 TXT
 
 rm -rf "${root}"/var/lib/apt/lists/* "${root}"/var/cache/apt/*.bin "${root}"/var/cache/apt/archives/*.deb \
