@@ -655,7 +655,8 @@ FLOOR_CACHE = Path("build") / "cache" / "floor"
 def _debugfs_write(disk: Path, requests: Sequence[str]) -> None:
     proc = subprocess.run(["debugfs", "-w", "-f", "-", str(disk)], input="\n".join(requests) + "\n",
                           capture_output=True, text=True, check=False)
-    bad = [line for line in proc.stderr.splitlines() if line.strip() and "File exists" not in line
+    # mkdir of a directory that exists is expected (parents are created on the way); anything else is an error.
+    bad = [line for line in proc.stderr.splitlines() if line.strip() and "already exists" not in line
            and not line.startswith("debugfs ")]
     if proc.returncode != 0 or bad:
         raise BenchError(f"debugfs could not write the floor settings into {disk}: {'; '.join(bad)[:400]}")

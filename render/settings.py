@@ -131,10 +131,12 @@ class Docker(_Section):
         description="'debian' installs Debian's docker.io; else the exact apt version of docker-ce and docker-ce-cli",
     )
     containerd_version: str | None = Field(
-        default=None, description="exact apt version of containerd.io (required with a docker-ce version)"
+        default=None, validate_default=True,
+        description="exact apt version of containerd.io (required with a docker-ce version)",
     )
     debian_version: str | None = Field(
-        default=None, description="with version = 'debian': the exact apt version of Debian's docker.io"
+        default=None, validate_default=True,
+        description="with version = 'debian': the exact apt version of Debian's docker.io",
     )
 
     @field_validator("version")
@@ -144,28 +146,33 @@ class Docker(_Section):
             raise ValueError("must be 'debian' or an exact docker-ce apt version such as 5:27.3.1-1~debian.12~bookworm")
         return v
 
-    @field_validator("containerd_version", "debian_version")
+    @field_validator("containerd_version")
     @classmethod
-    def _apt_version(cls, v: str | None) -> str | None:
+    def _containerd(cls, v: str | None, info: ValidationInfo) -> str | None:
+        engine = info.data.get("version")
         if v is not None and not _APT_VERSION.fullmatch(v):
-            raise ValueError("must be an exact apt version such as 1.7.22-1 (see `apt-cache madison PACKAGE`)")
+            raise ValueError("must be an exact apt version such as 1.7.22-1 (see `apt-cache madison containerd.io`)")
+        if engine == "debian" and v is not None:
+            raise ValueError(
+                "pins containerd.io from Docker's repository, but version = 'debian' installs Debian's docker.io "
+                "with its own containerd: remove it (or pin docker-ce in docker.version)"
+            )
+        if engine not in (None, "debian") and v is None:
+            raise ValueError(
+                "required with a docker-ce version: the exact containerd.io apt version, e.g. 1.7.22-1 "
+                "(every engine package is pinned)"
+            )
         return v
 
-    @model_validator(mode="after")
-    def _pins(self) -> Docker:
-        if self.version == "debian" and self.containerd_version is not None:
-            raise ValueError(
-                "containerd_version pins containerd.io from Docker's repository; with version = 'debian' Debian's "
-                "docker.io brings its own containerd: remove containerd_version (or pin docker-ce in version)"
-            )
-        if self.version != "debian" and self.debian_version is not None:
-            raise ValueError("debian_version pins Debian's docker.io; with a docker-ce version remove it")
-        if self.version != "debian" and self.containerd_version is None:
-            raise ValueError(
-                "a docker-ce version needs containerd_version too (the exact containerd.io apt version, e.g. "
-                "1.7.22-1): every engine package is pinned"
-            )
-        return self
+    @field_validator("debian_version")
+    @classmethod
+    def _debian(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _APT_VERSION.fullmatch(v):
+            raise ValueError("must be an exact apt version such as 20.10.24+dfsg1-1+deb12u1+b6 "
+                             "(see `apt-cache madison docker.io`)")
+        if v is not None and info.data.get("version") not in (None, "debian"):
+            raise ValueError("pins Debian's docker.io, but docker.version pins docker-ce: remove it")
+        return v
 
     def packages(self) -> dict[str, str]:
         """Package -> exact apt version the image installs and holds ('' = Debian's current, not pinned)."""

@@ -13,7 +13,7 @@ set -o errexit -o nounset -o pipefail
 : "${DOCKER_PACKAGES:?DOCKER_PACKAGES is required (\"name=version ...\" of the engine packages)}"
 : "${STAGING_DIR:?STAGING_DIR is required (directory with scripts/lib/apt-pins.sh)}"
 export DEBIAN_FRONTEND=noninteractive
-# shellcheck source=lib/apt-pins.sh
+# shellcheck source=SCRIPTDIR/lib/apt-pins.sh
 . "${STAGING_DIR}/scripts/lib/apt-pins.sh"
 
 # Docker's release key, as Docker's install documentation for Debian gives it ("Verify that you now have the key

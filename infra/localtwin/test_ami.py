@@ -121,6 +121,29 @@ def read_manifest(path: Path, root: Path) -> LocalArtifact:
     )
 
 
+def expected_build(manifest_path: Path) -> dict[str, Any]:
+    """What the bake was asked for, from the artifact's record of the settings that drove it (packer-vars.json as
+    rendered for that bake) -- the image suite's expected values, never the instance's own version-info."""
+    try:
+        record = json.loads(manifest_path.read_text())
+        inputs = record["inputs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise TestAmiError(
+            f"{manifest_path} records no bake inputs ({e}): re-bake with this version (inv build-ami --force)"
+        ) from None
+    pins = dict(
+        spec.split("=", 1) if "=" in spec else (spec, "") for spec in str(inputs.get("docker_packages", "")).split()
+    )
+    return {
+        "fingerprint": record.get("fingerprint"),
+        "docker_version": inputs.get("docker_version"),
+        "docker_packages": pins,
+        "nextcloud_image": inputs.get("nextcloud_image"),
+        "nextcloud_version": inputs.get("nextcloud_version"),
+        "base_image": inputs.get("source_image_id"),
+    }
+
+
 # ---- cluster checks in the shared database ---------------------------------------------------------------
 def cluster_state(pg: ThrowawayPostgres) -> list[dict[str, str]]:
     out = pg.psql(
@@ -174,6 +197,7 @@ def _run_suite(
     canaries: dict[str, str],
     keep_going: bool,
     pytest_args: Sequence[str],
+    expected: dict[str, Any],
 ) -> int:
     hosts = ",".join(f"paramiko://{i.name}" for i in instances)
     cmd = [
@@ -197,6 +221,7 @@ def _run_suite(
         # Environment, not argv: argv of a process is visible to every local user.
         "NEXTCLOUD_TEST_CANARIES": json.dumps({k: v for k, v in canaries.items() if k not in NOT_SECRET}),
         "NEXTCLOUD_TEST_INSTANCE_IDS": json.dumps({i.name: i.instance_id for i in instances}),
+        "NEXTCLOUD_TEST_EXPECTED": json.dumps(expected),
     }
     return subprocess.run(cmd, cwd=root, env=env).returncode
 
@@ -217,7 +242,9 @@ def run(
     if instances < 1:
         raise TestAmiError("instances must be at least 1")
     _check_service_settings(settings)
-    artifact = read_manifest(root / "build" / settings.name / "manifest.json", root)
+    manifest_path = root / "build" / settings.name / "manifest.json"
+    artifact = read_manifest(manifest_path, root)
+    expected = expected_build(manifest_path)
     canaries = make_canaries(list(secret_variables().values()))
     user_data = render_user_data_with_secrets(settings, canaries)
     started = time.monotonic()
@@ -255,14 +282,16 @@ def run(
                 for node in nodes:
                     node.wait()
                 check_cluster(pg, nodes, canaries, log)
-                _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log)
+                _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log,
+                                  expected)
             else:
                 # One VM at a time: each later node joins the cluster the first one installed.
                 for node in nodes:
                     stack.callback(node.stop)
                     node.start()
                     node.wait()
-                    _suite_and_record(root, [node], workdir, artifact, canaries, keep_going, pytest_args, report, log)
+                    _suite_and_record(root, [node], workdir, artifact, canaries, keep_going, pytest_args, report,
+                                      log, expected)
                     if report.suite_exit and not keep_going:
                         return report
                     node.stop()
@@ -308,12 +337,13 @@ def _check_service_settings(settings: Any) -> None:
         )
 
 
-def _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log) -> None:
+def _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log,
+                      expected) -> None:
     ssh_config = workdir / "ssh_config"
     ssh_config.write_text("\n".join(n.ssh_config_entry() for n in nodes))
     log(f"testinfra: tests/image against {', '.join(n.name for n in nodes)}")
     t = time.monotonic()
-    exit_code = _run_suite(root, nodes, ssh_config, artifact.disk, canaries, keep_going, pytest_args)
+    exit_code = _run_suite(root, nodes, ssh_config, artifact.disk, canaries, keep_going, pytest_args, expected)
     report.suite_exit = max(report.suite_exit or 0, exit_code)  # one failing node fails the run
     report.timings.setdefault("testinfra_s", []).append(round(time.monotonic() - t, 1))
     if exit_code:

@@ -6,8 +6,13 @@ instance or (for the suite's own negative tests) a directory used as a chroot:
     pytest tests/image --hosts=paramiko://nc-test-1 --ssh-config=FILE --sudo
     pytest tests/image --connection=chroot --hosts=/path/to/rootfs -m "not live"
 
-Expected values come from the target's /etc/nextcloud-image/version-info.json and from these inputs, never
-from constants in the tests:
+Expected values come from the settings that drove the bake, passed in by whoever runs the suite (test-ami reads
+them from the artifact's record), never from constants in the tests nor from the instance's own
+/etc/nextcloud-image/version-info.json, which is checked against them:
+
+- ``NEXTCLOUD_TEST_EXPECTED`` (env, JSON) or ``--expected-build``: ``fingerprint``, ``docker_version``,
+  ``docker_packages`` (package -> exact version, "" = not pinned), ``nextcloud_image`` (digest-pinned reference),
+  ``nextcloud_version``, ``base_image`` (source AMI id / base disk digest).
 
 - ``NEXTCLOUD_TEST_CANARIES`` (env, JSON object name -> value): the secret values this boot was given; kept
   out of argv because argv is visible to every local user.
@@ -32,7 +37,13 @@ from image_suite_support import ArtifactView  # noqa: E402
 
 VERSION_INFO = "/etc/nextcloud-image/version-info.json"
 
+EXPECTED_KEYS = (
+    "fingerprint", "docker_version", "docker_packages", "nextcloud_image", "nextcloud_version", "base_image",
+)
+
 MARKERS = {
+    "provenance": "what the image records and carries, against the settings that drove the bake",
+    "webroot": "the served code: outside any volume, read-only for the web server, nothing copied at start",
     "docker": "Docker engine: package, unit, daemon configuration",
     "nextcloud": "the derived Nextcloud image, its units, container health and readiness",
     "secrets": "secret delivery: runtime env file and canary values",
@@ -50,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("NEXTCLOUD_TEST_ARTIFACT") or None,
         help="disk image file the target was booted from (qcow2 or raw), scanned on this host for canaries "
         "and bake identity; env NEXTCLOUD_TEST_ARTIFACT",
+    )
+    group.addoption(
+        "--expected-build",
+        default=os.environ.get("NEXTCLOUD_TEST_EXPECTED") or None,
+        help="JSON object of what the bake was asked for (keys: " + ", ".join(EXPECTED_KEYS) + "); "
+        "env NEXTCLOUD_TEST_EXPECTED. inv test-ami passes it from the artifact's record",
     )
     group.addoption(
         "--expected-instance-ids",
@@ -129,9 +146,28 @@ def artifact_view(artifact: Path, tmp_path_factory: pytest.TempPathFactory):
     view.close()
 
 
+@pytest.fixture(scope="session")
+def expected(request: pytest.FixtureRequest) -> dict:
+    """What the bake was asked for (the settings that drove it): the suite's expected values."""
+    raw = request.config.getoption("--expected-build")
+    if not raw:
+        raise pytest.UsageError(
+            "no expected build values: pass --expected-build (or NEXTCLOUD_TEST_EXPECTED) with "
+            + ", ".join(EXPECTED_KEYS) + " from the settings that drove the bake; inv test-ami does this"
+        )
+    try:
+        values = json.loads(raw)
+    except ValueError as e:
+        raise pytest.UsageError(f"--expected-build is not JSON: {e}") from None
+    missing = [k for k in EXPECTED_KEYS if k not in (values if isinstance(values, dict) else {})]
+    if missing:
+        raise pytest.UsageError(f"--expected-build lacks {missing}")
+    return values
+
+
 @pytest.fixture(scope="module")
 def version_info(host) -> dict:
-    """The target's version-info.json: what the bake says it installed (the suite's expected values)."""
+    """The target's version-info.json: what the bake says it installed (checked against ``expected``)."""
     f = host.file(VERSION_INFO)
     assert f.is_file, f"{VERSION_INFO} missing: the bake must record what it installed"
     info = json.loads(f.content_string)
@@ -147,3 +183,12 @@ def boot_time(host) -> int:
     """Kernel boot time of the target (epoch seconds, /proc/stat btime)."""
     out = host.check_output("awk '/^btime/ {print $2}' /proc/stat")
     return int(out)
+
+
+@pytest.fixture(scope="module")
+def webroot(host) -> str:
+    """Where the derived image serves Nextcloud from: its NEXTCLOUD_WEBROOT (needs the Docker daemon)."""
+    env = host.check_output("docker image inspect --format '{{json .Config.Env}}' nextcloud-cluster:current")
+    found = [e.split("=", 1)[1] for e in json.loads(env) if e.startswith("NEXTCLOUD_WEBROOT=")]
+    assert found, "the derived image sets no NEXTCLOUD_WEBROOT"
+    return found[0]

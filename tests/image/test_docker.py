@@ -1,4 +1,5 @@
-"""Docker engine: installed at the version the bake recorded, enabled, running, configured as the contract says."""
+"""Docker engine: installed and held at the versions the settings pinned, enabled, running, configured as the
+contract says."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 pytestmark = pytest.mark.docker
 
 DAEMON_JSON = "/etc/docker/daemon.json"
-PACKAGES = ("docker.io", "docker-ce")  # Debian's build or Docker's; the environment chooses
 
 
 def _upstream(deb_version: str) -> str:
@@ -18,17 +18,38 @@ def _upstream(deb_version: str) -> str:
     return without_epoch.rsplit("-", 1)[0] if "-" in without_epoch else without_epoch
 
 
-def _matches(recorded: str, deb_version: str) -> bool:
-    return recorded in (deb_version, _upstream(deb_version))
+def _pins(expected: dict) -> list[tuple[str, str]]:
+    return sorted(expected["docker_packages"].items())
 
 
-def test_docker_package_installed_at_recorded_version(host, version_info):
-    installed = {name: host.package(name).version for name in PACKAGES if host.package(name).is_installed}
-    assert installed, f"none of {PACKAGES} is installed"
-    recorded = version_info["docker_version"]
-    assert any(_matches(recorded, v) for v in installed.values()), (
-        f"version-info docker_version {recorded!r} does not match installed {installed}"
-    )
+def test_engine_packages_installed_at_pinned_versions(host, expected):
+    wrong = {}
+    for name, version in _pins(expected):
+        pkg = host.package(name)
+        if not pkg.is_installed or (version and pkg.version != version):
+            wrong[name] = {"pinned": version or "(any)", "installed": pkg.version if pkg.is_installed else None}
+    assert not wrong, f"engine packages not at the versions the settings pin: {wrong}"
+
+
+def test_engine_packages_held(host, expected):
+    held = set(host.check_output("apt-mark showhold").split())
+    loose = sorted(name for name, _ in _pins(expected) if name not in held)
+    assert not loose, f"not held (an upgrade could move them away from the pinned version): {loose}"
+
+
+def test_version_info_records_the_pins(version_info, expected):
+    recorded = version_info.get("docker_packages") or {}
+    for name, version in _pins(expected):
+        entry = recorded.get(name) or {}
+        assert entry.get("pinned") == version, f"version-info records pin {entry.get('pinned')!r} for {name}"
+        if version:
+            assert entry.get("installed") == version, f"version-info says {name} {entry.get('installed')!r} installed"
+
+
+def test_version_info_lists_every_installed_package(host, version_info):
+    listed = host.check_output("dpkg-query --show --showformat '${Package}\\t${Version}\\n'")
+    installed = dict(line.split("\t", 1) for line in listed.splitlines() if "\t" in line)
+    assert version_info.get("packages") == installed, "version-info's package list is not what dpkg has installed"
 
 
 @pytest.mark.parametrize("unit", ["docker.service", "containerd.service"])
@@ -38,7 +59,7 @@ def test_docker_units_enabled(host, unit):
 
 
 @pytest.mark.parametrize(
-    ("key", "expected"),
+    ("key", "want"),
     [
         ("log-driver", "journald"),
         ("live-restore", True),
@@ -48,11 +69,11 @@ def test_docker_units_enabled(host, unit):
         ("ip6tables", False),
     ],
 )
-def test_daemon_json(host, key, expected):
+def test_daemon_json(host, key, want):
     f = host.file(DAEMON_JSON)
     assert f.is_file, f"{DAEMON_JSON} missing"
     config = json.loads(f.content_string)
-    assert config.get(key) == expected, f"{DAEMON_JSON}: {key} is {config.get(key)!r}, expected {expected!r}"
+    assert config.get(key) == want, f"{DAEMON_JSON}: {key} is {config.get(key)!r}, expected {want!r}"
 
 
 @pytest.mark.live
@@ -61,21 +82,20 @@ def test_docker_running(host):
 
 
 @pytest.mark.live
-def test_docker_server_version_is_recorded_one(host, version_info):
+def test_running_engine_is_the_pinned_one(host, expected):
     server = host.check_output("docker version --format '{{.Server.Version}}'")
-    recorded = version_info["docker_version"]
-    assert server == recorded or _upstream(recorded).startswith(server) or recorded.startswith(server), (
-        f"running dockerd is {server!r}, version-info says {recorded!r}"
-    )
+    engine = "docker.io" if expected["docker_version"] == "debian" else "docker-ce"
+    pinned = expected["docker_packages"].get(engine) or host.package(engine).version
+    assert server == _upstream(pinned), f"running dockerd is {server!r}, the pinned {engine} is {pinned!r}"
 
 
 @pytest.mark.live
 @pytest.mark.parametrize(
-    ("template", "expected"), [("{{.LoggingDriver}}", "journald"), ("{{.LiveRestoreEnabled}}", "true")]
+    ("template", "want"), [("{{.LoggingDriver}}", "journald"), ("{{.LiveRestoreEnabled}}", "true")]
 )
-def test_daemon_effective_config(host, template, expected):
+def test_daemon_effective_config(host, template, want):
     value = host.check_output(f"docker info --format '{template}'")
-    assert value == expected, f"docker info {template} is {value!r}, expected {expected!r}"
+    assert value == want, f"docker info {template} is {value!r}, expected {want!r}"
 
 
 # The engine starts beside cloud-init: it must not wait for what cloud-init holds back (basic.target, the

@@ -9,12 +9,11 @@ import pytest
 pytestmark = pytest.mark.nextcloud
 
 CONTAINER = "nextcloud"
-WEBROOT = "/var/www/html"
 WEB_USER = "www-data"
 
 
-def _tags(info: dict) -> list[str]:
-    return ["nextcloud-cluster:current", f"nextcloud-cluster:{info['fingerprint'][:12]}"]
+def _tags(expected: dict) -> list[str]:
+    return ["nextcloud-cluster:current", f"nextcloud-cluster:{expected['fingerprint'][:12]}"]
 
 
 @pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-secrets.service"])
@@ -25,8 +24,8 @@ def test_units_enabled(host, unit):
 
 @pytest.mark.live
 @pytest.mark.parametrize("tag_index", [0, 1], ids=["current", "fingerprint"])
-def test_derived_image_has_recorded_id(host, version_info, tag_index):
-    tag = _tags(version_info)[tag_index]
+def test_derived_image_has_recorded_id(host, version_info, expected, tag_index):
+    tag = _tags(expected)[tag_index]
     out = host.run(f"docker image inspect --format '{{{{.Id}}}}' {tag}")
     assert out.rc == 0, f"image {tag} is not in the local image store: {out.stderr.strip()}"
     assert out.stdout.strip() == version_info["nextcloud_image_id"], (
@@ -83,23 +82,23 @@ def test_readiness_endpoint(host):
 
 
 @pytest.mark.live
-def test_webroot_prepopulated_in_image(host, version_info):
+def test_webroot_prepopulated_in_image(host, version_info, webroot):
     # A fresh container from the image, not the running one: the code must be in the image, not copied at boot.
     image = version_info["nextcloud_image_id"]
     out = host.run(
         f"docker run --rm --network none --entrypoint /bin/sh {image} -c "
-        f"'test -s {WEBROOT}/version.php && test -s {WEBROOT}/index.php && echo present'"
+        f"'test -s {webroot}/version.php && test -s {webroot}/index.php && echo present'"
     )
     assert out.stdout.strip() == "present", (
-        f"{WEBROOT} in image {image} lacks version.php/index.php (would be rsynced at boot): {out.stderr.strip()}"
+        f"{webroot} in image {image} lacks version.php/index.php (would be rsynced at boot): {out.stderr.strip()}"
     )
 
 
 @pytest.mark.live
-def test_config_not_writable_by_web_user(host):
+def test_config_not_writable_by_web_user(host, webroot):
     out = host.run(
         f"docker exec -u {WEB_USER} {CONTAINER} sh -c "
-        f"'test -d {WEBROOT}/config || echo NO-CONFIG-DIR; find {WEBROOT}/config -writable'"
+        f"'test -d {webroot}/config || echo NO-CONFIG-DIR; find {webroot}/config -writable'"
     )
     assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
     writable = out.stdout.split()
@@ -107,9 +106,9 @@ def test_config_not_writable_by_web_user(host):
 
 
 @pytest.mark.live
-def test_config_not_owned_by_web_user(host):
+def test_config_not_owned_by_web_user(host, webroot):
     # The owner of a read-only file can chmod it writable again: a compromised PHP process would.
-    out = host.run(f"docker exec {CONTAINER} find {WEBROOT}/config -user {WEB_USER}")
+    out = host.run(f"docker exec {CONTAINER} find {webroot}/config -user {WEB_USER}")
     assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
     owned = out.stdout.split()
     assert owned == [], f"owned by {WEB_USER} (can be made writable with chmod): {owned}"

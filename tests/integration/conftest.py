@@ -32,7 +32,7 @@ from infra.localtwin.instance import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"
-STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
+STANDIN_TREE = ROOT / "infra" / "localtwin" / "standin" / "nextcloud"
 CLUSTER_LIB = OVERLAY / "cluster"
 INIT = CLUSTER_LIB / "cluster-init.php"
 READYZ = CLUSTER_LIB / "readyz" / "readyz.php"

@@ -146,15 +146,19 @@ def test_base_disk_key_follows_its_inputs(monkeypatch):
     assert base_disk.base_disk_key() != key
 
 
-def test_standin_key_follows_every_file_of_the_fixture(tmp_path):
+def test_standin_key_follows_every_file_of_the_fixture_but_its_documentation(tmp_path):
     tree = tmp_path / "standin"
-    shutil.copytree(ROOT / "image" / "standin", tree)
-    key = standin.standin_key(tree)
+    shutil.copytree(standin.FIXTURE_DIR, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    key = standin.standin_key("29.0.7", tree)
+    assert standin.standin_key("29.0.8", tree) != key, "the version is part of the image"
+    (tree / "README.md").write_text("edited\n")
+    (tree / "nextcloud/README.md").write_text("edited\n")
+    assert standin.standin_key("29.0.7", tree) == key, "documentation reaches no layer of the image"
     (tree / "rootfs/usr/local/etc/php/conf.d/nextcloud.ini").write_text("memory_limit = 1G\n")
-    assert standin.standin_key(tree) != key
+    assert standin.standin_key("29.0.7", tree) != key
     shutil.rmtree(tree / "nextcloud")
     with pytest.raises(RuntimeError, match="fake Nextcloud"):
-        standin.standin_key(tree)
+        standin.standin_key("29.0.7", tree)
 
 
 @pytest.fixture
@@ -179,7 +183,6 @@ def fake_artifact(build_root: Path) -> dict:
         "sha256": build.file_sha256(adir / "nextcloud.qcow2"),
         "fingerprint": FINGERPRINT, "reused": False, "built_at": "2026-01-02T03:04:05Z",
         "kernel": str(adir / "vmlinuz"), "initrd": str(adir / "initrd.img"),
-        "base_disk_key": base_disk.base_disk_key(), "standin_key": standin.standin_key(),
     }
     (adir / "artifact.json").write_text(json.dumps(record))
     return record
@@ -200,17 +203,16 @@ def test_unchanged_inputs_reuse_the_artifact_without_a_vm(rendered, monkeypatch)
     assert json.loads((rendered / "local" / "manifest.json").read_text())["reused"] is True
 
 
-@pytest.mark.parametrize("change", ["artifact-modified", "other-fingerprint", "other-base-disk"])
+@pytest.mark.parametrize("change", ["artifact-modified", "other-fingerprint"])
 def test_changed_inputs_or_a_modified_artifact_are_not_reused(rendered, change):
+    # Another base disk or stand-in image is another fingerprint (tests/unit/test_fingerprint.py).
     record = fake_artifact(rendered)
-    fingerprint, base_key = FINGERPRINT, base_disk.base_disk_key()
+    fingerprint = FINGERPRINT
     if change == "artifact-modified":
         Path(record["artifact_id"]).write_bytes(b"tampered")
-    elif change == "other-fingerprint":
-        fingerprint = "ef" * 32
     else:
-        base_key = "0" * 64
-    assert build.find_reusable_artifact(rendered / "local", fingerprint, base_key, standin.standin_key()) is None
+        fingerprint = "ef" * 32
+    assert build.find_reusable_artifact(rendered / "local", fingerprint) is None
 
 
 def test_missing_render_output_is_a_clear_error(tmp_path):

@@ -1,7 +1,7 @@
 """The cluster init against a real PostgreSQL and Redis: install and upgrade happen exactly once per cluster,
 however many nodes start at the same time; nodes that may not act wait and write nothing.
 
-Nextcloud itself is the stand-in's occ test double (image/standin/nextcloud/occ), which records every call in
+Nextcloud itself is the stand-in's occ test double (infra/localtwin/standin/nextcloud/occ), which records every call in
 the database; everything else (cluster-init.php, lib.php, cluster.config.php, the entrypoint) is the image's.
 """
 

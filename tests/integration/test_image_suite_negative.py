@@ -7,7 +7,8 @@ the cache is never written. The real tests/image files run in a pytest subproces
 backend (``--connection=chroot --hosts=/path``, ``-m "not live"``), and the case asserts that the specific
 check failed. The unbroken target must pass every check that is meaningful without a running system.
 
-Covered here (file-level checks): docker package/version record, unit enablement, daemon.json; runtime.env
+Covered here (file-level checks): engine pins (installed, held, recorded), the package list, provenance against the
+expected build values, unit enablement, daemon.json; runtime.env
 presence/mode/content; canaries outside the allowed files, in world-readable files, in the journal, in the
 artifact (plain and compressed qcow2); machine-id, SSH host keys and cloud-init state against the artifact;
 sshd effective options (sshd -T); passwords in /etc/shadow.
@@ -102,6 +103,18 @@ def _chroot(root: Path, *cmd: str, stdin: bytes | None = None) -> str:
     return subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True, input=stdin).stdout.decode()
 
 
+def expected_build(docker_version: str) -> dict[str, object]:
+    """What "the settings that drove the bake" asked for, as test-ami hands it to the suite."""
+    return {
+        "fingerprint": "cd" * 32,
+        "docker_version": "debian",
+        "docker_packages": {"docker.io": docker_version},
+        "nextcloud_image": "10.0.2.2:55000/nextcloud-standin:29.0.7-apache@sha256:" + "ee" * 32,
+        "nextcloud_version": "29.0.7",
+        "base_image": "sha256:" + "bb" * 32,
+    }
+
+
 def make_instance_state(root: Path, canaries: dict[str, str], instance_id: str) -> None:
     """What a correctly baked and booted instance looks like, as far as files go."""
     _write(root, "/etc/machine-id", secrets.token_hex(16) + "\n", 0o444)
@@ -114,18 +127,27 @@ def make_instance_state(root: Path, canaries: dict[str, str], instance_id: str) 
     daemon = {"log-driver": "journald", "live-restore": True, "bridge": "none", "iptables": False, "ip6tables": False}
     _write(root, "/etc/docker/daemon.json", json.dumps(daemon))
     docker_version = _chroot(root, "dpkg-query", "-W", "-f", "${Version}", "docker.io")
+    _chroot(root, "apt-mark", "hold", "docker.io")
+    listing = _chroot(root, "dpkg-query", "--show", "--showformat", "${Package}\t${Version}\n")
+    expected = expected_build(docker_version)
+    # Fixed here, before any case breaks the target: the settings do not change when the instance does.
+    (root.parent / "expected-build.json").write_text(json.dumps(expected))
     _write(
         root,
         "/etc/nextcloud-image/version-info.json",
         json.dumps(
             {
                 "git_sha": "0" * 40,
-                "nextcloud_version": "29.0.7",
-                "nextcloud_image": "nextcloud-standin:29.0.7@local",
+                "nextcloud_version": expected["nextcloud_version"],
+                "nextcloud_image": expected["nextcloud_image"],
+                "nextcloud_image_digest": expected["nextcloud_image"].rsplit("@", 1)[1],
                 "nextcloud_image_id": "sha256:" + "ab" * 32,
                 "docker_version": docker_version,
-                "base_image": "local-base",
-                "fingerprint": "cd" * 32,
+                "docker_packages": {"docker.io": {"pinned": docker_version, "installed": docker_version}},
+                "held_packages": ["docker.io"],
+                "packages": dict(line.split("\t", 1) for line in listing.splitlines() if "\t" in line),
+                "base_image": expected["base_image"],
+                "fingerprint": expected["fingerprint"],
                 "build_time": "2026-01-01T00:00:00Z",
                 "environment": "local",
             }
@@ -231,7 +253,8 @@ def run_suite(
     ]
     if artifact:
         cmd.append(f"--image-artifact={artifact}")
-    env = {**os.environ, "NEXTCLOUD_TEST_CANARIES": json.dumps(canaries)}
+    env = {**os.environ, "NEXTCLOUD_TEST_CANARIES": json.dumps(canaries),
+           "NEXTCLOUD_TEST_EXPECTED": (root.parent / "expected-build.json").read_text()}
     env.pop("NEXTCLOUD_TEST_ARTIFACT", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if not junit.exists():
@@ -325,9 +348,38 @@ def _daemon_json(key: str, value: object):
     return breaker
 
 
-def _docker_version_misrecorded(root: Path, c: dict[str, str]) -> None:
+def _version_info_field(key: str, value: object):
+    def breaker(root: Path, c: dict[str, str]) -> None:
+        p = root / "etc/nextcloud-image/version-info.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), key: value}))
+
+    return breaker
+
+
+def _docker_pins_misrecorded(root: Path, c: dict[str, str]) -> None:
+    _version_info_field("docker_packages", {"docker.io": {"pinned": "99.0.0", "installed": "99.0.0"}})(root, c)
+
+
+def _docker_unheld(root: Path, c: dict[str, str]) -> None:
+    _chroot(root, "apt-mark", "unhold", "docker.io")
+
+
+def _docker_other_version(root: Path, c: dict[str, str]) -> None:
+    # dpkg believes another version is installed, as after an upgrade the pin did not hold.
+    status = root / "var/lib/dpkg/status"
+    text = status.read_text()
+    start = text.index("Package: docker.io\n")
+    end = text.index("\n\n", start)
+    block = "\n".join("Version: 99.0.0-1" if line.startswith("Version: ") else line
+                      for line in text[start:end].splitlines())
+    status.write_text(text[:start] + block + text[end:])
+
+
+def _package_list_incomplete(root: Path, c: dict[str, str]) -> None:
     p = root / "etc/nextcloud-image/version-info.json"
-    p.write_text(json.dumps({**json.loads(p.read_text()), "docker_version": "99.0.0"}))
+    info = json.loads(p.read_text())
+    info["packages"].pop("docker.io")
+    p.write_text(json.dumps(info))
 
 
 def _password_set(root: Path, c: dict[str, str]) -> None:
@@ -397,9 +449,30 @@ CASES = {
         _daemon_json("log-driver", "json-file"),
         ["test_docker::test_daemon_json[log-driver-journald]"],
     ),
-    "docker version misrecorded": (
-        _docker_version_misrecorded,
-        ["test_docker::test_docker_package_installed_at_recorded_version"],
+    "engine pins misrecorded": (
+        _docker_pins_misrecorded,
+        ["test_docker::test_version_info_records_the_pins"],
+    ),
+    "engine not held": (_docker_unheld, ["test_docker::test_engine_packages_held"]),
+    "engine at another version than pinned": (
+        _docker_other_version,
+        ["test_docker::test_engine_packages_installed_at_pinned_versions"],
+    ),
+    "package list incomplete": (
+        _package_list_incomplete,
+        ["test_docker::test_version_info_lists_every_installed_package"],
+    ),
+    "another Nextcloud image recorded than asked for": (
+        _version_info_field("nextcloud_image", "10.0.2.2:55000/nextcloud-standin:29.0.7-apache@sha256:" + "ff" * 32),
+        ["test_provenance::test_version_info_records_what_was_asked_for[nextcloud_image-nextcloud_image]"],
+    ),
+    "another base image recorded than asked for": (
+        _version_info_field("base_image", "sha256:" + "00" * 32),
+        ["test_provenance::test_version_info_records_what_was_asked_for[base_image-base_image]"],
+    ),
+    "another digest pulled than pinned": (
+        _version_info_field("nextcloud_image_digest", "sha256:" + "ff" * 32),
+        ["test_provenance::test_version_info_records_the_pulled_digest"],
     ),
     "root has a password": (_password_set, ["test_hardening::test_no_account_has_a_password"]),
     "root has an empty password": (_empty_password, ["test_hardening::test_no_account_has_a_password"]),

@@ -192,13 +192,14 @@ BASE_UD = (
 
 
 def test_seed_user_data_keeps_the_rendered_user_data_and_runs_the_setup():
-    ud = bench.seed_user_data(BASE_UD, "http://10.0.2.2:8000", "nextcloud-standin:29.0.7-apache", "ab" * 32)
+    ref = "10.0.2.2:55000/nextcloud-standin:29.0.7-apache@sha256:" + "c" * 64
+    ud = bench.seed_user_data(BASE_UD, "http://10.0.2.2:8000", ref, "ab" * 32, "docker.io=1.0-1", "10.0.2.2:55000")
     assert ud.startswith("#cloud-config\n")
     data = yaml.safe_load(ud)
     paths = [f["path"] for f in data["write_files"]]
     assert paths == ["/etc/nextcloud/instance.json", bench.SEED_SCRIPT_PATH]
-    assert data["runcmd"] == [[bench.SEED_SCRIPT_PATH, "http://10.0.2.2:8000", "nextcloud-standin:29.0.7-apache",
-                               "ab" * 32]]
+    assert data["runcmd"] == [[bench.SEED_SCRIPT_PATH, "http://10.0.2.2:8000", ref, "ab" * 32, "docker.io=1.0-1",
+                               "10.0.2.2:55000"]]
     script = data["write_files"][1]["content"]
     for step in ("apt_update_upgrade", "install-docker.sh", "cache-nextcloud-image.sh", "build-nextcloud-image.sh",
                  "install-units.sh", "systemctl start --no-block nextcloud.service"):
@@ -228,7 +229,7 @@ def test_seed_setup_uses_only_bake_scripts_that_exist():
         assert (ROOT / "image" / "scripts" / name).is_file(), name
 
 
-def test_image_sources_tarball_holds_scripts_and_context_not_the_standin_sources(tmp_path):
+def test_image_sources_tarball_holds_scripts_and_context(tmp_path):
     import io
     import tarfile
 
@@ -236,7 +237,8 @@ def test_image_sources_tarball_holds_scripts_and_context_not_the_standin_sources
         names = tar.getnames()
     assert "scripts/install-docker.sh" in names and "nextcloud/Dockerfile" in names
     assert "rootfs/etc/systemd/system/nextcloud.service" in names
-    assert not [n for n in names if n.startswith("standin") or "__pycache__" in n]
+    assert "scripts/lib/apt-pins.sh" in names
+    assert not [n for n in names if "__pycache__" in n]
 
 
 def _get(url: str) -> bytes:
@@ -322,31 +324,40 @@ def test_cli_show_prints_the_table_of_the_last_results(tmp_path, monkeypatch):
     assert r.returncode == 0 and "boot_bare_s" in r.stdout
 
 
-def test_noop_is_refused_when_a_rebuild_would_bake(tmp_path):
-    # A real reuse record as the bake driver writes it; then the inputs change and the rebuild would bake.
+def test_noop_is_refused_when_a_rebuild_would_bake(tmp_path, monkeypatch):
+    # A real reuse record as the bake driver writes it, under the fingerprint the real render gives (in a copy of
+    # the repository's image/ and packer/); then the resolved base disk changes and the rebuild would bake.
+    # resolve_local_inputs stands in for the cached base disk and stand-in image (minutes to build).
     import hashlib
-    from types import SimpleNamespace
 
-    from infra.localtwin import base_disk, standin
+    from infra.localtwin import build
+    from render.outputs import ResolvedInputs
+    from render.settings import load_settings
 
+    for tree in ("image", "packer"):
+        shutil.copytree(ROOT / tree, tmp_path / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    resolved = {"id": "sha256:" + "1" * 64}
+
+    def fake_resolve(_settings, log=print):
+        ref = "10.0.2.2:55000/nextcloud-standin:29.0.7-apache@sha256:" + "2" * 64
+        return ResolvedInputs(resolved["id"], "local-debian-12-base:x", ref), None, None
+
+    monkeypatch.setattr(build, "resolve_local_inputs", fake_resolve)
+    settings = load_settings(ROOT, "local", environ={}).settings
     build_dir = tmp_path / "build" / "local"
-    fp = "1" * 64
+    fp = build.current_fingerprint(tmp_path, settings, build_dir)
     art = build_dir / "artifacts" / fp
     art.mkdir(parents=True)
-    for name in ("packer-vars.json", "nextcloud.env", "secret-references.json"):
-        (build_dir / name).write_text("{}\n")
-    (build_dir / "fingerprint").write_text(fp + "\n")
     files = {name: art / name for name in ("nextcloud.qcow2", "vmlinuz", "initrd.img")}
     for p in files.values():
         p.write_bytes(b"x")
     (art / "artifact.json").write_text(json.dumps({
         "artifact_id": str(files["nextcloud.qcow2"]), "kernel": str(files["vmlinuz"]),
-        "initrd": str(files["initrd.img"]), "sha256": hashlib.sha256(b"x").hexdigest(), "fingerprint": fp,
-        "base_disk_key": base_disk.base_disk_key(), "standin_key": standin.standin_key()}))
-    inputs = bench.Inputs(root=tmp_path, settings=SimpleNamespace(name="local"), artifact=None, artifact_record={},
-                          base=None, fingerprint=fp)
+        "initrd": str(files["initrd.img"]), "sha256": hashlib.sha256(b"x").hexdigest(), "fingerprint": fp}))
+    inputs = bench.Inputs(root=tmp_path, settings=settings, artifact=None, artifact_record={}, base=None,
+                          fingerprint=fp)
     assert bench.noop_precondition(inputs) is None
-    (build_dir / "fingerprint").write_text("2" * 64 + "\n")
+    resolved["id"] = "sha256:" + "3" * 64
     assert "would bake, not reuse" in bench.noop_precondition(inputs)
 
 
@@ -383,3 +394,27 @@ def test_a_bake_starting_under_the_noop_command_is_stopped_at_once(tmp_path):
     r = bench.watch_process_tree(["sh", "-c", f"{fake} 60"], ROOT, forbid=bench._is_bake)
     assert r["stopped"] == "stopped: qemu-system-x86_64 started"
     assert r["seconds"] < 30 and r["exit_code"] != 0
+
+
+@pytest.mark.skipif(shutil.which("debugfs") is None, reason="needs e2fsprogs")
+def test_the_floor_is_the_base_disk_with_the_images_product_independent_boot_settings(tmp_path):
+    # A small ext4 "base disk"; the floor gets exactly the image's files for FLOOR_FILES, the base stays untouched.
+    tree = tmp_path / "tree"
+    (tree / "etc" / "cloud" / "cloud.cfg.d").mkdir(parents=True)
+    (tree / "etc" / "systemd").mkdir(parents=True)
+    base = tmp_path / "disk.raw"
+    subprocess.run(["truncate", "-s", "32M", str(base)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(base)], check=True)
+    before = base.read_bytes()
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "image" / "rootfs", root / "image" / "rootfs")
+    target = bench.BootTarget(base, tmp_path / "vmlinuz", tmp_path / "initrd.img")
+    floor = bench.floor_disk(root, target, log=lambda _m: None)
+    assert floor.disk != base and base.read_bytes() == before
+    for rel in bench.FLOOR_FILES:
+        out = subprocess.run(["debugfs", "-R", f"cat /{rel}", str(floor.disk)], capture_output=True, text=True)
+        assert out.stdout == (ROOT / "image" / "rootfs" / rel).read_text(), rel
+        stat = subprocess.run(["debugfs", "-R", f"stat /{rel}", str(floor.disk)], capture_output=True, text=True)
+        assert "Mode:  0644" in stat.stdout and "User:     0" in stat.stdout, stat.stdout[:300]
+    assert "ssh_genkeytypes: [ed25519, ecdsa]" in (ROOT / "image" / "rootfs" / bench.FLOOR_FILES[0]).read_text()
+    assert bench.floor_disk(root, target, log=lambda _m: None).disk == floor.disk, "cached by content"

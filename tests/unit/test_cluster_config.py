@@ -173,7 +173,7 @@ def test_readiness_loads_config_like_nextcloud(tmp_path):
     assert json.loads(r.stdout) == {"a": "b10", "b": "b2", "c": "from-env"}
 
 
-STANDIN_TREE = ROOT / "image" / "standin" / "nextcloud"
+STANDIN_TREE = ROOT / "infra" / "localtwin" / "standin" / "nextcloud"
 PHP_FILES = sorted([*(ROOT / "image" / "nextcloud").rglob("*.php"), *STANDIN_TREE.rglob("*.php"), STANDIN_TREE / "occ",
                     *(ROOT / "tests" / "fixtures" / "nextcloud").rglob("*.php")])
 SHELL_SCRIPTS = [*sorted((ROOT / "image/nextcloud/bin").iterdir()), ROOT / "image/nextcloud/cluster/env-file.sh"]

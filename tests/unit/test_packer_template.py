@@ -45,6 +45,7 @@ SAMPLE_VARS = {
     "nextcloud_image": "nextcloud:29.0.7-apache@sha256:" + "0" * 64,
     "nextcloud_version": "29.0.7",
     "docker_version": "5:27.3.1-1~debian.12~bookworm",
+    "docker_packages": "containerd.io=1.7.22-1 docker-ce=5:27.3.1-1~debian.12~bookworm",
     "root_volume_size_gb": 20,
     "ssh_username": "admin",
 }
@@ -56,7 +57,7 @@ def build_dir(tmp_path: Path) -> Path:
     (tmp_path / "packer-vars.json").write_text(json.dumps(SAMPLE_VARS))
     (tmp_path / "nextcloud.env").write_text("NEXTCLOUD_DB_HOST=db\n")
     (tmp_path / "secret-references.json").write_text(render_contract())
-    for name in ("disk.raw", "vmlinuz", "initrd.img", "standin.tar.gz"):
+    for name in ("disk.raw", "vmlinuz", "initrd.img"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "seed").mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
@@ -69,15 +70,14 @@ def volatile_vars(build_dir: Path, only: str) -> list[str]:
         "git_sha": "0123456789abcdef0123456789abcdef01234567",
         "build_time": "2026-01-02T03:04:05Z",
         "build_dir": str(build_dir),
+        "image_upload_dir": str(ROOT / "image"),
     }
     if only.startswith("qemu."):
         common |= {
             "output_dir": str(build_dir / "out"),
             "base_disk": str(build_dir / "disk.raw"),
-            "base_image": "local-debian-12-base:0123456789ab",
             "kernel": str(build_dir / "vmlinuz"),
             "initrd": str(build_dir / "initrd.img"),
-            "standin_archive": str(build_dir / "standin.tar.gz"),
             "ssh_private_key_file": str(build_dir / "key"),
             "bake_seed_dir": str(build_dir / "seed"),
         }
@@ -116,12 +116,12 @@ def test_template_rejects_a_var_file_without_the_nextcloud_image(build_dir):
 
 
 @needs_packer
-def test_qemu_source_needs_its_stand_in_archive(build_dir):
-    (build_dir / "standin.tar.gz").unlink()
+def test_template_needs_the_staged_upload_dir(build_dir):
     proc = packer("validate", "-only=qemu.nextcloud", f"-var-file={build_dir / 'packer-vars.json'}",
-                  *volatile_vars(build_dir, "qemu.nextcloud"), str(PACKER_DIR))
+                  *[v for v in volatile_vars(build_dir, "qemu.nextcloud") if not v.startswith("-var=image_upload_dir")],
+                  str(PACKER_DIR))
     assert proc.returncode != 0
-    assert "standin.tar.gz" in proc.stdout + proc.stderr
+    assert "image_upload_dir" in proc.stdout + proc.stderr
 
 
 def test_every_provisioning_script_exists_and_is_wired_with_its_inputs():
@@ -135,8 +135,10 @@ def test_every_provisioning_script_exists_and_is_wired_with_its_inputs():
 
 
 SHELL_SCRIPTS = sorted(
-    [*(ROOT / "image" / "scripts").glob("*.sh"), *(ROOT / "image" / "standin").glob("*.sh"),
-     ROOT / "image" / "standin" / "rootfs" / "usr" / "local" / "bin" / "apache2-foreground",
+    [*(ROOT / "image" / "scripts").glob("*.sh"), *(ROOT / "image" / "scripts" / "lib").glob("*.sh"),
+     *(ROOT / "infra" / "localtwin" / "standin").glob("*.sh"),
+     ROOT / "infra" / "localtwin" / "standin" / "rootfs" / "usr" / "local" / "bin" / "apache2-foreground",
+     ROOT / "infra" / "localtwin" / "standin" / "rootfs" / "entrypoint.sh",
      *(ROOT / "infra" / "localtwin").glob("*.sh")]
 )
 
@@ -148,7 +150,8 @@ def test_shell_scripts_are_shellcheck_clean_and_strict(script):
     assert proc.returncode == 0, proc.stdout
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
-    assert "set -o errexit -o nounset -o pipefail" in text
+    if script.parent.name != "lib":  # a sourced library runs under its caller's strict mode
+        assert "set -o errexit -o nounset -o pipefail" in text
 
 
 # ---- machine-readable output and the manifest ----

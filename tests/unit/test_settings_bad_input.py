@@ -86,7 +86,8 @@ CASES = [
      "valid S3 bucket name"),
     ("aws-without-bucket", aws('bucket = "example-nextcloud-primary"', ""), {}, [], "s3.bucket",
      "primary object storage"),
-    ("aws-docker-debian", aws('version = "5:27.3.1-1~debian.12~bookworm"', 'version = "debian"'), {}, [],
+    ("aws-docker-debian", aws('version = "5:27.3.1-1~debian.12~bookworm"', 'version = "debian"')
+     .replace('containerd_version = "1.7.22-1"', ""), {}, [],
      "docker.version", "pins docker-ce"),
     ("docker-latest", aws('version = "5:27.3.1-1~debian.12~bookworm"', 'version = "latest"'), {}, [],
      "docker.version", "exact docker-ce apt version"),

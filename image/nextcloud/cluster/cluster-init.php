@@ -363,12 +363,15 @@ function removeTree(string $dir): void {
 	rmdir($dir);
 }
 
-/** occ runs as the owner of the webroot's occ file: www-data in the image, the test user on the host. */
+/**
+ * occ runs as the owner of the data directory, the one part of the webroot the web server writes: www-data in the
+ * image (the code itself is read-only for it), the test user on the host.
+ */
 function occOwner(): array {
-	$uid = fileowner(webroot() . '/occ');
+	$uid = fileowner(webroot() . '/data');
 	$pw = $uid === false ? false : posix_getpwuid($uid);
 	if ($pw === false) {
-		throw new \RuntimeException('cannot determine the owner of ' . webroot() . '/occ');
+		throw new \RuntimeException('cannot determine the owner of ' . webroot() . '/data');
 	}
 	return ['uid' => $pw['uid'], 'gid' => $pw['gid'], 'name' => $pw['name']];
 }

@@ -1,0 +1,63 @@
+"""The served code: in the image, outside any volume, read-only for the web server, and nothing copied when the
+container is created (the base image's VOLUME /var/www/html would otherwise take a copy of the whole tree at
+every boot and restart, and `docker rm --force` would leave each copy behind)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = [pytest.mark.webroot, pytest.mark.live]
+
+CONTAINER = "nextcloud"
+DERIVED = "nextcloud-cluster:current"
+WEB_USER = "www-data"
+
+
+def _image_config(host, image: str) -> dict:
+    return json.loads(host.check_output(f"docker image inspect --format '{{{{json .Config}}}}' {image}"))
+
+
+def test_webroot_is_outside_every_volume_the_image_declares(host, webroot):
+    volumes = sorted(_image_config(host, DERIVED).get("Volumes") or {})
+    covered = [v for v in volumes if webroot == v or webroot.startswith(v.rstrip("/") + "/")]
+    assert not covered, f"the webroot {webroot} lies in the image's volume(s) {covered}: copied at every start"
+
+
+def test_container_has_no_volume(host):
+    mounts = json.loads(host.check_output(f"docker inspect --format '{{{{json .Mounts}}}}' {CONTAINER}"))
+    volumes = [m for m in mounts if m.get("Type") == "volume"]
+    assert not volumes, f"the container was created with volume(s) (a copy of the image's tree each): {volumes}"
+
+
+def test_no_volume_left_on_the_instance(host):
+    left = host.check_output("docker volume ls --quiet").split()
+    assert not left, f"Docker volumes on the instance (orphaned copies of the webroot?): {left}"
+
+
+def test_restart_removes_a_leftover_container_with_its_volumes(host):
+    # A container left by an unclean stop is removed before the next start; without --volumes its anonymous
+    # volumes would stay behind, one per unclean stop.
+    pre = host.check_output("systemctl show --property ExecStartPre --value nextcloud.service")
+    assert "rm --force --volumes nextcloud" in pre or "rm -f -v nextcloud" in pre, (
+        f"nextcloud.service removes a leftover container without its volumes: {pre}"
+    )
+
+
+def test_code_is_read_only_for_the_web_server(host, webroot):
+    script = f'find "{webroot}" -path "{webroot}/data" -prune -o -writable -print'
+    out = host.run(f"docker exec -u {WEB_USER} {CONTAINER} sh -c '{script}'")
+    assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
+    writable = out.stdout.split()
+    assert not writable, f"{len(writable)} paths of the code are writable by {WEB_USER}, e.g. {writable[:5]}"
+
+
+def test_data_dir_is_writable_by_the_web_server(host, webroot):
+    out = host.run(f"docker exec -u {WEB_USER} {CONTAINER} test -w {webroot}/data -a -f {webroot}/data/.ocdata")
+    assert out.rc == 0, f"{webroot}/data is not a writable data directory with .ocdata for {WEB_USER}"
+
+
+def test_apache_serves_the_webroot(host, webroot):
+    out = host.run(f"docker exec {CONTAINER} sh -c 'apache2ctl -S 2>/dev/null | grep -i \"Main DocumentRoot\"'")
+    assert webroot.rstrip("/") in out.stdout, f"Apache's document root is not {webroot}: {out.stdout.strip()}"
