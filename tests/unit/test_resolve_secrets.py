@@ -748,7 +748,9 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     assert pairs["-v"] == "/run/nextcloud/runtime.env:/run/secrets/nextcloud-runtime.env:ro"
     assert "--env-file" not in argv[argv.index("--env-file") + 2 :], "secrets must not go in as docker env"
 
-    assert "-/usr/bin/docker rm --force nextcloud" in service["ExecStartPre"]
+    # A leftover container goes with its anonymous volumes; and none are made: /var/www/html gets an empty tmpfs.
+    assert "-/usr/bin/docker rm --force --volumes nextcloud" in service["ExecStartPre"]
+    assert pairs["--mount"].startswith("type=tmpfs,destination=/var/www/html,")
     (stop,) = service["ExecStop"]
     stop_argv = shlex.split(stop)
     assert stop_argv[:2] == ["/usr/bin/docker", "stop"]
