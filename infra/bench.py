@@ -685,6 +685,13 @@ def floor_disk(root: Path, base: BootTarget, log: Log = _log) -> BootTarget:
     return BootTarget(disk, base.kernel, base.initrd)
 
 
+def _docker_volumes(inst: BenchInstance) -> dict[str, Any]:
+    """How many Docker volumes the instance has after its container started (each one a copy of a webroot)."""
+    r = inst.ssh("sudo docker volume ls --quiet | wc -l; sudo du -sm /var/lib/docker/volumes | cut -f1", timeout=120)
+    lines = r.stdout.split()
+    return {"docker_volumes": int(lines[0]), "docker_volumes_mb": int(lines[1])} if len(lines) == 2 else {}
+
+
 def _host_key_types(inst: BenchInstance) -> dict[str, Any]:
     r = inst.ssh("ls /etc/ssh/ | sed -n 's/^ssh_host_\\(.*\\)_key\\.pub$/\\1/p'", timeout=60)
     return {"host_key_types": sorted(r.stdout.split())}
@@ -1215,7 +1222,7 @@ def run_bench(
             def after_baked(inst: BenchInstance) -> dict[str, Any]:
                 if not image_info:
                     image_info.update(_docker_image_sizes(inst, _nextcloud_image(inputs)))
-                return {**_installed_here(inst), **_host_key_types(inst)}
+                return {**_installed_here(inst), **_host_key_types(inst), **_docker_volumes(inst)}
 
             m["boot_baked_ready_s"] = _measure_boots(
                 "baked", "boot_baked_ready_s", runs, lambda n: (inputs.artifact, user_data, after_baked), "ready",
