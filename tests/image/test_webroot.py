@@ -59,5 +59,9 @@ def test_data_dir_is_writable_by_the_web_server(host, webroot):
 
 
 def test_apache_serves_the_webroot(host, webroot):
-    out = host.run(f"docker exec {CONTAINER} sh -c 'apache2ctl -S 2>/dev/null | grep -i \"Main DocumentRoot\"'")
-    assert webroot.rstrip("/") in out.stdout, f"Apache's document root is not {webroot}: {out.stdout.strip()}"
+    # robots.txt ships at the top of every Nextcloud release: what Apache answers must be the webroot's copy.
+    served = host.run("curl -sS --max-time 20 -w '\\n%{http_code}' http://127.0.0.1/robots.txt")
+    body, _, code = served.stdout.rpartition("\n")
+    on_disk = host.run(f"docker exec {CONTAINER} cat {webroot}/robots.txt")
+    assert code == "200" and on_disk.rc == 0, f"robots.txt: HTTP {code}, in {webroot}: {on_disk.stderr.strip()}"
+    assert body.rstrip("\n") == on_disk.stdout.rstrip("\n"), "Apache serves another robots.txt than the webroot's"
