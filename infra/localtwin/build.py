@@ -354,6 +354,8 @@ def build_local_image(
     except (OSError, ValueError) as exc:
         raise BuildError(f"the bake did not hand back its version-info.json ({exc})") from exc
     (artifact_dir / "version-info.json").write_text(json.dumps(version_info, indent=2) + "\n")
+    # The step timings beside the artifact too: the build directory's copy is overwritten by the next bake.
+    shutil.copyfile(result.timings_path, artifact_dir / "packer-timings.json")
     record = {
         "artifact_id": str(qcow2),
         "sha256": sha,
