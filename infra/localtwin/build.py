@@ -266,7 +266,7 @@ def build_local_image(
             return manifest
     if base is None or image is None:
         raise BuildError(f"no artifact for fingerprint {fingerprint[:12]} to reuse, and no settings to bake with: "
-                         "run `inv build-ami --env {env}`")
+                         f"run `inv build-ami --env {env}`")
 
     # Packer refuses an existing output directory; whatever is there is a failed bake.
     if artifact_dir.exists():
