@@ -83,18 +83,6 @@ variable "docker_packages" {
   description = "Engine packages installed at exactly these versions and held: \"name=version ...\"."
 }
 
-variable "source_image_id" {
-  type        = string
-  description = "The exact base image the bake starts from, resolved on the host: the source AMI id, or the local base disk's sha256 digest."
-  default     = ""
-}
-
-variable "source_image_name" {
-  type        = string
-  description = "Name of source_image_id (the AMI name, or the local base disk's label)."
-  default     = ""
-}
-
 variable "root_volume_size_gb" {
   type        = number
   description = "Root volume size of the image in GiB."
@@ -109,7 +97,7 @@ variable "ssh_username" {
 
 variable "source_image_id" {
   type        = string
-  description = "The exact source image resolved on the host (AWS: ami-...); empty = the newest match of the filter."
+  description = "The exact source image resolved on the host (AWS: ami-...; local twin: the base disk's sha256 digest); empty = the newest match of the filter."
   default     = ""
 }
 

@@ -35,7 +35,7 @@ from infra.image_digest import DigestError, resolve_image_digest
 from infra.packer import PackerError, ensure_plugins, run_packer_build
 from infra.verdict import Verdict
 from render import tags as T
-from render.outputs import FINGERPRINT, PACKER_VARS, ResolvedInputs, render_all, write_outputs
+from render.outputs import FINGERPRINT, PACKER_VARS, ResolvedInputs, render_all, stage_image_upload, write_outputs
 
 Log = Callable[[str], None]
 MANIFEST = "manifest.json"
@@ -197,9 +197,12 @@ def build_aws_image(
                 created=created, log=log)
             tag_vars = work / "bake-tags.json"
             tag_vars.write_text(json.dumps({"ami_tags": tags, "run_tags": run_tags}, indent=2))
+            # Packer uploads exactly the files the fingerprint covers (render/outputs.py IMAGE_UPLOAD).
+            stage_image_upload(root, work / "image")
             variables = {
                 "fingerprint": fingerprint, "git_sha": git_sha, "build_time": build_time,
                 "build_dir": str(build_dir.resolve()), "ec2_endpoint": endpoint or "",
+                "image_upload_dir": str(work / "image"),
                 "subnet_id": settings.bake.subnet_id, "security_group_id": group_id,
                 "ssh_keypair_name": key_name, "ssh_private_key_file": str(key_file),
                 "ssh_interface": settings.bake.ssh_interface,

@@ -20,8 +20,11 @@ ECR = "123456789012.dkr.ecr.eu-central-1.amazonaws.com"
 def doubles(tmp_path: Path) -> tuple[Path, Path]:
     bin_dir, record = tmp_path / "bin", tmp_path / "record"
     bin_dir.mkdir()
+    # `docker image inspect` after a pull answers like the real one: the pulled reference's repository@digest.
     (bin_dir / "docker").write_text(
         "#!/usr/bin/env bash\n"
+        "if [[ \"$1 $2\" == \"image inspect\" ]]; then ref=\"${*: -1}\"; repo=\"${ref%@*}\";"
+        " echo \"${repo%:*}@${ref##*@}\"; exit 0; fi\n"
         f"echo \"docker $*\" >> {record}\n"
         "if [[ -n \"${DOCKER_CONFIG:-}\" ]]; then\n"
         f"  echo \"config $(cat \"$DOCKER_CONFIG/config.json\")\" >> {record}\n"
