@@ -89,6 +89,7 @@ image = "nextcloud:29.0.7-apache@sha256:{"a" * 64}"
 version = "29.0.7"
 [docker]
 version = "5:27.3.1-1~debian.12~bookworm"
+containerd_version = "1.7.22-1"
 [site]
 domain = "cloud.example.com"
 [launch_template]
