@@ -1,0 +1,1 @@
+"""The real-Nextcloud test lane (see lane.py)."""

@@ -1,0 +1,203 @@
+"""The real-Nextcloud test lane (infra/lane): the derived image built on a base, two nodes of it against a real
+PostgreSQL, Redis with TLS (a throwaway CA) and an S3 endpoint (moto's server), all on loopback.
+
+The base: ``NCIMAGE_LANE_BASE`` (``inv lane --env example`` sets it to the settings' digest-pinned official image;
+GitHub CI runs that), else the stand-in (a test fixture without Nextcloud code). On the stand-in, what needs
+Nextcloud's own code (WebDAV, S3 primary storage, background jobs, the upgrade) is skipped with that reason; what
+the project's own code does (one install under a race, one identity, the rendered config, the health endpoints)
+is asserted on either base. The engine: Docker at DOCKER_HOST, else a private Podman API service.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+
+import pytest
+
+from infra.lane.lane import CONTEXT, docker_engine_available, open_lane
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+NODE_TIMEOUT_S = float(os.environ.get("NCIMAGE_LANE_NODE_TIMEOUT", "600"))
+NEEDS_NEXTCLOUD = "needs Nextcloud's own code ({what}): the base is the stand-in, a test fixture without it"
+INSTALLED = re.compile(r"nextcloud-cluster-init\[\d+\]: installed Nextcloud \S+ as cluster ")
+UPGRADED = re.compile(r"nextcloud-cluster-init\[\d+\]: upgraded the cluster to ")
+
+
+def _engine_missing() -> str | None:
+    if docker_engine_available():
+        return None
+    missing = [t for t in ("podman", "runc") if shutil.which(t) is None]
+    if not os.environ.get("NCIMAGE_LANE_BASE"):
+        missing += [t for t in ("skopeo", "docker-registry", "mmdebstrap") if shutil.which(t) is None]
+    return f"no Docker engine and {', '.join(missing)} missing (bash .ci/setup)" if missing else None
+
+
+@pytest.fixture(scope="module")
+def lane(tmp_path_factory):
+    if reason := _engine_missing():
+        pytest.skip(reason)
+    with open_lane(os.environ.get("NCIMAGE_LANE_BASE") or None, tmp_path_factory.mktemp("lane"),
+                   log=lambda m: print(f"lane: {m}", flush=True)) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def nodes(lane):
+    """Two nodes started at the same moment, both allowed to install: a race for the one install."""
+    ports = [_free_port(), _free_port()]
+    started = time.monotonic()
+    a = lane.cluster.start_node("a", lane.image, ports[0], allow_install=True)
+    b = lane.cluster.start_node("b", lane.image, ports[1], allow_install=True)
+    a.wait_ready(NODE_TIMEOUT_S)
+    b.wait_ready(NODE_TIMEOUT_S)
+    print(f"lane: both nodes ready {time.monotonic() - started:.0f}s after start", flush=True)
+    return a, b
+
+
+def _free_port() -> int:
+    from infra.localtwin.instance import free_port
+
+    return free_port()
+
+
+def _code_version(lane) -> str:
+    """NEXTCLOUD_VERSION from the base image's own configuration (the official image and the stand-in set it)."""
+    env = dict(e.split("=", 1) for e in lane.client.images.get(lane.base).attrs["Config"]["Env"])
+    return env["NEXTCLOUD_VERSION"]
+
+
+def _row(lane) -> dict[str, str]:
+    out = lane.services.pg.psql("SELECT row_to_json(s) FROM nextcloud_cluster_state s")
+    import json
+
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_two_racing_nodes_install_exactly_once(lane, nodes):
+    logs = [n.logs() for n in nodes]
+    installs = [len(INSTALLED.findall(log)) for log in logs]
+    assert sorted(installs) == [0, 1], f"install lines per node: {installs}"
+    assert _row(lane)["state"] == "installed"
+    if lane.standin:
+        # The stand-in's occ double records every call in the database: one maintenance:install across the cluster.
+        calls = lane.services.pg.psql("SELECT count(*) FROM occ_double_calls WHERE verb = 'maintenance:install'")
+        assert calls.strip() == "1"
+    else:
+        users = lane.services.pg.psql("SELECT uid FROM oc_users").split()
+        assert users == [lane.cluster.admin_user]
+
+
+def test_the_second_node_joins_with_the_same_identity(lane, nodes):
+    identity = lane.cluster.identity
+    row = _row(lane)
+    assert (row["instanceid"], row["identity_digest"]) == (identity.instanceid, identity.digest)
+    for node in nodes:
+        config = node.effective_config()
+        assert (config["instanceid"], config["passwordsalt"], config["secret"]) == (
+            identity.instanceid, identity.passwordsalt, identity.secret), node.name
+
+
+def test_every_node_renders_its_config_from_the_environment(lane, nodes):
+    pg, redis, s3 = lane.services.pg, lane.services.redis, lane.services.s3
+    for node in nodes:
+        c = node.effective_config()
+        assert (c["dbtype"], c["dbhost"], int(c["dbport"]), c["dbname"], c["dbuser"], c["dbpassword"]) == (
+            "pgsql", "127.0.0.1", pg.port, pg.dbname, pg.user, pg.password)
+        assert c["redis"]["host"] == "tls://localhost" and int(c["redis"]["port"]) == redis.port
+        assert c["redis"]["password"] == redis.password
+        assert c["redis"]["ssl_context"] == {"verify_peer": True, "verify_peer_name": True}
+        args = c["objectstore"]["arguments"]
+        assert c["objectstore"]["class"].endswith("ObjectStore\\S3")
+        assert (args["bucket"], args["hostname"], int(args["port"]), args["use_ssl"], args["use_path_style"]) == (
+            lane.cluster.bucket, "127.0.0.1", s3.port, False, True)
+        assert c["trusted_domains"] == ["localhost", "127.0.0.1"]
+        assert c["installed"] is True and c["config_is_read_only"] is True
+        assert str(c["version"]).startswith(_code_version(lane) + ".")
+
+
+def test_both_nodes_are_ready_with_the_code_version(lane, nodes):
+    version = _code_version(lane)
+    for node in nodes:
+        status, body = node.readyz()
+        assert status == 200 and body["ready"] is True, (node.name, status, body)
+        assert str(body["version"]).startswith(version + "."), body
+        assert node.state()["phase"] == "ready"
+
+
+def test_liveness_endpoint(lane, nodes):
+    if not (CONTEXT / "cluster" / "livez").is_dir():
+        pytest.skip("this tree's image has no /livez yet (image/nextcloud/cluster/livez/)")
+    for node in nodes:
+        status, _, body = node.http("/livez", timeout=5)
+        assert status == 200, (node.name, status, body[:300])
+
+
+def test_a_file_uploaded_through_a_downloads_intact_through_b_and_lies_in_the_bucket(lane, nodes):
+    if lane.standin:
+        pytest.skip(NEEDS_NEXTCLOUD.format(what="WebDAV, S3 primary storage"))
+    a, b = nodes
+    payload = secrets.token_bytes(1 << 20)
+    path = f"/remote.php/dav/files/{lane.cluster.admin_user}/lane-{secrets.token_hex(4)}.bin"
+    auth = (lane.cluster.admin_user, lane.cluster.admin_password)
+    status, _, body = a.http(path, method="PUT", data=payload, auth=auth, timeout=120)
+    assert status in (201, 204), (status, body[:500])
+    status, _, body = b.http(path, auth=auth, timeout=120)
+    assert status == 200 and body == payload, (status, len(body))
+    stored = lane.services.s3.objects(lane.cluster.bucket)
+    assert payload in stored.values(), f"no object of {lane.cluster.bucket} holds the file ({len(stored)} objects)"
+
+
+def test_background_jobs_run(lane, nodes):
+    if lane.standin:
+        pytest.skip(NEEDS_NEXTCLOUD.format(what="background jobs, cron.php"))
+    if not (CONTEXT / "bin" / "nextcloud-cron").is_file():
+        pytest.skip("this tree's image has no background-jobs runner yet (image/nextcloud/bin/nextcloud-cron)")
+    started = int(time.time())
+    rc, out = nodes[1].exec("nextcloud-cron")
+    assert rc == 0, out[-2000:]
+    ran = lane.services.pg.psql(f"SELECT count(*) FROM oc_jobs WHERE last_run >= {started}")
+    assert int(ran) > 0, out[-2000:]
+    lastcron = lane.services.pg.psql(
+        "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'lastcron'")
+    assert int(lastcron.strip() or 0) >= started
+
+
+def _previous_release(reference: str) -> str | None:
+    """``repo:34.0.3-apache@sha256:…`` → ``repo:34.0.2-apache`` (the previous release of the same major.minor)."""
+    repo_tag = reference.split("@", 1)[0]
+    repo, _, tag = repo_tag.rpartition(":")
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(-.+)?", tag)
+    if not m or int(m.group(3)) == 0:
+        return None
+    return f"{repo}:{m.group(1)}.{m.group(2)}.{int(m.group(3)) - 1}{m.group(4) or ''}"
+
+
+def test_an_upgrade_from_the_previous_release_runs_exactly_once(lane, nodes):
+    if lane.standin:
+        pytest.skip(NEEDS_NEXTCLOUD.format(what="occ upgrade"))
+    previous = os.environ.get("NCIMAGE_LANE_UPGRADE_FROM") or _previous_release(lane.base)
+    if previous is None:
+        pytest.skip(f"{lane.base} has no previous release of its major.minor (set NCIMAGE_LANE_UPGRADE_FROM)")
+    old = lane.build(previous, f"nextcloud-lane-previous:{secrets.token_hex(4)}", log=print)
+    cluster = lane.new_cluster()
+    first = cluster.start_node("old", old, _free_port(), allow_install=True)
+    first.wait_ready(NODE_TIMEOUT_S)
+    old_version = _row(lane)["version"]
+    first.remove()
+    a = cluster.start_node("new-a", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    b = cluster.start_node("new-b", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    a.wait_ready(NODE_TIMEOUT_S)
+    b.wait_ready(NODE_TIMEOUT_S)
+    upgrades = [len(UPGRADED.findall(n.logs())) for n in (a, b)]
+    assert sorted(upgrades) == [0, 1], f"upgrade lines per node: {upgrades}"
+    row = _row(lane)
+    assert row["state"] == "installed" and row["version"] != old_version
+    assert row["version"].startswith(_code_version(lane) + ".")
+
