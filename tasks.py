@@ -216,6 +216,28 @@ def bench(c, env=None, runs=None, only=None, full_bake=False, seed_runs=None, ti
 @task(
     iterable=["set_"],
     help={
+        "env": ENV_HELP + "; an AWS environment's nextcloud.image is the base, the local one's is the stand-in",
+        "set": SET_HELP,
+        "base": "build on this image instead (repo:tag[@sha256:...]), e.g. the digest-pinned official image",
+        "upgrade_from": "the release the upgrade check starts from (default: the base's previous patch tag)",
+    },
+)
+def lane(c, env=None, set_=None, base=None, upgrade_from=None):
+    """Real-Nextcloud test lane: two containers of the derived image on PostgreSQL, Redis (TLS) and S3."""
+    from infra.lane.lane import LaneUsageError, lane_base, run_lane
+
+    loaded = _load(c, env, set_)
+    try:
+        code = run_lane(lane_base(loaded.settings, base), upgrade_from)
+    except LaneUsageError as exc:
+        raise Exit(f"error: {exc}; nothing was run", code=2) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    iterable=["set_"],
+    help={
         "env": ENV_HELP,
         "set": SET_HELP,
         "older_than": "only what is at least this old, e.g. 6h, 90m, 2d (default 6h; 0s = everything)",
@@ -314,7 +336,7 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
 
 ns = Collection(
     render, validate, build_ami, test_ami, sweep, bench, rollout, rollback, prune_amis, status, deploy_stack,
-    bootstrap_db,
+    bootstrap_db, lane,
 )
 ns.configure(DEFAULTS)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -132,3 +133,38 @@ def _remove_image(client: Any, tag: str) -> None:
 
 
 __all__ = ["EngineError", "Lane", "is_standin", "open_lane"]
+
+
+TEST_FILE = REPO_ROOT / "tests" / "integration" / "test_nextcloud_lane.py"
+_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?")
+
+
+class LaneUsageError(ValueError):
+    """A bad --base/--upgrade-from; the message names the flag and the fix."""
+
+
+def lane_base(settings: Any, base: str | None) -> str | None:
+    """The base the lane builds on: ``--base``, else the settings' image (an AWS environment: the digest-pinned
+    official image), else None: the stand-in (the local environment's image is the stand-in's name)."""
+    if base:
+        return base
+    return None if settings.builder == "local" else settings.nextcloud.image
+
+
+def run_lane(base: str | None, upgrade_from: str | None = None, pytest_args: tuple[str, ...] = ()) -> int:
+    """Run the lane's tests (``tests/integration/test_nextcloud_lane.py``) on ``base``; returns pytest's exit code."""
+    import subprocess
+    import sys
+
+    for flag, value in (("--base", base), ("--upgrade-from", upgrade_from)):
+        if value is not None and not _REFERENCE.fullmatch(value):
+            raise LaneUsageError(f"{flag} {value!r} is not an image reference: write repo:tag or "
+                                 "repo:tag@sha256:<64 hex>, e.g. nextcloud:34.0.3-apache@sha256:…")
+    env = {k: v for k, v in os.environ.items() if k not in ("NCIMAGE_LANE_BASE", "NCIMAGE_LANE_UPGRADE_FROM")}
+    if base:
+        env["NCIMAGE_LANE_BASE"] = base
+    if upgrade_from:
+        env["NCIMAGE_LANE_UPGRADE_FROM"] = upgrade_from
+    print(f"lane: base {base or 'the stand-in (test fixture, no Nextcloud code)'}", flush=True)
+    return subprocess.run([sys.executable, "-m", "pytest", str(TEST_FILE), "-v", "-rs", *pytest_args],
+                          cwd=REPO_ROOT, env=env).returncode

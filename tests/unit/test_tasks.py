@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["render", "validate", "build-ami", "test-ami", "sweep", "rollout", "rollback", "prune-amis", "status",
-         "deploy-stack", "bootstrap-db", "bench"]
+         "deploy-stack", "bootstrap-db", "bench", "lane"]
 
 
 def inv(*args, env=None):
