@@ -160,11 +160,11 @@ def run_lane(base: str | None, upgrade_from: str | None = None, pytest_args: tup
         if value is not None and not _REFERENCE.fullmatch(value):
             raise LaneUsageError(f"{flag} {value!r} is not an image reference: write repo:tag or "
                                  "repo:tag@sha256:<64 hex>, e.g. nextcloud:34.0.3-apache@sha256:…")
-    env = {k: v for k, v in os.environ.items() if k not in ("NCIMAGE_LANE_BASE", "NCIMAGE_LANE_UPGRADE_FROM")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LANE_BASE", "LANE_UPGRADE_FROM")}
     if base:
-        env["NCIMAGE_LANE_BASE"] = base
+        env["LANE_BASE"] = base
     if upgrade_from:
-        env["NCIMAGE_LANE_UPGRADE_FROM"] = upgrade_from
+        env["LANE_UPGRADE_FROM"] = upgrade_from
     print(f"lane: base {base or 'the stand-in (test fixture, no Nextcloud code)'}", flush=True)
     return subprocess.run([sys.executable, "-m", "pytest", str(TEST_FILE), "-v", "-rs", *pytest_args],
                           cwd=REPO_ROOT, env=env).returncode

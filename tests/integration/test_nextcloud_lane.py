@@ -1,8 +1,8 @@
 """The real-Nextcloud test lane (infra/lane): the derived image built on a base, two nodes of it against a real
 PostgreSQL, Redis with TLS (a throwaway CA) and an S3 endpoint (moto's server), all on loopback.
 
-The base: ``NCIMAGE_LANE_BASE`` (``inv lane --env example`` sets it to the settings' digest-pinned official image;
-GitHub CI runs that), else the stand-in (a test fixture without Nextcloud code). On the stand-in, what needs
+The base: ``LANE_BASE`` (``inv lane --base IMAGE`` or ``--env E`` sets it: the digest-pinned official image, which
+GitHub CI runs), else the stand-in (a test fixture without Nextcloud code). On the stand-in, what needs
 Nextcloud's own code (WebDAV, S3 primary storage, background jobs, the upgrade) is skipped with that reason; what
 the project's own code does (one install under a race, one identity, the rendered config, the health endpoints)
 is asserted on either base. The engine: Docker at DOCKER_HOST, else a private Podman API service.
@@ -22,7 +22,7 @@ from infra.lane.lane import CONTEXT, docker_engine_available, open_lane
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-NODE_TIMEOUT_S = float(os.environ.get("NCIMAGE_LANE_NODE_TIMEOUT", "600"))
+NODE_TIMEOUT_S = float(os.environ.get("LANE_NODE_TIMEOUT", "600"))
 NEEDS_NEXTCLOUD = "needs Nextcloud's own code ({what}): the base is the stand-in, a test fixture without it"
 INSTALLED = re.compile(r"nextcloud-cluster-init\[\d+\]: installed Nextcloud \S+ as cluster ")
 UPGRADED = re.compile(r"nextcloud-cluster-init\[\d+\]: upgraded the cluster to ")
@@ -32,7 +32,7 @@ def _engine_missing() -> str | None:
     if docker_engine_available():
         return None
     missing = [t for t in ("podman", "runc") if shutil.which(t) is None]
-    if not os.environ.get("NCIMAGE_LANE_BASE"):
+    if not os.environ.get("LANE_BASE"):
         missing += [t for t in ("skopeo", "docker-registry", "mmdebstrap") if shutil.which(t) is None]
     return f"no Docker engine and {', '.join(missing)} missing (bash .ci/setup)" if missing else None
 
@@ -41,7 +41,7 @@ def _engine_missing() -> str | None:
 def lane(tmp_path_factory):
     if reason := _engine_missing():
         pytest.skip(reason)
-    with open_lane(os.environ.get("NCIMAGE_LANE_BASE") or None, tmp_path_factory.mktemp("lane"),
+    with open_lane(os.environ.get("LANE_BASE") or None, tmp_path_factory.mktemp("lane"),
                    log=lambda m: print(f"lane: {m}", flush=True)) as opened:
         yield opened
 
@@ -182,9 +182,9 @@ def _previous_release(reference: str) -> str | None:
 def test_an_upgrade_from_the_previous_release_runs_exactly_once(lane, nodes):
     if lane.standin:
         pytest.skip(NEEDS_NEXTCLOUD.format(what="occ upgrade"))
-    previous = os.environ.get("NCIMAGE_LANE_UPGRADE_FROM") or _previous_release(lane.base)
+    previous = os.environ.get("LANE_UPGRADE_FROM") or _previous_release(lane.base)
     if previous is None:
-        pytest.skip(f"{lane.base} has no previous release of its major.minor (set NCIMAGE_LANE_UPGRADE_FROM)")
+        pytest.skip(f"{lane.base} has no previous release of its major.minor (set LANE_UPGRADE_FROM)")
     old = lane.build(previous, f"nextcloud-lane-previous:{secrets.token_hex(4)}", log=print)
     cluster = lane.new_cluster()
     first = cluster.start_node("old", old, _free_port(), allow_install=True)
