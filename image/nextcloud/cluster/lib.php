@@ -144,12 +144,20 @@ function writeState(array $state, ?string $dir = null): void {
 	atomicWrite($dir . '/state.json', json_encode($state, JSON_PRETTY_PRINT | JSON_UNESCAPED_SLASHES) . "\n", 0644);
 }
 
+/** Secrets held in memory only (e.g. the admin password fetched for an install), scrubbed like the env ones. */
+function rememberSecret(string $value): void {
+	$GLOBALS['nextcloudClusterSecrets'][] = $value;
+}
+
 /** Every secret value in the environment, longest first, to scrub from anything we log or report. */
 function secretValues(): array {
 	$out = [];
+	$values = [];
 	foreach (['NEXTCLOUD_DB_PASSWORD', 'NEXTCLOUD_REDIS_PASSWORD', 'NEXTCLOUD_PASSWORDSALT', 'NEXTCLOUD_SECRET',
 		'NEXTCLOUD_ADMIN_PASSWORD', 'NEXTCLOUD_S3_SECRET'] as $name) {
-		$v = getenv($name);
+		$values[] = getenv($name);
+	}
+	foreach (array_merge($values, $GLOBALS['nextcloudClusterSecrets'] ?? []) as $v) {
 		if (is_string($v) && strlen($v) >= 3) {
 			$out[] = $v;
 			$out[] = rawurlencode($v);
@@ -300,4 +308,92 @@ function readiness(): array {
 		return $notReady('redis_unreachable', 'redis unreachable: ' . $e->getMessage());
 	}
 	return ['ready' => true, 'code' => 'ready', 'reason' => '', 'version' => $installed, 'versionstring' => $code['versionstring']];
+}
+
+
+/**
+ * Liveness: is THIS node broken in a way a replacement would fix? Never touches PostgreSQL or Redis, so a
+ * shared-service outage cannot fail it on every node at once. PHP answering (Apache serving it, for /livez)
+ * is the first half; the second: the runtime secrets reached this process and the code is there.
+ */
+function liveness(): array {
+	$missing = [];
+	foreach (['NEXTCLOUD_INSTANCEID', 'NEXTCLOUD_PASSWORDSALT', 'NEXTCLOUD_SECRET', 'NEXTCLOUD_DB_PASSWORD'] as $name) {
+		$v = getenv($name);
+		if ($v === false || $v === '') {
+			$missing[] = $name;
+		}
+	}
+	if ($missing !== []) {
+		return ['live' => false, 'code' => 'secrets_missing',
+			'reason' => 'runtime secrets missing from the web server environment: ' . implode(', ', $missing)
+				. ' (is ' . envOr('NEXTCLOUD_RUNTIME_ENV_FILE', '/run/secrets/nextcloud-runtime.env') . ' mounted?)'];
+	}
+	try {
+		codeVersion();
+	} catch (\Throwable $e) {
+		return ['live' => false, 'code' => 'code_missing', 'reason' => $e->getMessage()];
+	}
+	if (!is_dir(stateDir())) {
+		return ['live' => false, 'code' => 'state_missing', 'reason' => 'no cluster state dir ' . stateDir() . ' (the entrypoint did not run)'];
+	}
+	return ['live' => true, 'code' => 'live', 'reason' => ''];
+}
+
+function isLoopback(string $address): bool {
+	$address = preg_replace('/^::ffff:/i', '', trim($address, '[]'));
+	if (filter_var($address, FILTER_VALIDATE_IP, FILTER_FLAG_IPV4)) {
+		return str_starts_with($address, '127.');
+	}
+	return $address === '::1';
+}
+
+/**
+ * May this HTTP caller see the details (hosts, ports, instance id, error text)? Only a caller on this machine
+ * that did not come through a proxy: the TCP peer is loopback and no forwarding header is present. Under
+ * Apache the peer is the connection's own address (CONN_REMOTE_ADDR, set by nextcloud-health.conf), never
+ * REMOTE_ADDR, which mod_remoteip rewrites from a client-supplied header. Fails closed.
+ */
+function callerMaySeeDetails(array $server): bool {
+	if (PHP_SAPI === 'cli') {
+		return true;
+	}
+	foreach (['HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP', 'HTTP_FORWARDED', 'HTTP_CLIENT_IP', 'HTTP_TRUE_CLIENT_IP'] as $header) {
+		if (isset($server[$header])) {
+			return false;
+		}
+	}
+	if (PHP_SAPI === 'apache2handler') {
+		return ($server['NEXTCLOUD_HEALTH_PEER_LOOPBACK'] ?? '') === '1';
+	}
+	return isLoopback((string)($server['REMOTE_ADDR'] ?? ''));
+}
+
+/**
+ * Answer a health request: full JSON for the CLI and local callers, status + one code word for everyone else.
+ * A not-ready/not-live answer is also written to the error log (the journal) with its reason, once per change
+ * of code and at most every 60 s (APCu, shared by Apache's workers), so the details are where an operator looks.
+ */
+function respondHealth(string $kind, array $result, bool $ok): void {
+	$short = [$kind => $ok] + ($ok ? [] : ['code' => $result['code']]);
+	if (PHP_SAPI === 'cli') {
+		echo json_encode($result, JSON_UNESCAPED_SLASHES) . "\n";
+		exit($ok ? 0 : 1);
+	}
+	if (!$ok) {
+		$key = "nextcloud-health-$kind";
+		$now = time();
+		$last = function_exists('apcu_fetch') ? apcu_fetch($key) : false;
+		if (!is_array($last) || $last['code'] !== $result['code'] || $now - $last['at'] >= 60) {
+			error_log("nextcloud-health: $kind: {$result['code']}: " . redact((string)$result['reason']));
+			if (function_exists('apcu_store')) {
+				apcu_store($key, ['code' => $result['code'], 'at' => $now]);
+			}
+		}
+	}
+	$body = callerMaySeeDetails($_SERVER) ? $result : $short;
+	http_response_code($ok ? 200 : 503);
+	header('Content-Type: application/json');
+	header('Cache-Control: no-store');
+	echo json_encode($body, JSON_UNESCAPED_SLASHES) . "\n";
 }
