@@ -76,7 +76,9 @@ def test_cluster_settings_from_environment(tmp_path):
     assert c["overwritehost"] == "cloud.example.com"
     assert c["overwriteprotocol"] == "https"
     assert c["overwrite.cli.url"] == "https://cloud.example.com"
-    assert c["log_type"] == "errorlog"
+    # Nextcloud's JSON log entries go to syslog (the host journal's socket), tagged, never to a file.
+    assert (c["log_type"], c["syslog_tag"], c["loglevel"]) == ("syslog", "nextcloud", 2)
+    assert "logfile" not in c
     assert c["appstoreenabled"] is False
     assert c["upgrade.disable-web"] is True
     assert "htaccess.RewriteBase" not in c  # rewrite rules would exist on the installer node only
@@ -149,12 +151,13 @@ def test_all_problems_reported_at_once(tmp_path):
 @pytest.mark.parametrize(("changes", "message"), [
     ({"NEXTCLOUD_DB_PORT": "54x"}, "NEXTCLOUD_DB_PORT must be a TCP port number"),
     ({"NEXTCLOUD_REDIS_TLS": "yes"}, "NEXTCLOUD_REDIS_TLS must be 0 or 1"),
+    ({"NEXTCLOUD_LOGLEVEL": "debug"}, "NEXTCLOUD_LOGLEVEL must be 0 (debug) to 4 (fatal)"),
     ({"NEXTCLOUD_S3_BUCKET": "b", "NEXTCLOUD_S3_REGION": ""}, "NEXTCLOUD_S3_REGION is not set"),
     ({"NEXTCLOUD_S3_KEY": "AKID"}, "NEXTCLOUD_S3_KEY and NEXTCLOUD_S3_SECRET must be set together"),
     ({"NEXTCLOUD_S3_BUCKET": "b", "NEXTCLOUD_S3_ENDPOINT": "s3.example.com"}, "NEXTCLOUD_S3_ENDPOINT must be"),
     ({"NEXTCLOUD_INSTANCEID": "oc-1"}, "NEXTCLOUD_INSTANCEID must be"),
     ({"NEXTCLOUD_OVERWRITE_PROTOCOL": "ftp"}, "NEXTCLOUD_OVERWRITE_PROTOCOL must be http or https"),
-], ids=["db-port", "redis-tls", "s3-region", "s3-key-alone", "s3-endpoint", "instanceid", "protocol"])
+], ids=["db-port", "redis-tls", "loglevel", "s3-region", "s3-key-alone", "s3-endpoint", "instanceid", "protocol"])
 def test_malformed_value_fails_naming_it(tmp_path, changes, message):
     r = run_config(tmp_path, **changes)
     assert r.returncode != 0 and message in r.stderr + r.stdout

@@ -12,7 +12,16 @@
  *        code newer than DB   -> upgrade exactly once (NEXTCLOUD_ALLOW_UPGRADE=1); otherwise wait, writing
  *                                nothing;
  *        other identity       -> not ready, "identity mismatch" (terminal);
+ *        install/upgrade left half-way by a node that died (row still 'installing'/'upgrading', lock free,
+ *        heartbeat stale) -> exactly one node that may act takes over: redo the install from an empty schema,
+ *        or resume the upgrade;
  *   4. publish the outcome in state.json on tmpfs (read by cluster.config.php and /readyz).
+ *
+ * While occ installs or upgrades, the node holding the lock writes a heartbeat (updated_at) on the lock
+ * connection every NEXTCLOUD_INIT_HEARTBEAT seconds; if that fails (the lock may be gone) it kills occ at once.
+ * A row whose heartbeat is older than NEXTCLOUD_INIT_STALE_AFTER seconds belongs to a dead node.
+ * Passwords never appear in a command line: occ gets the DB and admin passwords on its standard input, and the
+ * admin password is fetched from the host (NEXTCLOUD_ADMIN_PASSWORD_SOCKET) only by the node that installs.
  *
  * Exit codes: 0 joined; 1 terminal failure (state.json says why, the container keeps answering 503);
  * 75 gave up waiting (NEXTCLOUD_INIT_WAIT_TIMEOUT): the entrypoint stops the container so it is restarted.
@@ -157,9 +166,10 @@ final class Init {
 		$row = clusterRow($pdo);
 		if ($row === null) {
 			$prefix = (string)($this->config['dbtableprefix'] ?? 'oc_');
-			$nc = $pdo->query("SELECT to_regclass(" . $pdo->quote('public.' . $prefix . 'appconfig') . ") IS NOT NULL AS e")->fetch();
-			if ($nc['e']) {
-				return new Outcome('fail', 'foreign_install', "the database already holds a Nextcloud installation ({$prefix}appconfig) "
+			$tables = prefixTables($pdo, $prefix);
+			if ($tables !== []) {
+				return new Outcome('fail', 'foreign_install', "the database already holds Nextcloud tables ({$tables[0]}"
+					. (count($tables) > 1 ? ' and ' . (count($tables) - 1) . ' more' : '') . ') '
 					. 'but no cluster state (table ' . STATE_TABLE . '); refusing to install over it or join it - see the image README, '
 					. '"Adopting an existing installation"');
 			}
@@ -169,19 +179,36 @@ final class Init {
 			}
 			return $this->install($pdo, $code);
 		}
-		// We hold the lock, so a row still 'installing' means the installer died or failed half-way.
-		if ($row['state'] === 'installing') {
-			return new Outcome('fail', 'install_interrupted', "the install of {$row['target_version']} started by {$row['updated_by']} at "
-				. "{$row['updated_at']} did not finish: the database is partially installed; drop and re-create it, then restart the nodes");
-		}
 		if ($row['instanceid'] !== $this->config['instanceid'] || $row['identity_digest'] !== identityDigest($this->config)) {
 			return new Outcome('fail', 'identity_mismatch', "identity mismatch: the database belongs to instanceid {$row['instanceid']}, "
 				. "this node is {$this->config['instanceid']} (or its passwordsalt/secret differ); fix the node's secrets");
+		}
+		// We hold the lock, so a row still 'installing'/'upgrading' means its node died or failed half-way - or lost
+		// its lock connection and has not noticed yet: take over only once its heartbeat is stale.
+		if ($row['state'] === 'installing' || $row['state'] === 'upgrading') {
+			$age = (float)$pdo->query('SELECT extract(epoch FROM now() - updated_at) AS age FROM ' . STATE_TABLE . ' WHERE id = 1')
+				->fetch()['age'];
+			$staleAfter = (float)envOr('NEXTCLOUD_INIT_STALE_AFTER', '30');
+			$what = $row['state'] === 'installing' ? "the install of {$row['target_version']}" : "the upgrade from {$row['version']} to {$row['target_version']}";
+			if ($age < $staleAfter) {
+				return new Outcome('wait', $row['state'] === 'installing' ? 'install_interrupted' : 'upgrade_pending',
+					sprintf("%s by %s stopped without releasing the cluster state; taking over once its heartbeat is %.0fs old (now %.0fs)",
+						$what, $row['updated_by'], $staleAfter, $age));
+			}
+		}
+		if ($row['state'] === 'installing') {
+			if (envOr('NEXTCLOUD_ALLOW_INSTALL', '0') !== '1') {
+				return new Outcome('wait', 'install_interrupted', "$what by {$row['updated_by']} did not finish; waiting for a node that may "
+					. 'install (NEXTCLOUD_ALLOW_INSTALL=1) to redo it');
+			}
+			self::log("$what by {$row['updated_by']} (last heartbeat {$row['updated_at']}) did not finish: taking over");
+			return $this->install($pdo, $code, $row);
 		}
 		$mayUpgrade = envOr('NEXTCLOUD_ALLOW_UPGRADE', '0') === '1';
 		if ($row['state'] === 'upgrading') {
 			// The upgrader died half-way; occ upgrade resumes from where the schema is.
 			if ($mayUpgrade && $code['version'] === $row['target_version']) {
+				self::log("$what by {$row['updated_by']} (last heartbeat {$row['updated_at']}) did not finish: resuming it");
 				return $this->upgrade($pdo, $code, $row);
 			}
 			return new Outcome('wait', 'upgrade_pending', "an upgrade from {$row['version']} to {$row['target_version']} by "
@@ -203,53 +230,92 @@ final class Init {
 		return $this->upgrade($pdo, $code, $row);
 	}
 
-	private function install(\PDO $pdo, array $code): Outcome {
+	/**
+	 * Install once: on an empty database, or (takeover) redo the install a dead node left half-way. The row was
+	 * committed as 'installing' before occ ran, when the schema held no Nextcloud table (checked under the
+	 * lock), and no node serves until it says 'installed': every table with the prefix is that install's
+	 * debris, so dropping them returns the database to where the first install started.
+	 */
+	private function install(\PDO $pdo, array $code, ?array $takeover = null): Outcome {
 		$c = $this->config;
 		$admin = getenv('NEXTCLOUD_ADMIN_USER');
-		$adminPass = getenv('NEXTCLOUD_ADMIN_PASSWORD');
-		if (!$admin || !$adminPass) {
-			return new Outcome('fail', 'config_error', 'cannot install: NEXTCLOUD_ADMIN_USER and NEXTCLOUD_ADMIN_PASSWORD must be set on the installing node');
+		if (!$admin) {
+			return new Outcome('fail', 'config_error', 'cannot install: NEXTCLOUD_ADMIN_USER must be set on the installing node');
 		}
-		self::state('installing', 'installing', "installing Nextcloud {$code['version']} (this node holds the cluster lock)");
-		self::log("database is empty: installing Nextcloud {$code['version']}");
+		foreach (['NEXTCLOUD_DB_PASSWORD' => $c['dbpassword']] as $name => $value) {
+			if (trim((string)$value) !== (string)$value) {
+				return new Outcome('fail', 'config_error', "cannot install: $name has leading or trailing whitespace, which occ's "
+					. 'password prompt would strip; store it without');
+			}
+		}
+		try {
+			$adminPass = fetchAdminPassword();
+		} catch (\Throwable $e) {
+			return new Outcome('wait', 'admin_password_unavailable', 'cannot install yet: ' . $e->getMessage());
+		}
+		if (trim($adminPass) !== $adminPass) {
+			return new Outcome('fail', 'config_error', "cannot install: the admin password has leading or trailing whitespace, which "
+				. "occ's password prompt would strip; store it without");
+		}
+		$verb = $takeover === null ? 'installing' : 'redoing the interrupted install of';
+		self::state('installing', 'installing', "$verb Nextcloud {$code['version']} (this node holds the cluster lock)");
 		// Recorded (committed) before occ runs, so an install that dies half-way is recognised as such.
 		$pdo->beginTransaction();
-		$pdo->exec('CREATE TABLE IF NOT EXISTS ' . STATE_TABLE . " (
-			id smallint PRIMARY KEY CHECK (id = 1),
-			state text NOT NULL CHECK (state IN ('installing', 'installed', 'upgrading')),
-			instanceid text NOT NULL,
-			identity_digest text NOT NULL,
-			version text NOT NULL,
-			versionstring text NOT NULL,
-			target_version text,
-			installed_at timestamptz NOT NULL DEFAULT now(),
-			updated_at timestamptz NOT NULL DEFAULT now(),
-			updated_by text NOT NULL)");
-		$pdo->prepare('INSERT INTO ' . STATE_TABLE . " (id, state, instanceid, identity_digest, version, versionstring, target_version,
-			updated_by) VALUES (1, 'installing', ?, ?, '', '', ?, ?)")
-			->execute([$c['instanceid'], identityDigest($c), $code['version'], gethostname()]);
+		if ($takeover === null) {
+			self::log("database is empty: installing Nextcloud {$code['version']}");
+			$pdo->exec('CREATE TABLE IF NOT EXISTS ' . STATE_TABLE . " (
+				id smallint PRIMARY KEY CHECK (id = 1),
+				state text NOT NULL CHECK (state IN ('installing', 'installed', 'upgrading')),
+				instanceid text NOT NULL,
+				identity_digest text NOT NULL,
+				version text NOT NULL,
+				versionstring text NOT NULL,
+				target_version text,
+				installed_at timestamptz NOT NULL DEFAULT now(),
+				updated_at timestamptz NOT NULL DEFAULT now(),
+				updated_by text NOT NULL)");
+			$pdo->prepare('INSERT INTO ' . STATE_TABLE . " (id, state, instanceid, identity_digest, version, versionstring, target_version,
+				updated_by) VALUES (1, 'installing', ?, ?, '', '', ?, ?)")
+				->execute([$c['instanceid'], identityDigest($c), $code['version'], gethostname()]);
+		} else {
+			$debris = prefixTables($pdo, (string)($c['dbtableprefix'] ?? 'oc_'));
+			foreach ($debris as $table) {
+				$pdo->exec('DROP TABLE IF EXISTS ' . quoteIdent($table) . ' CASCADE');
+			}
+			self::log('dropped ' . count($debris) . " table(s) the interrupted install left; installing Nextcloud {$code['version']} again");
+			$pdo->prepare('UPDATE ' . STATE_TABLE . " SET target_version = ?, updated_at = now(), updated_by = ? WHERE id = 1")
+				->execute([$code['version'], gethostname()]);
+		}
 		$pdo->commit();
 		$scratch = $this->scratchConfig(null);
 		try {
-			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--no-interaction', '--database=pgsql',
+			// No --database-pass / --admin-pass: occ asks for both (in this order) and reads the answers from its
+			// standard input (SHELL_INTERACTIVE keeps Symfony's console interactive without a terminal).
+			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--database=pgsql',
 				'--database-host=' . $c['dbhost'], '--database-port=' . $c['dbport'], '--database-name=' . $c['dbname'],
-				'--database-user=' . $c['dbuser'], '--database-pass=' . $c['dbpassword'], '--admin-user=' . $admin,
-				'--admin-pass=' . $adminPass, '--data-dir=' . $c['datadirectory']]);
+				'--database-user=' . $c['dbuser'], '--admin-user=' . $admin, '--data-dir=' . $c['datadirectory']],
+				$c['dbpassword'] . "\n" . $adminPass . "\n", $pdo, ['SHELL_INTERACTIVE' => '1']);
+			$adminPass = null;
 			if ($rc !== 0) {
 				return new Outcome('fail', 'install_failed', "occ maintenance:install failed (exit $rc): " . lastLine($out));
 			}
 			$status = $this->status($scratch);
+			if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
+				return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
+			}
+			// The admin manual's background-jobs mode for anything but a single user: the host's timer runs cron.php.
+			[$rc, $out] = $this->occ($scratch, ['background:cron'], null, $pdo);
+			if ($rc !== 0) {
+				return new Outcome('fail', 'install_failed', "occ background:cron failed (exit $rc): " . lastLine($out));
+			}
 		} finally {
 			removeTree($scratch);
-		}
-		if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
-			return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
 		}
 		// installed_at = updated_at: the row as the install left it; any later change shows as updated_at > installed_at.
 		$pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'installed', version = ?, versionstring = ?, target_version = NULL,
 			installed_at = now(), updated_at = now(), updated_by = ? WHERE id = 1")
 			->execute([$status['version'], (string)($status['versionstring'] ?? ''), gethostname()]);
-		self::log("installed Nextcloud {$status['version']} as cluster {$c['instanceid']}");
+		self::log("installed Nextcloud {$status['version']} as cluster {$c['instanceid']} (background jobs: cron)");
 		return new Outcome('ready', 'ready', '', clusterRow($pdo));
 	}
 
@@ -261,7 +327,7 @@ final class Init {
 			WHERE id = 1")->execute([$code['version'], gethostname()]);
 		$scratch = $this->scratchConfig(['installed' => true, 'version' => $row['version'], 'maintenance' => false]);
 		try {
-			[$rc, $out] = $this->occ($scratch, ['upgrade', '--no-interaction']);
+			[$rc, $out] = $this->occ($scratch, ['upgrade', '--no-interaction'], null, $pdo);
 			if ($rc !== 0) {
 				return new Outcome('fail', 'upgrade_failed', "occ upgrade from {$row['version']} failed (exit $rc): " . lastLine($out));
 			}
@@ -302,27 +368,76 @@ final class Init {
 		return $dir;
 	}
 
-	/** Run occ as the webroot's owner with the scratch config; returns [exit code, combined output]. */
-	private function occ(string $configDir, array $args): array {
+	/**
+	 * Run occ as the webroot's owner with the scratch config; returns [exit code, combined output].
+	 * $stdin is written to occ's standard input (passwords: never in argv, which every local user can read in
+	 * /proc/<pid>/cmdline). With $heartbeat, the cluster row's updated_at is refreshed on that (lock) connection
+	 * every NEXTCLOUD_INIT_HEARTBEAT seconds while occ runs; a failed heartbeat kills occ at once. occ dies with
+	 * this process too (parent-death signal), so a killed init never leaves an install running behind it.
+	 */
+	private function occ(string $configDir, array $args, ?string $stdin = null, ?\PDO $heartbeat = null, array $extraEnv = []): array {
 		$owner = occOwner();
-		$cmd = [PHP_BINARY, '-d', 'apc.enable_cli=1', '-d', 'memory_limit=512M', webroot() . '/occ', ...$args];
+		$cmd = ['setpriv', '--pdeathsig', 'KILL'];
 		if (posix_geteuid() === 0 && $owner['uid'] !== 0) {
-			$cmd = ['runuser', '-u', $owner['name'], '--', ...$cmd];
+			$cmd = [...$cmd, '--reuid=' . $owner['uid'], '--regid=' . $owner['gid'], '--init-groups'];
 		}
+		$cmd = [...$cmd, '--', PHP_BINARY, '-d', 'apc.enable_cli=1', '-d', 'memory_limit=512M', webroot() . '/occ', ...$args];
 		$env = getenv();
 		$env['NEXTCLOUD_CONFIG_DIR'] = $configDir;
 		$env['NEXTCLOUD_CLUSTER_OCC_RUN'] = '1';
+		if ($owner['uid'] !== posix_geteuid()) {
+			$env['HOME'] = $owner['home'];
+			$env['USER'] = $env['LOGNAME'] = $owner['name'];
+		}
 		// Nextcloud's installer sets a fresh random passwordsalt/secret in its running config; NC_<key> values win
 		// over that inside the occ process too (and are never written back), so the install runs with the
 		// cluster identity from its first to its last step.
 		foreach (['instanceid', 'passwordsalt', 'secret'] as $key) {
 			$env['NC_' . $key] = (string)$this->config[$key];
 		}
-		$proc = proc_open($cmd, [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes, webroot(), $env);
+		$env = $extraEnv + $env;
+		$stdinSpec = $stdin === null ? ['file', '/dev/null', 'r'] : ['pipe', 'r'];
+		$proc = proc_open($cmd, [0 => $stdinSpec, 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes, webroot(), $env);
 		if (!is_resource($proc)) {
 			throw new \RuntimeException('cannot start occ');
 		}
-		$out = (string)stream_get_contents($pipes[1]);
+		if ($stdin !== null) {
+			fwrite($pipes[0], $stdin);
+			fclose($pipes[0]);
+			$stdin = null;
+		}
+		$interval = max(0.2, (float)envOr('NEXTCLOUD_INIT_HEARTBEAT', '5'));
+		$lastBeat = microtime(true);
+		$out = '';
+		stream_set_blocking($pipes[1], false);
+		while (true) {
+			$read = [$pipes[1]];
+			$write = $except = null;
+			$ready = @stream_select($read, $write, $except, 0, 200000);
+			if ($ready) {
+				$chunk = fread($pipes[1], 65536);
+				if ($chunk === '' || $chunk === false) {
+					if (feof($pipes[1])) {
+						break;
+					}
+				} else {
+					$out .= $chunk;
+				}
+			}
+			if ($heartbeat !== null && microtime(true) - $lastBeat >= $interval) {
+				try {
+					$heartbeat->exec("SET statement_timeout = '5s'");
+					$heartbeat->exec('UPDATE ' . STATE_TABLE . ' SET updated_at = now() WHERE id = 1');
+					$lastBeat = microtime(true);
+				} catch (\Throwable $e) {
+					proc_terminate($proc, 9);
+					fclose($pipes[1]);
+					proc_close($proc);
+					throw new \RuntimeException("lost the cluster lock connection during occ {$args[0]} (heartbeat failed: "
+						. describePdoError($e) . '); killed occ so that no other node races it');
+				}
+			}
+		}
 		fclose($pipes[1]);
 		$rc = proc_close($proc);
 		foreach (explode("\n", trim($out)) as $line) {
@@ -373,7 +488,44 @@ function occOwner(): array {
 	if ($pw === false) {
 		throw new \RuntimeException('cannot determine the owner of ' . webroot() . '/data');
 	}
-	return ['uid' => $pw['uid'], 'gid' => $pw['gid'], 'name' => $pw['name']];
+	return ['uid' => $pw['uid'], 'gid' => $pw['gid'], 'name' => $pw['name'], 'home' => $pw['dir']];
+}
+
+/** Tables in the public schema whose name starts with the Nextcloud table prefix (literally: '_' is no wildcard). */
+function prefixTables(\PDO $pdo, string $prefix): array {
+	$st = $pdo->prepare("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND left(tablename, ?) = ? ORDER BY 1");
+	$st->execute([strlen($prefix), $prefix]);
+	return array_column($st->fetchAll(), 'tablename');
+}
+
+function quoteIdent(string $name): string {
+	return '"' . str_replace('"', '""', $name) . '"';
+}
+
+/**
+ * The admin password, from the host, for this install only: nextcloud-admin-password.socket resolves its reference
+ * when (and only when) the installing node connects, so no other node ever fetches or holds it. Kept in memory.
+ */
+function fetchAdminPassword(): string {
+	$path = envOr('NEXTCLOUD_ADMIN_PASSWORD_SOCKET', '/run/nextcloud-admin/password.sock');
+	$timeout = (float)envOr('NEXTCLOUD_ADMIN_PASSWORD_TIMEOUT', '120');
+	$sock = @stream_socket_client('unix://' . $path, $errno, $errstr, 10);
+	if ($sock === false) {
+		throw new \RuntimeException("the admin password socket $path does not answer ($errstr)");
+	}
+	stream_set_timeout($sock, (int)ceil($timeout));
+	$value = stream_get_contents($sock);
+	$meta = stream_get_meta_data($sock);
+	fclose($sock);
+	if ($meta['timed_out']) {
+		throw new \RuntimeException("no admin password from $path within {$timeout}s");
+	}
+	if (!is_string($value) || $value === '') {
+		throw new \RuntimeException("the host could not resolve the admin password (socket $path gave nothing; journalctl -u "
+			. "'nextcloud-admin-password@*' says why)");
+	}
+	rememberSecret($value);
+	return $value;
 }
 
 /** PHP session settings for Redis (phpredis handler); tls:// scheme when NEXTCLOUD_REDIS_TLS=1. */

@@ -90,6 +90,10 @@ $CONFIG = (static function (): array {
 	if ($overwriteProtocol !== null && !in_array($overwriteProtocol, ['http', 'https'], true)) {
 		$problems[] = 'NEXTCLOUD_OVERWRITE_PROTOCOL must be http or https';
 	}
+	$loglevel = $env('NEXTCLOUD_LOGLEVEL', '2');
+	if (!in_array($loglevel, ['0', '1', '2', '3', '4'], true)) {
+		$problems[] = "NEXTCLOUD_LOGLEVEL must be 0 (debug) to 4 (fatal), got '" . substr($loglevel, 0, 20) . "'";
+	}
 	if ($problems !== []) {
 		throw new \RuntimeException('Nextcloud cluster configuration (cluster.config.php): ' . implode('; ', $problems));
 	}
@@ -139,10 +143,13 @@ $CONFIG = (static function (): array {
 		'redis' => $redis,
 		'trusted_domains' => $trustedDomains,
 		'trusted_proxies' => $words('NEXTCLOUD_TRUSTED_PROXIES'),
-		// PHP's error_log: Apache's error log (the container's stderr) under the web server, stderr for occ.
-		// No log file: a www-data process cannot always reopen the container's /dev/stdout pipe.
-		'log_type' => 'errorlog',
-		'loglevel' => 2,
+		// Nextcloud's own log: one JSON document per entry (its syslog writer), sent to /dev/log, which
+		// nextcloud.service binds to the host journal's socket: the journal holds it once, as
+		// SYSLOG_IDENTIFIER=nextcloud, beside the container's output, and ships with it to CloudWatch Logs on
+		// AWS. No log file in the webroot or data dir; errorlog would wrap each entry in Apache's prefix.
+		'log_type' => 'syslog',
+		'syslog_tag' => 'nextcloud',
+		'loglevel' => (int)$loglevel,
 	];
 	foreach (['overwritehost' => 'NEXTCLOUD_OVERWRITE_HOST', 'overwriteprotocol' => 'NEXTCLOUD_OVERWRITE_PROTOCOL',
 		'overwrite.cli.url' => 'NEXTCLOUD_OVERWRITE_CLI_URL'] as $key => $name) {
