@@ -48,7 +48,8 @@ install -D -o root -g root -m 0644 "${contract}" /usr/local/share/nextcloud-imag
 
 systemctl daemon-reload
 units=()
-for unit in "${overlay}"/etc/systemd/system/*.service "${overlay}"/etc/systemd/system/*.timer; do
+for unit in "${overlay}"/etc/systemd/system/*.service "${overlay}"/etc/systemd/system/*.timer \
+            "${overlay}"/etc/systemd/system/*.socket; do
   if [[ -f "${unit}" ]] && grep -q '^\[Install\]' "${unit}"; then
     units+=("$(basename "${unit}")")
   fi
