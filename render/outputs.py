@@ -133,6 +133,14 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         "NEXTCLOUD_OVERWRITE_PROTOCOL": s.site.overwrite_protocol,
         "NEXTCLOUD_OVERWRITE_CLI_URL": f"{s.site.overwrite_protocol}://{s.site.domain}",
         "NEXTCLOUD_ADMIN_USER": s.cluster.admin_user,
+        "NEXTCLOUD_LOGLEVEL": str(s.logs.nextcloud_loglevel),
+        # Host side (the units read this file too): where the logs go and whom the liveness watchdog tells. An AWS
+        # instance belongs to an Auto Scaling group and ships its journal to the environment's log group; the local
+        # twin has neither, so its logs stay in the journal and its watchdog only logs.
+        "NEXTCLOUD_AWS_REGION": s.region,
+        "NEXTCLOUD_LOG_DESTINATION": "cloudwatch" if s.builder == "aws" else "journal",
+        "NEXTCLOUD_LOG_GROUP": s.logs.group_for(s.name) if s.builder == "aws" else "",
+        "NEXTCLOUD_LIVENESS_REPORT": "autoscaling" if s.builder == "aws" else "log",
     }
     for name, value in variables.items():
         if "\n" in value:  # pragma: no cover - validators already refuse these
