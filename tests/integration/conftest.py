@@ -16,7 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +40,7 @@ INIT = CLUSTER_LIB / "cluster-init.php"
 READYZ = CLUSTER_LIB / "readyz" / "readyz.php"
 ENTRYPOINT = OVERLAY / "bin" / "nextcloud-cluster-entrypoint"
 ROUTER = ROOT / "tests" / "fixtures" / "nextcloud" / "router.php"
+RESOLVER = ROOT / "image" / "rootfs" / "usr" / "local" / "libexec" / "nextcloud-image" / "resolve-secrets"
 
 # Passwords with characters that break naive env-file, DSN or URL handling; they must survive verbatim.
 DB_PASSWORD = "pg=p@ss w0rd'\"$HOME" + secrets.token_hex(4)
@@ -105,6 +108,41 @@ def occ_calls(pg: ThrowawayPostgres, verb: str) -> list[tuple]:
     return query(pg, f"SELECT host, pid, exit_code, note FROM occ_double_calls WHERE verb = '{verb}' ORDER BY id")
 
 
+class AdminPasswordSocket:
+    """Plays systemd's part in nextcloud-admin-password.socket (Accept=yes): one real `resolve-secrets
+    --print-admin-password` per connection, its stdout the connection. Counts the fetches."""
+
+    def __init__(self, instance_json: Path) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nc-admin-", dir="/tmp"))  # a unix socket path must stay short
+        self.path = self.dir / "password.sock"
+        self.instance_json = instance_json
+        self.fetches = 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(self.path))
+        self.path.chmod(0o600)
+        self._server.listen(4)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                self.fetches += 1
+                subprocess.run([sys.executable, "-I", str(RESOLVER), "--print-admin-password", "--instance-json",
+                                str(self.instance_json)], stdout=conn.fileno(), stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, timeout=60, check=False)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Node:
     """One would-be container: own webroot copy and tmpfs state dir, the cluster environment."""
 
@@ -125,9 +163,20 @@ class Node:
         }
         self.secret_env = {
             "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD, "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
-            "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD, "NEXTCLOUD_ALLOW_INSTALL": "0", "NEXTCLOUD_ALLOW_UPGRADE": "0",
-            **IDENTITY,
+            "NEXTCLOUD_ALLOW_INSTALL": "0", "NEXTCLOUD_ALLOW_UPGRADE": "0", **IDENTITY,
         }
+        # The host's instance.json (literal references, as in the local twin): the admin password is fetched from
+        # it over the node's socket, by the installing node only.
+        self.instance_json = self.dir / "instance.json"
+        self.instance_json.write_text(json.dumps({
+            "schema": 1, "environment": "test", "region": "eu-west-1",
+            "role": {"allow_install": True, "allow_upgrade": True},
+            "secrets": {k: f"literal:{v}" for k, v in {**IDENTITY, "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD,
+                                                       "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
+                                                       "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD}.items()},
+        }))
+        self.instance_json.chmod(0o600)
+        self.admin_socket = AdminPasswordSocket(self.instance_json)
         self.procs: list[subprocess.Popen[str]] = []
         self.http_port: int | None = None
         self.last_log = self.dir / "none.log"
@@ -161,6 +210,7 @@ class Node:
         return {
             "NEXTCLOUD_WEBROOT": str(self.webroot), "NEXTCLOUD_CLUSTER_STATE_DIR": str(self.state_dir),
             "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB), "NEXTCLOUD_INIT_BACKOFF_INITIAL": "0.2",
+            "NEXTCLOUD_ADMIN_PASSWORD_SOCKET": str(self.admin_socket.path),
             "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120",
             # The occ double's stand-in for install/upgrade time: long enough that concurrent starters overlap.
             "NEXTCLOUD_OCC_DOUBLE_DELAY": "0.5",
@@ -264,6 +314,7 @@ class Node:
                         os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.admin_socket.close()
 
 
 @pytest.fixture

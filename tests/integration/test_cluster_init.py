@@ -64,6 +64,11 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
     # The install itself ran with the cluster identity, not the installer's fresh random salt/secret.
     assert installs[0][3] == f"installed 34.0.3.1 identity={rows[0][4]}"
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
+    # Only the node that installed asked the host for the admin password; no other fetched or holds it.
+    assert sorted(n.admin_socket.fetches for n in nodes) == [0] * (NODES - 1) + [1]
+    # The background-jobs mode the admin manual recommends, set at install (cluster-wide, in the database).
+    assert query(pg, "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'backgroundjobs_mode'") \
+        == [("cron",)]
 
     identities = {json.dumps(effective_identity(n)) for n in nodes}
     assert len(identities) == 1
@@ -250,19 +255,63 @@ def kill_node(node) -> None:
             p.wait()
 
 
-def test_interrupted_install_is_reported_not_repeated(make_node, pg):
+def test_killed_installer_is_taken_over_by_exactly_one_node(make_node, pg):
+    """Scale-in, spot reclaim, a health-check replacement: the installing node dies half-way. The lock is free at
+    once (its session died); once the row's heartbeat is stale exactly one node redoes the install, from an empty
+    schema, and every node joins that one installation."""
     victim = make_node("victim")
-    victim.start_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="10")
+    victim.start_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="30")
     victim.wait_state("installing")
-    time.sleep(0.5)  # occ is half-way
+    time.sleep(0.5)  # occ is half-way: the schema exists, the admin user does not
+    debris = query(pg, "SELECT 'oc_appconfig'::regclass::oid")[0][0]
     kill_node(victim)
 
-    other = make_node("other")
-    rc, out = other.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
-    assert rc == 1, out
-    state = other.state()
-    assert state["code"] == "install_interrupted" and "did not finish" in state["reason"], state
-    assert len(occ_calls(pg, "maintenance:install")) == 1  # no second install over a half-installed database
+    takers = [make_node(f"t{i}") for i in range(3)]
+    joiner = make_node("joiner")  # may not install: waits, then joins what a taker installed
+    joiner_proc = joiner.start_init(NEXTCLOUD_INIT_STALE_AFTER="3")
+    state = joiner.wait_state("install_interrupted")
+    assert "taking over once its heartbeat is 3s old" in state["reason"], state
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(
+            lambda n: n.run_init(timeout=90, NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_INIT_STALE_AFTER="3"), takers))
+    assert all(rc == 0 for rc, _ in results), results
+    assert joiner_proc.wait(timeout=30) == 0, joiner.last_log.read_text()
+
+    installs = occ_calls(pg, "maintenance:install")
+    assert [c[2] for c in installs] == [None, 0], installs  # the killed one never finished; one redo, once
+    logs = [out for _, out in results]
+    redone = [out for out in logs if "did not finish: taking over" in out]
+    assert len(redone) == 1 and "dropped 1 table(s) the interrupted install left" in redone[0], logs
+    assert query(pg, "SELECT 'oc_appconfig'::regclass::oid")[0][0] != debris  # dropped, created afresh
+    assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
+    assert query(pg, "SELECT state, version FROM nextcloud_cluster_state") == [("installed", "29.0.7.1")]
+    for n in [*takers, joiner]:
+        assert n.readyz_cli()["ready"] is True
+    # The admin password was fetched by the two nodes that installed, by no other.
+    assert [n.admin_socket.fetches for n in [victim, *takers, joiner]].count(1) == 2
+    assert sum(n.admin_socket.fetches for n in [victim, *takers, joiner]) == 2
+
+
+def test_installer_that_loses_its_lock_connection_kills_its_occ(make_node, pg):
+    """The lock's session can end while the node lives on (a network partition): the node must stop its occ at
+    once, or a taker would race it. It notices at its next heartbeat, then recovers like any other node."""
+    node = make_node("partitioned")
+    node.start_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="30", NEXTCLOUD_INIT_HEARTBEAT="0.5",
+                    NEXTCLOUD_INIT_STALE_AFTER="3")
+    node.wait_state("installing")
+    deadline = time.monotonic() + 10
+    while not occ_calls(pg, "maintenance:install") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    occ_pid = occ_calls(pg, "maintenance:install")[0][1]
+    query(pg, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{occ_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{occ_pid}").exists(), "occ kept installing after the node lost its cluster lock"
+    node.wait_state("ready", timeout=60)  # it took over its own stale install
+    installs = occ_calls(pg, "maintenance:install")
+    assert [c[2] for c in installs] == [None, 0], installs
+    assert "lost the cluster lock connection" in node.last_log.read_text()
 
 
 def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_node, pg):
@@ -284,7 +333,8 @@ def test_interrupted_upgrade_is_resumed_once_and_serving_nodes_step_back(make_no
     for n in nodes:
         n.set_code_version(NEWER)
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda n: n.run_init(timeout=60, NEXTCLOUD_ALLOW_UPGRADE="1"), nodes))
+        results = list(pool.map(
+            lambda n: n.run_init(timeout=60, NEXTCLOUD_ALLOW_UPGRADE="1", NEXTCLOUD_INIT_STALE_AFTER="3"), nodes))
     assert all(rc == 0 for rc, _ in results), results
     calls = occ_calls(pg, "upgrade")
     assert [c[3] for c in calls if c[2] == 0] == ["upgraded 34.0.3.1 -> 34.0.4.1"]
@@ -347,3 +397,39 @@ def test_operator_occ_runs_against_a_root_owned_read_only_config(make_node, pg, 
     assert status["installed"] is True and status["versionstring"] == "34.0.3", status
     assert {f.name: (f.read_bytes(), f.stat().st_uid) for f in cfg.iterdir()} == before
     assert not list(Path("/dev/shm").glob("nextcloud-occ.*")), "the private config dir was not removed"
+
+
+def _command_lines() -> dict[int, str]:
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+    return found
+
+
+def test_no_password_in_any_command_line_during_install_and_join(make_node, pg):
+    """/proc/<pid>/cmdline is readable by every local user: no secret may ever be in an argument list, not while
+    occ installs (the DB and admin passwords reach it on stdin) and not while nodes join."""
+    canaries = {"db": DB_PASSWORD, "admin": ADMIN_PASSWORD, "redis": REDIS_PASSWORD,
+                "salt": IDENTITY["NEXTCLOUD_PASSWORDSALT"], "secret": IDENTITY["NEXTCLOUD_SECRET"]}
+    installer = make_node("installer")
+    joiners = [make_node(f"j{i}") for i in range(2)]
+    procs = [installer.start_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="3")]
+    procs += [j.start_init() for j in joiners]
+    leaks: dict[str, str] = {}
+    saw_occ_install = False
+    deadline = time.monotonic() + 90
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        for line in _command_lines().values():
+            saw_occ_install = saw_occ_install or "occ maintenance:install" in line
+            for name, value in canaries.items():
+                if value in line:
+                    leaks[name] = line
+        time.sleep(0.02)
+    assert all(p.poll() == 0 for p in procs), [n.last_log.read_text() for n in (installer, *joiners)]
+    assert saw_occ_install, "the scan never saw occ running: it cannot have looked during the install"
+    assert not leaks, f"secrets in command lines: { {k: v.replace(canaries[k], '<' + k + '>') for k, v in leaks.items()} }"
+    assert len([c for c in occ_calls(pg, "maintenance:install") if c[2] == 0]) == 1
