@@ -67,8 +67,8 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
     # Only the node that installed asked the host for the admin password; no other fetched or holds it.
     assert sorted(n.admin_socket.fetches for n in nodes) == [0] * (NODES - 1) + [1]
     # The background-jobs mode the admin manual recommends, set at install (cluster-wide, in the database).
-    assert query(pg, "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'backgroundjobs_mode'") \
-        == [("cron",)]
+    mode = "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'backgroundjobs_mode'"
+    assert query(pg, mode) == [("cron",)]
 
     identities = {json.dumps(effective_identity(n)) for n in nodes}
     assert len(identities) == 1
@@ -431,5 +431,6 @@ def test_no_password_in_any_command_line_during_install_and_join(make_node, pg):
         time.sleep(0.02)
     assert all(p.poll() == 0 for p in procs), [n.last_log.read_text() for n in (installer, *joiners)]
     assert saw_occ_install, "the scan never saw occ running: it cannot have looked during the install"
-    assert not leaks, f"secrets in command lines: { {k: v.replace(canaries[k], '<' + k + '>') for k, v in leaks.items()} }"
+    shown = {k: v.replace(canaries[k], f"<{k}>") for k, v in leaks.items()}
+    assert not leaks, f"secrets in command lines: {shown}"
     assert len([c for c in occ_calls(pg, "maintenance:install") if c[2] == 0]) == 1
