@@ -262,13 +262,17 @@ class Node:
                 time.sleep(0.05)
         return p
 
-    def readyz_http(self) -> tuple[int, dict[str, Any]]:
+    def readyz_http(self, path: str = "/readyz", headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         assert self.http_port, "start_container() first"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
+
+    def livez_http(self, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        return self.readyz_http("/livez", headers)
 
     def readyz_cli(self, **overrides: str | None) -> dict[str, Any]:
         r = subprocess.run(["php", str(READYZ)], env=self.env(**overrides), text=True, capture_output=True, timeout=20)

@@ -1,17 +1,19 @@
-"""GET /readyz against a real PostgreSQL and Redis, served by `php -S` from the image's own readyz.php (the
-router stands in for the Apache Alias): 503 + a precise reason for each way a node can be unfit for traffic,
-200 only when installed, not in maintenance, no upgrade pending, DB and Redis reachable.
+"""GET /readyz and /livez against a real PostgreSQL and Redis, served by `php -S` from the image's own PHP files
+(the router stands in for the Apache Aliases): readiness answers 503 + a precise reason for each way a node can be
+unfit for traffic, 200 only when installed, not in maintenance, no upgrade pending, DB and Redis reachable;
+liveness never depends on the shared services. Details go only to local callers.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 
 import pytest
 import redis
-from conftest import REDIS_PASSWORD, free_port
+from conftest import CLUSTER_LIB, DB_PASSWORD, IDENTITY, REDIS_PASSWORD, free_port
 
 from infra.localservices import ThrowawayRedis
 
@@ -152,3 +154,83 @@ def test_redis_tls_readiness_and_sessions(make_node, redis_tls):
     plain = node.readyz_cli(NEXTCLOUD_REDIS_TLS="0", **trust)
     assert plain["code"] == "redis_unreachable"
     assert node.readyz_cli(**trust)["ready"] is True
+
+
+def test_shared_service_outage_leaves_liveness_up_and_readiness_down(ready_node, services):
+    """A PostgreSQL failover or a Redis blip takes the node out of the load balancer (readiness) but must never
+    fail the check the Auto Scaling group follows (liveness): otherwise the whole fleet would be replaced."""
+    pg, redis_server = services
+    for stop, start, code in ((pg.stop, pg.start, "db_unreachable"), (redis_server.stop, redis_server.start,
+                                                                      "redis_unreachable")):
+        stop()
+        status, body = ready_node.readyz_http()
+        assert (status, body["code"]) == (503, code), body
+        assert ready_node.livez_http() == (200, {"live": True, "code": "live", "reason": ""})
+        start()
+        wait_for(ready_node, 200)
+        assert ready_node.livez_http()[0] == 200
+
+
+def test_liveness_fails_without_the_runtime_secrets(make_node):
+    node = make_node("nosecrets")
+    node.secret_env.pop("NEXTCLOUD_DB_PASSWORD")
+    node.start_container()
+    status, body = node.livez_http()
+    assert status == 503 and body["code"] == "secrets_missing" and "NEXTCLOUD_DB_PASSWORD" in body["reason"], body
+
+
+PROXIED = [{"X-Forwarded-For": "203.0.113.7"}, {"X-Real-IP": "127.0.0.1"}, {"Forwarded": "for=203.0.113.7"}]
+
+
+@pytest.mark.parametrize("headers", PROXIED, ids=["x-forwarded-for", "x-real-ip", "forwarded"])
+def test_a_request_through_a_proxy_gets_only_the_status_and_a_code_word(ready_node, services, headers):
+    pg, _ = services
+    status, body = ready_node.readyz_http(headers=headers)
+    assert (status, body) == (200, {"ready": True})  # not even the version
+    pg.stop()
+    status, body = ready_node.readyz_http(headers=headers)
+    assert (status, body) == (503, {"ready": False, "code": "db_unreachable"})
+    status, body = ready_node.livez_http(headers=headers)
+    assert (status, body) == (200, {"live": True})
+    # The same request from this machine, without a proxy header, gets the details (for the operator).
+    status, local = ready_node.readyz_http()
+    assert status == 503 and f"{pg.host}:{pg.port}" in local["reason"], local
+    # And the journal (the web server's error log: the container's output) has them too, once per change.
+    log = ready_node.last_log.read_text()
+    assert "nextcloud-health: ready: db_unreachable: database unreachable" in log
+    assert DB_PASSWORD not in log
+
+
+@pytest.mark.parametrize(("sapi", "server", "expected"), [
+    ("apache2handler", {"REMOTE_ADDR": "127.0.0.1"}, False),  # REMOTE_ADDR may come from mod_remoteip: ignored
+    ("apache2handler", {"NEXTCLOUD_HEALTH_PEER_LOOPBACK": "1"}, True),
+    ("apache2handler", {"NEXTCLOUD_HEALTH_PEER_LOOPBACK": "1", "HTTP_X_REAL_IP": "127.0.0.1"}, False),
+    ("apache2handler", {"NEXTCLOUD_HEALTH_PEER_LOOPBACK": "1", "HTTP_X_FORWARDED_FOR": "10.0.0.1"}, False),
+    ("cli-server", {"REMOTE_ADDR": "10.0.2.2"}, False),
+    ("cli-server", {"REMOTE_ADDR": "::1"}, True),
+    ("cli-server", {"REMOTE_ADDR": "::ffff:127.0.0.1"}, True),
+    ("cli-server", {"REMOTE_ADDR": "127.0.0.1", "HTTP_FORWARDED": "for=1.2.3.4"}, False),
+    ("cli", {}, True),
+], ids=["apache-remote-addr-only", "apache-peer-loopback", "apache-x-real-ip", "apache-xff", "remote", "ipv6-lo",
+        "v4-mapped-lo", "forwarded", "cli"])
+def test_who_may_see_details(sapi, server, expected):
+    code = (f"require '{CLUSTER_LIB}/lib.php'; $s = json_decode($argv[1], true);"
+            " echo json_encode(\\NextcloudCluster\\callerMaySeeDetails($s, $argv[2]));")
+    out = subprocess.run(["php", "-r", code, json.dumps(server), sapi], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is expected
+
+
+def test_instance_id_never_reaches_a_proxied_caller(make_node):
+    installer = make_node("installer")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    assert rc == 0, out
+    stranger = make_node("stranger")
+    stranger.secret_env["NEXTCLOUD_INSTANCEID"] = "ocother12345"
+    stranger.start_container()
+    deadline = time.monotonic() + 20
+    while stranger.readyz_http()[1].get("code") != "identity_mismatch" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, local = stranger.readyz_http()
+    assert status == 503 and IDENTITY["NEXTCLOUD_INSTANCEID"] in local["reason"], local  # the operator sees it
+    status, body = stranger.readyz_http(headers={"X-Forwarded-For": "203.0.113.7"})
+    assert (status, body) == (503, {"ready": False, "code": "identity_mismatch"})

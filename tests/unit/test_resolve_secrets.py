@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -155,7 +156,9 @@ def test_literals_become_a_sorted_env_file_with_the_role_flags(resolver, python)
     result = resolver(instance_doc(values), python=python)
 
     assert result.returncode == 0, result.stderr
+    # Everything but the admin password: only the node that installs fetches that, on demand.
     expected = dict(values, NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_ALLOW_UPGRADE="0")
+    del expected["NEXTCLOUD_ADMIN_PASSWORD"]
     assert result.env_file() == expected
     text = result.output.read_text(encoding="utf-8")
     names = [line.split("=", 1)[0] for line in text.splitlines()]
@@ -480,7 +483,9 @@ def test_secrets_manager_and_ssm_references_are_resolved(resolver, aws_endpoint,
     result = resolver(doc, python=python, env={"AWS_ENDPOINT_URL": aws_endpoint, **DUMMY_CREDENTIALS})
 
     assert result.returncode == 0, result.stderr
-    assert result.env_file() == dict(values, NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_ALLOW_UPGRADE="0")
+    expected = dict(values, NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_ALLOW_UPGRADE="0")
+    del expected["NEXTCLOUD_ADMIN_PASSWORD"]
+    assert result.env_file() == expected
     result.assert_silent_about(*values.values())
     assert f"NEXTCLOUD_DB_PASSWORD <- secretsmanager {db_arn}" in result.stdout
     assert f"NEXTCLOUD_SECRET <- ssm {secret_param}" in result.stdout
@@ -528,10 +533,10 @@ def test_newline_in_an_aws_value_is_refused_without_showing_it(resolver, aws_end
     first_line = canary("pem-line-1")
     multi_line = f"{first_line}\n{canary('pem-line-2')}"
     doc = instance_doc(values)
-    doc["secrets"]["NEXTCLOUD_ADMIN_PASSWORD"] = create_secret(aws_endpoint, multi_line)
+    doc["secrets"]["NEXTCLOUD_DB_PASSWORD"] = create_secret(aws_endpoint, multi_line)
     result = resolver(doc, env={"AWS_ENDPOINT_URL": aws_endpoint, **DUMMY_CREDENTIALS})
     assert result.returncode == 3
-    assert "secrets.NEXTCLOUD_ADMIN_PASSWORD" in result.stderr
+    assert "secrets.NEXTCLOUD_DB_PASSWORD" in result.stderr
     assert "a newline" in result.stderr
     assert not result.output.exists()
     result.assert_silent_about(first_line, multi_line, *values.values())
@@ -683,6 +688,76 @@ def test_no_region_anywhere_is_a_clear_error(resolver, tmp_path):
     assert "set 'region' in the user data" in result.stderr
 
 
+# --------------------------------------------------------------------------- retry, admin password on demand
+
+
+def test_retry_recovers_by_itself_when_the_cause_goes_away(tmp_path, aws_endpoint):
+    """A reference that cannot be resolved yet (IAM not propagated, a secret created a moment later): --retry
+    keeps trying with capped backoff, says why at every attempt, and writes the file once it works."""
+    values = literal_secrets()
+    name = f"/nextcloud/later-{uuid.uuid4().hex[:8]}"
+    doc = instance_doc(values)
+    doc["secrets"]["NEXTCLOUD_SECRET"] = f"ssm:{name}"
+    instance_json = tmp_path / "instance.json"
+    instance_json.write_text(json.dumps(doc))
+    instance_json.chmod(0o600)
+    output = tmp_path / "run" / "runtime.env"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_ENDPOINT_URL": aws_endpoint,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_MAX_ATTEMPTS": "1",
+           "NEXTCLOUD_SECRETS_RETRY_INITIAL": "0.2", "NEXTCLOUD_SECRETS_RETRY_MAX": "0.5", **DUMMY_CREDENTIALS}
+    proc = subprocess.Popen([sys.executable, "-I", str(SCRIPT), "--retry", "--instance-json", str(instance_json),
+                             "--output", str(output)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 20
+        attempts = ""
+        while time.monotonic() < deadline and attempts.count("retrying in") < 3:
+            attempts += proc.stderr.readline()
+        assert attempts.count("retrying in") >= 3, attempts
+        assert "ParameterNotFound" in attempts and f"secrets.NEXTCLOUD_SECRET (ssm {name}" in attempts
+        assert proc.poll() is None and not output.exists(), "it must keep waiting, writing nothing"
+        aws_client(aws_endpoint, "ssm", "eu-west-1").put_parameter(
+            Name=name, Value=values["NEXTCLOUD_SECRET"], Type="SecureString")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    written = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert written["NEXTCLOUD_SECRET"] == values["NEXTCLOUD_SECRET"]
+    for value in values.values():
+        assert value not in out + err + attempts
+
+
+def test_retry_does_not_retry_an_invalid_instance_json(resolver):
+    result = resolver({"schema": 1}, args=("--retry",))
+    assert result.returncode == 2 and "retrying" not in result.stderr
+
+
+def test_admin_password_is_printed_only_for_an_instance_that_may_install(resolver):
+    values = literal_secrets()
+    result = resolver(instance_doc(values), args=("--print-admin-password",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == values["NEXTCLOUD_ADMIN_PASSWORD"]  # the value and nothing else: stdout is the socket
+    assert not result.output.exists()  # nothing written anywhere
+    assert values["NEXTCLOUD_ADMIN_PASSWORD"] not in result.stderr
+
+    refused = resolver(instance_doc(values, role={"allow_install": False, "allow_upgrade": False}),
+                       args=("--print-admin-password",))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "role.allow_install is false" in refused.stderr
+
+
+def test_admin_password_socket_is_root_only_and_one_run_per_connection():
+    socket_unit = parse_unit(UNIT_DIR / "nextcloud-admin-password.socket")
+    assert socket_unit["Socket"]["ListenStream"] == ["/run/nextcloud-admin/password.sock"]
+    assert socket_unit["Socket"]["SocketMode"] == ["0600"] and socket_unit["Socket"]["Accept"] == ["yes"]
+    service = parse_unit(UNIT_DIR / "nextcloud-admin-password@.service")["Service"]
+    assert service["ExecStart"] == ["/usr/local/libexec/nextcloud-image/resolve-secrets --print-admin-password"]
+    assert (service["StandardInput"], service["StandardOutput"]) == (["socket"], ["socket"])
+    assert service["StandardError"] == ["journal"]  # the value goes to the socket only, never to the journal
+
+
 # --------------------------------------------------------------------------- systemd units
 
 
@@ -713,7 +788,10 @@ def test_secrets_unit_orders_and_hardens_the_resolver():
     service = unit["Service"]
     assert service["Type"] == ["oneshot"]
     assert service["RemainAfterExit"] == ["yes"]
-    assert service["ExecStart"] == ["/usr/local/libexec/nextcloud-image/resolve-secrets"]
+    assert service["ExecStart"] == ["/usr/local/libexec/nextcloud-image/resolve-secrets --retry"]
+    # Retries inside the one start: a restarting oneshot would fail nextcloud.service's start job for good.
+    assert service["TimeoutStartSec"] == ["infinity"] and "Restart" not in service
+    assert service["NotifyAccess"] == ["main"]  # the reason of the last failed attempt shows as its status
     assert {"cloud-init.service", "network-online.target"} <= set(words(unit, "Unit", "After"))
     assert "network-online.target" in words(unit, "Unit", "Wants")
     assert "nextcloud.service" in words(unit, "Unit", "Before")
@@ -745,7 +823,12 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     assert pairs["--name"] == "nextcloud"
     assert pairs["--network"] == "host"
     assert pairs["--env-file"] == "/etc/nextcloud/nextcloud.env"
-    assert pairs["-v"] == "/run/nextcloud/runtime.env:/run/secrets/nextcloud-runtime.env:ro"
+    volumes = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "-v"]
+    assert volumes == [
+        "/run/nextcloud/runtime.env:/run/secrets/nextcloud-runtime.env:ro",
+        "/run/nextcloud-admin:/run/nextcloud-admin:ro",  # the installing init's admin password socket
+        "/run/systemd/journal/dev-log:/dev/log",  # Nextcloud's syslog entries, into the journal once
+    ]
     assert "--env-file" not in argv[argv.index("--env-file") + 2 :], "secrets must not go in as docker env"
 
     # A leftover container goes with its anonymous volumes; and none are made: /var/www/html gets an empty tmpfs.
@@ -777,7 +860,7 @@ def unit_root(tmp_path: Path) -> Path:
     docker_unit = root / "lib" / "systemd" / "system" / "docker.service"
     docker_unit.unlink(missing_ok=True)
     docker_unit.write_text("[Unit]\nDescription=stand-in for docker.io\n[Service]\nExecStart=/usr/bin/dockerd\n")
-    for tool in ("docker", "dockerd", "test"):
+    for tool in ("docker", "dockerd", "test", "../../bin/systemctl"):
         stub = root / "usr" / "bin" / tool
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
@@ -792,7 +875,7 @@ needs_systemd_analyze = pytest.mark.skipif(
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", [SECRETS_UNIT, NEXTCLOUD_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", sorted(p for p in UNIT_DIR.iterdir() if "@." not in p.name), ids=lambda p: p.name)
 def test_systemd_analyze_verify_accepts_the_unit(unit_root, unit):
     target = unit_root / unit.relative_to(ROOTFS)
     proc = subprocess.run(

@@ -354,8 +354,8 @@ function isLoopback(string $address): bool {
  * Apache the peer is the connection's own address (CONN_REMOTE_ADDR, set by nextcloud-health.conf), never
  * REMOTE_ADDR, which mod_remoteip rewrites from a client-supplied header. Fails closed.
  */
-function callerMaySeeDetails(array $server): bool {
-	if (PHP_SAPI === 'cli') {
+function callerMaySeeDetails(array $server, string $sapi = PHP_SAPI): bool {
+	if ($sapi === 'cli') {
 		return true;
 	}
 	foreach (['HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP', 'HTTP_FORWARDED', 'HTTP_CLIENT_IP', 'HTTP_TRUE_CLIENT_IP'] as $header) {
@@ -363,7 +363,7 @@ function callerMaySeeDetails(array $server): bool {
 			return false;
 		}
 	}
-	if (PHP_SAPI === 'apache2handler') {
+	if ($sapi === 'apache2handler') {
 		return ($server['NEXTCLOUD_HEALTH_PEER_LOOPBACK'] ?? '') === '1';
 	}
 	return isLoopback((string)($server['REMOTE_ADDR'] ?? ''));
