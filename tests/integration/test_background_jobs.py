@@ -47,7 +47,8 @@ def test_a_node_that_is_not_ready_runs_nothing(joined, pg, services, make_node, 
     if breaker == "redis":
         services[1].stop()
     elif breaker == "maintenance":
-        (node.webroot / "config" / "zz-maintenance.config.php").write_text("<?php\n$CONFIG = ['maintenance' => true];\n")
+        drop_in = node.webroot / "config" / "zz-maintenance.config.php"
+        drop_in.write_text("<?php\n$CONFIG = ['maintenance' => true];\n")
     else:
         node = make_node("fresh")  # its init never ran: no state, not joined
     r = run_cron(node)
