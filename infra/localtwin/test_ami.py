@@ -4,7 +4,9 @@ One run: random canary values for every secret -> throwaway PostgreSQL (password
 the host's loopback (the guests see them at 10.0.2.2) -> user data rendered with the canaries as ``literal:``
 references -> N instances booted from the artifact (overlays; the artifact is never written) -> wait until
 each answers /readyz 200 -> cluster checks in the database (one install, one identity) -> the testinfra suite
-against all instances, with the canaries and the artifact path -> everything torn down, whatever happened.
+against all instances, with the canaries and the artifact path -> the outage drills (infra/localtwin/drills.py:
+PostgreSQL, then Redis stopped; readiness down, liveness up, outside callers told only a code word) -> everything
+torn down, whatever happened.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+from infra.localtwin.drills import DrillError, run_drills
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
 
 __test__ = False  # a pipeline step named "test", not a pytest module
@@ -235,6 +238,7 @@ def run(
     keep_going: bool = False,
     pytest_args: Sequence[str] = (),
     timeout_s: float = 1500.0,
+    drills: bool = True,
     log: Log = _log,
 ) -> RunReport:
     """One test-ami run; always tears everything down. See the module docstring for the steps."""
@@ -260,7 +264,7 @@ def run(
         pg = stack.enter_context(
             ThrowawayPostgres(db.port, canaries["NEXTCLOUD_DB_PASSWORD"], dbname=db.name, user=db.user)
         )
-        stack.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
+        redis = stack.enter_context(ThrowawayRedis(rd.port, canaries["NEXTCLOUD_REDIS_PASSWORD"]))
         log(f"services: PostgreSQL 127.0.0.1:{db.port}, Redis 127.0.0.1:{rd.port} (guest: {GUEST_HOST})")
         nodes = [
             Instance(
@@ -284,6 +288,10 @@ def run(
                 check_cluster(pg, nodes, canaries, log)
                 _suite_and_record(root, nodes, workdir, artifact, canaries, keep_going, pytest_args, report, log,
                                   expected)
+                if report.suite_exit == 0 and drills:
+                    t = time.monotonic()
+                    run_drills(pg, redis, nodes, canaries, log)
+                    report.timings["drills_s"] = round(time.monotonic() - t, 1)
             else:
                 # One VM at a time: each later node joins the cluster the first one installed.
                 for node in nodes:
@@ -297,7 +305,7 @@ def run(
                     node.stop()
                 _check_sequential_cluster(pg, canaries, log)
             report.ok = report.suite_exit == 0
-        except (InstanceError, TestAmiError) as e:
+        except (InstanceError, TestAmiError, DrillError) as e:
             report.error = str(e)
             log(f"test-ami FAILED: {e}")
         finally:

@@ -11,7 +11,10 @@ appear only in:
   EC2 root can read the same user data from IMDS at any time, so a root-only copy exposes nothing new.
 
 Every such file must be root-owned and unreadable by group and others. Nothing else on the filesystem, nothing in
-the journal, and nothing in the artifact the instance was booted from may contain a canary.
+the journal, no process's command line and nothing in the artifact the instance was booted from may contain a canary.
+
+The admin password is not resolved at boot: only the node that installs fetches it, on demand, and keeps it in
+memory for the install (nextcloud-admin-password.socket). It is never in runtime.env.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from image_suite_support import decode_on_target
 pytestmark = pytest.mark.secrets
 
 RUNTIME_ENV = "/run/nextcloud/runtime.env"
+# Fetched only by the installing node, on demand; never written at boot.
+ON_DEMAND = frozenset({"NEXTCLOUD_ADMIN_PASSWORD"})
 ALLOWED = (
     RUNTIME_ENV,
     "/etc/nextcloud/instance.json",
@@ -81,12 +86,20 @@ def test_runtime_env_on_tmpfs(host):
 def test_runtime_env_holds_every_secret(host, canaries):
     content = host.file(RUNTIME_ENV).content_string
     lines = set(content.splitlines())
-    missing = [name for name, value in canaries.items() if f"{name}={value}" not in lines]
+    missing = [name for name, value in canaries.items() if name not in ON_DEMAND and f"{name}={value}" not in lines]
     assert not missing, f"{RUNTIME_ENV} lacks the boot's value for {missing}"
+
+
+def test_admin_password_is_not_kept_at_boot(host, canaries):
+    content = host.file(RUNTIME_ENV).content_string
+    kept = [name for name in ON_DEMAND if name in canaries and canaries[name] in content]
+    assert not kept, f"{RUNTIME_ENV} holds {kept}: only the installing node fetches it, for the install only"
 
 
 def test_scan_finds_the_runtime_env_copy(canary_files, canary_name):
     # Self-check of the search: a scan that finds nothing anywhere would pass every leak test below.
+    if canary_name in ON_DEMAND:
+        pytest.skip(f"{canary_name} is never in {RUNTIME_ENV} (fetched on demand by the installer)")
     assert RUNTIME_ENV in canary_files[canary_name], (
         f"the filesystem scan did not find {canary_name}'s value even in {RUNTIME_ENV}: the search is broken "
         "or the secret was never delivered"
@@ -130,3 +143,28 @@ def test_canaries_not_in_artifact(artifact_view, canaries):
     hits = artifact_view.find({name: value.encode() for name, value in canaries.items()})
     leaked = {name: offsets[:5] for name, offsets in hits.items() if offsets}
     assert not leaked, f"secret values found in the artifact {artifact_view.path} at byte offsets {leaked}"
+
+
+@pytest.mark.live
+def test_canary_not_in_any_command_line(host, canaries):
+    # /proc/<pid>/cmdline is readable by every local user. The patterns reach grep on its standard input (printf
+    # is a shell builtin), so grep's own command line carries none of them.
+    patterns = "\n".join(canaries.values())
+    out = host.run(f"p={decode_on_target(patterns)}; printf '%s\\n' \"$p\" | grep -laF -f - /proc/[0-9]*/cmdline; true")
+    holders = [line for line in out.stdout.splitlines() if line]
+    described = []
+    for path in holders:
+        pid = path.split("/")[2]
+        comm = host.run(f"cat /proc/{pid}/comm 2>/dev/null").stdout.strip()
+        described.append(f"pid {pid} ({comm})")
+    assert not holders, f"secret values in the command line of {described}"
+
+
+@pytest.mark.live
+def test_admin_password_fetched_only_by_the_node_that_installed(host):
+    installs = int(host.run("journalctl --no-pager -o cat -u nextcloud.service | grep -c 'installed Nextcloud ' "
+                            "|| true").stdout.strip() or 0)
+    fetches = int(host.run("journalctl --no-pager -o cat -t nextcloud-admin-password | grep -c 'gave the admin "
+                           "password' || true").stdout.strip() or 0)
+    assert fetches == installs, (f"the admin password was handed out {fetches} time(s) on a node that installed "
+                                 f"{installs} time(s): only the installing node may fetch it")

@@ -163,7 +163,8 @@ def make_instance_state(root: Path, canaries: dict[str, str], instance_id: str) 
     (root / "run/nextcloud").mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "run/nextcloud").chmod(0o700)
     env_lines = ["NEXTCLOUD_ALLOW_INSTALL=1", "NEXTCLOUD_ALLOW_UPGRADE=0"]
-    env_lines += [f"{k}={v}" for k, v in sorted(canaries.items())]
+    # Every secret but the admin password, which only the installing node fetches, on demand.
+    env_lines += [f"{k}={v}" for k, v in sorted(canaries.items()) if k != "NEXTCLOUD_ADMIN_PASSWORD"]
     _write(root, "/run/nextcloud/runtime.env", "\n".join(env_lines) + "\n", 0o600)
     instance_json = json.dumps({"schema": 1, "secrets": {k: f"literal:{v}" for k, v in canaries.items()}})
     _write(root, "/etc/nextcloud/instance.json", instance_json, 0o600)
@@ -314,6 +315,11 @@ def _runtime_env_lacks_secret(root: Path, c: dict[str, str]) -> None:
     p.write_text("".join(line + "\n" for line in p.read_text().splitlines() if "REDIS" not in line))
 
 
+def _runtime_env_keeps_admin_password(root: Path, c: dict[str, str]) -> None:
+    with (root / "run/nextcloud/runtime.env").open("a") as f:
+        f.write(f"NEXTCLOUD_ADMIN_PASSWORD={c['NEXTCLOUD_ADMIN_PASSWORD']}\n")
+
+
 def _journal_leak(root: Path, c: dict[str, str]) -> None:
     machine_id = (root / "etc/machine-id").read_text().strip()
     (root / f"var/log/journal/{machine_id}").mkdir(parents=True, exist_ok=True)
@@ -427,6 +433,10 @@ CASES = {
     "runtime.env mode 0644": (_runtime_env_mode, ["test_secrets::test_runtime_env_is_root_only"]),
     "runtime.env missing": (_runtime_env_missing, ["test_secrets::test_runtime_env_is_root_only"]),
     "runtime.env lacks a secret": (_runtime_env_lacks_secret, ["test_secrets::test_runtime_env_holds_every_secret"]),
+    "runtime.env keeps the admin password": (
+        _runtime_env_keeps_admin_password,
+        ["test_secrets::test_admin_password_is_not_kept_at_boot"],
+    ),
     "canary in the journal": (_journal_leak, ["test_secrets::test_canary_not_in_journal[NEXTCLOUD_ADMIN_PASSWORD]"]),
     "nextcloud.service disabled": (
         _unit_disabled("nextcloud.service"),

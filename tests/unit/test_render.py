@@ -132,3 +132,41 @@ def test_override_cannot_smuggle_a_literal_into_aws():
     with pytest.raises(SettingsError) as exc:
         load_settings(ROOT, "example", environ={}, overrides={"secrets.secret": "literal:oops"})
     assert "secrets.secret" in str(exc.value)
+
+
+def _env(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+
+def test_aws_environment_ships_its_logs_to_its_log_group_and_reports_liveness_to_its_group():
+    env = _env(render_nextcloud_env(settings("example")))
+    assert env["NEXTCLOUD_LOG_DESTINATION"] == "cloudwatch"
+    assert env["NEXTCLOUD_LOG_GROUP"] == "/nextcloud/example"
+    assert env["NEXTCLOUD_AWS_REGION"] == "eu-central-1"
+    assert env["NEXTCLOUD_LIVENESS_REPORT"] == "autoscaling"
+    assert env["NEXTCLOUD_LOGLEVEL"] == "2"
+    # The group is named from the environment unless set; the region is the environment's.
+    other = _env(render_nextcloud_env(settings("example", sets=["logs.group=/ops/cloud", "region=eu-west-1",
+                                                                "logs.nextcloud_loglevel=1"])))
+    assert (other["NEXTCLOUD_LOG_GROUP"], other["NEXTCLOUD_AWS_REGION"], other["NEXTCLOUD_LOGLEVEL"]) == (
+        "/ops/cloud", "eu-west-1", "1")
+    unset = load_settings(ROOT, "example", environ={}).settings.model_copy(
+        update={"name": "prod", "logs": settings("example").logs.model_copy(update={"group": None})})
+    assert _env(render_nextcloud_env(unset))["NEXTCLOUD_LOG_GROUP"] == "/nextcloud/prod"
+
+
+def test_local_twin_keeps_its_logs_in_the_journal_and_only_logs_liveness():
+    env = _env(render_nextcloud_env(settings("local")))
+    assert (env["NEXTCLOUD_LOG_DESTINATION"], env["NEXTCLOUD_LOG_GROUP"], env["NEXTCLOUD_LIVENESS_REPORT"]) == (
+        "journal", "", "log")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("logs.group", "'no spaces allowed'", "must be a CloudWatch Logs group name"),
+    ("logs.nextcloud_loglevel", "7", "less than or equal to 4"),
+])
+def test_bad_log_settings_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(SettingsError) as err:
+        settings("example", sets=[f"{key}={value}"])
+    text = str(err.value)
+    assert key in text and message in text, text
