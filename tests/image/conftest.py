@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # image_suite_support, whatever the import mode
 
-from image_suite_support import ArtifactView  # noqa: E402
+from image_suite_support import ON_DEMAND_SECRETS, ArtifactView  # noqa: E402
 
 VERSION_INFO = "/etc/nextcloud-image/version-info.json"
 
@@ -114,6 +114,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # One test per secret, named after it, so a report says which secret leaked.
     if "canary_name" in metafunc.fixturenames:
         metafunc.parametrize("canary_name", sorted(_canary_values() or {}))
+    if "boot_canary_name" in metafunc.fixturenames:  # the secrets resolved at boot, into runtime.env
+        metafunc.parametrize("boot_canary_name", sorted(set(_canary_values() or {}) - ON_DEMAND_SECRETS))
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 CHUNK = 16 * 1024 * 1024
+# Secrets an instance does not resolve at boot: only the node that installs fetches the admin password, on demand.
+ON_DEMAND_SECRETS = frozenset({"NEXTCLOUD_ADMIN_PASSWORD"})
 
 
 # ---- target command helpers -------------------------------------------------------------------

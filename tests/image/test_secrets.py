@@ -24,13 +24,12 @@ import fnmatch
 import json
 
 import pytest
-from image_suite_support import decode_on_target
+from image_suite_support import ON_DEMAND_SECRETS, decode_on_target
 
 pytestmark = pytest.mark.secrets
 
 RUNTIME_ENV = "/run/nextcloud/runtime.env"
-# Fetched only by the installing node, on demand; never written at boot.
-ON_DEMAND = frozenset({"NEXTCLOUD_ADMIN_PASSWORD"})
+ON_DEMAND = ON_DEMAND_SECRETS  # fetched only by the installing node, on demand; never written at boot
 ALLOWED = (
     RUNTIME_ENV,
     "/etc/nextcloud/instance.json",
@@ -96,10 +95,9 @@ def test_admin_password_is_not_kept_at_boot(host, canaries):
     assert not kept, f"{RUNTIME_ENV} holds {kept}: only the installing node fetches it, for the install only"
 
 
-def test_scan_finds_the_runtime_env_copy(canary_files, canary_name):
+def test_scan_finds_the_runtime_env_copy(canary_files, boot_canary_name):
     # Self-check of the search: a scan that finds nothing anywhere would pass every leak test below.
-    if canary_name in ON_DEMAND:
-        pytest.skip(f"{canary_name} is never in {RUNTIME_ENV} (fetched on demand by the installer)")
+    canary_name = boot_canary_name
     assert RUNTIME_ENV in canary_files[canary_name], (
         f"the filesystem scan did not find {canary_name}'s value even in {RUNTIME_ENV}: the search is broken "
         "or the secret was never delivered"
