@@ -77,7 +77,7 @@ def test_cluster_settings_from_environment(tmp_path):
     assert c["overwriteprotocol"] == "https"
     assert c["overwrite.cli.url"] == "https://cloud.example.com"
     # Nextcloud's JSON log entries go to syslog (the host journal's socket), tagged, never to a file.
-    assert (c["log_type"], c["syslog_tag"], c["loglevel"]) == ("syslog", "nextcloud", 2)
+    assert (c["log_type"], c["syslog_tag"], c["loglevel"]) == ("syslog", "nextcloud-app", 2)
     assert "logfile" not in c
     assert c["appstoreenabled"] is False
     assert c["upgrade.disable-web"] is True

@@ -145,10 +145,11 @@ $CONFIG = (static function (): array {
 		'trusted_proxies' => $words('NEXTCLOUD_TRUSTED_PROXIES'),
 		// Nextcloud's own log: one JSON document per entry (its syslog writer), sent to /dev/log, which
 		// nextcloud.service binds to the host journal's socket: the journal holds it once, as
-		// SYSLOG_IDENTIFIER=nextcloud, beside the container's output, and ships with it to CloudWatch Logs on
-		// AWS. No log file in the webroot or data dir; errorlog would wrap each entry in Apache's prefix.
+		// SYSLOG_IDENTIFIER=nextcloud-app, beside the container's output (nextcloud), and ships with it to
+		// CloudWatch Logs on AWS. No log file in the webroot or data dir; errorlog would wrap each entry in
+		// Apache's prefix.
 		'log_type' => 'syslog',
-		'syslog_tag' => 'nextcloud',
+		'syslog_tag' => 'nextcloud-app',
 		'loglevel' => (int)$loglevel,
 	];
 	foreach (['overwritehost' => 'NEXTCLOUD_OVERWRITE_HOST', 'overwriteprotocol' => 'NEXTCLOUD_OVERWRITE_PROTOCOL',
