@@ -120,7 +120,7 @@ def outage(
         cron_before = count_cron_runs()
         inst = nodes[0]
         inst.ssh("sudo systemctl start nextcloud-cron.service", timeout=120)
-        journal = inst.ssh("sudo journalctl --no-pager -o cat -u nextcloud-cron.service -n 5", timeout=60).stdout
+        journal = inst.ssh("sudo journalctl --no-pager -o cat -t nextcloud-cron -n 1", timeout=60).stdout
         if f"skipped: this node is not ready ({code}" not in journal:
             raise DrillError(f"{inst.name}: a cron run with {name} down did not skip: {journal[-500:]}")
         if cron_before is not None and count_cron_runs() != cron_before:
