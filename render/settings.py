@@ -325,19 +325,21 @@ class Logs(_Section):
     """Where an instance's logs go: CloudWatch Logs on AWS (one group per environment, one stream per instance,
     shipped from the journal by the instance role); the local twin keeps them in the journal."""
 
-    group: str | None = Field(default=None, description="CloudWatch Logs group; default /nextcloud/<name>")
+    group_name: str | None = Field(
+        default=None, description="CloudWatch Logs group (the stack's LogGroupName); default /nextcloud/<name>"
+    )
     nextcloud_loglevel: int = Field(default=2, ge=0, le=4, description="Nextcloud's loglevel: 0 debug .. 4 fatal")
 
-    @field_validator("group")
+    @field_validator("group_name")
     @classmethod
-    def _group(cls, v: str | None) -> str | None:
+    def _group_name(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9._/#-]{1,512}", v):
             raise ValueError("must be a CloudWatch Logs group name: 1-512 of letters, digits and . _ / # -")
         return v
 
     def group_for(self, environment: str) -> str:
         """The log group of environment ``environment``: the setting, or /nextcloud/<environment>."""
-        return self.group or f"/nextcloud/{environment}"
+        return self.group_name or f"/nextcloud/{environment}"
 
 
 class LaunchTemplate(_Section):

@@ -146,12 +146,12 @@ def test_aws_environment_ships_its_logs_to_its_log_group_and_reports_liveness_to
     assert env["NEXTCLOUD_LIVENESS_REPORT"] == "autoscaling"
     assert env["NEXTCLOUD_LOGLEVEL"] == "2"
     # The group is named from the environment unless set; the region is the environment's.
-    other = _env(render_nextcloud_env(settings("example", sets=["logs.group=/ops/cloud", "region=eu-west-1",
+    other = _env(render_nextcloud_env(settings("example", sets=["logs.group_name=/ops/cloud", "region=eu-west-1",
                                                                 "logs.nextcloud_loglevel=1"])))
     assert (other["NEXTCLOUD_LOG_GROUP"], other["NEXTCLOUD_AWS_REGION"], other["NEXTCLOUD_LOGLEVEL"]) == (
         "/ops/cloud", "eu-west-1", "1")
     unset = load_settings(ROOT, "example", environ={}).settings.model_copy(
-        update={"name": "prod", "logs": settings("example").logs.model_copy(update={"group": None})})
+        update={"name": "prod", "logs": settings("example").logs.model_copy(update={"group_name": None})})
     assert _env(render_nextcloud_env(unset))["NEXTCLOUD_LOG_GROUP"] == "/nextcloud/prod"
 
 
@@ -162,7 +162,7 @@ def test_local_twin_keeps_its_logs_in_the_journal_and_only_logs_liveness():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("logs.group", "'no spaces allowed'", "must be a CloudWatch Logs group name"),
+    ("logs.group_name", "'no spaces allowed'", "must be a CloudWatch Logs group name"),
     ("logs.nextcloud_loglevel", "7", "less than or equal to 4"),
 ])
 def test_bad_log_settings_are_refused_naming_the_key(key, value, message):
