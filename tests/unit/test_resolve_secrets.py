@@ -702,7 +702,10 @@ def test_retry_recovers_by_itself_when_the_cause_goes_away(tmp_path, aws_endpoin
     instance_json.write_text(json.dumps(doc))
     instance_json.chmod(0o600)
     output = tmp_path / "run" / "runtime.env"
+    contract = tmp_path / "secret-references.json"
+    contract.write_text(render_contract(), encoding="utf-8")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_ENDPOINT_URL": aws_endpoint,
+           "NEXTCLOUD_SECRET_REFERENCES": str(contract),
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_MAX_ATTEMPTS": "1",
            "NEXTCLOUD_SECRETS_RETRY_INITIAL": "0.2", "NEXTCLOUD_SECRETS_RETRY_MAX": "0.5", **DUMMY_CREDENTIALS}
     proc = subprocess.Popen([sys.executable, "-I", str(SCRIPT), "--retry", "--instance-json", str(instance_json),
