@@ -31,6 +31,7 @@ import pytest
 
 from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import free_port
+from render.secret_refs import render_contract
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"
@@ -116,6 +117,9 @@ class AdminPasswordSocket:
         self.dir = Path(tempfile.mkdtemp(prefix="nc-admin-", dir="/tmp"))  # a unix socket path must stay short
         self.path = self.dir / "password.sock"
         self.instance_json = instance_json
+        # The image's secret reference contract, as the bake installs it (render writes it from the settings).
+        self.references = self.dir / "secret-references.json"
+        self.references.write_text(render_contract(), encoding="utf-8")
         self.fetches = 0
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(self.path))
@@ -133,7 +137,8 @@ class AdminPasswordSocket:
             with conn:
                 self.fetches += 1
                 subprocess.run([sys.executable, "-I", str(RESOLVER), "--print-admin-password", "--instance-json",
-                                str(self.instance_json)], stdout=conn.fileno(), stderr=subprocess.DEVNULL,
+                                str(self.instance_json), "--references", str(self.references)],
+                               stdout=conn.fileno(), stderr=subprocess.DEVNULL,
                                stdin=subprocess.DEVNULL, timeout=60, check=False)
 
     def close(self) -> None:

@@ -284,7 +284,7 @@ def test_killed_installer_is_taken_over_by_exactly_one_node(make_node, pg):
     assert len(redone) == 1 and "dropped 1 table(s) the interrupted install left" in redone[0], logs
     assert query(pg, "SELECT 'oc_appconfig'::regclass::oid")[0][0] != debris  # dropped, created afresh
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
-    assert query(pg, "SELECT state, version FROM nextcloud_cluster_state") == [("installed", "29.0.7.1")]
+    assert query(pg, "SELECT state, version FROM nextcloud_cluster_state") == [("installed", "34.0.3.1")]
     for n in [*takers, joiner]:
         assert n.readyz_cli()["ready"] is True
     # The admin password was fetched by the two nodes that installed, by no other.
