@@ -125,7 +125,7 @@ def test_the_group_follows_liveness_and_the_load_balancer_follows_readiness():
 
 
 def test_the_readiness_path_is_the_one_the_image_serves():
-    conf = (ROOT / "image" / "nextcloud" / "apache" / "nextcloud-readyz.conf").read_text()
+    conf = (ROOT / "image" / "nextcloud" / "apache" / "nextcloud-health.conf").read_text()
     assert re.search(rf"\s{re.escape(props('TargetGroup')['HealthCheckPath'])}\s", conf), conf
 
 
