@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.lane.admin_socket import CONTAINER_DIR as ADMIN_SOCKET_DIR
+from infra.lane.admin_socket import AdminPasswordSocket
 from infra.lane.services import S3_KEY, S3_REGION, LaneServices
 
 RUNTIME_ENV = "/run/secrets/nextcloud-runtime.env"
@@ -167,7 +169,9 @@ class Cluster:
         self.identity = identity or Identity()
         self.admin_user = "admin"
         self.admin_password = admin_password or "adm-" + secrets.token_hex(12)
+        # Only the installing node asks for the admin password, over the host's socket (never in runtime.env).
         self.nodes: list[Node] = []
+        self.admin_socket = AdminPasswordSocket({**self.runtime_env(), "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password})
 
     def environment(self, *, allow_install: bool, allow_upgrade: bool) -> dict[str, str]:
         """The non-secret environment (``/etc/nextcloud/nextcloud.env`` on an instance)."""
@@ -194,7 +198,6 @@ class Cluster:
             "NEXTCLOUD_SECRET": self.identity.secret,
             "NEXTCLOUD_DB_PASSWORD": self.services.pg.password,
             "NEXTCLOUD_REDIS_PASSWORD": self.services.redis.password or "",
-            "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password,
             "NEXTCLOUD_S3_KEY": S3_KEY,
             "NEXTCLOUD_S3_SECRET": self.services.s3.secret,
         }
@@ -218,6 +221,7 @@ class Cluster:
             docker.types.Mount(RUNTIME_ENV, str(runtime), type="bind", read_only=True),
             docker.types.Mount(CA_BUNDLE, str(self.services.ca_bundle), type="bind", read_only=True),
             docker.types.Mount("/var/www/html", None, type="tmpfs", read_only=True),
+            docker.types.Mount(ADMIN_SOCKET_DIR, str(self.admin_socket.dir), type="bind", read_only=True),
         ]
         for target, content in port_override(self.client, image, port).items():
             host = self._write(files / Path(target).name, content, 0o644)
@@ -235,3 +239,4 @@ class Cluster:
         for node in self.nodes:
             node.remove()
         self.nodes.clear()
+        self.admin_socket.close()

@@ -85,6 +85,8 @@ def test_two_racing_nodes_install_exactly_once(lane, nodes):
     installs = [len(INSTALLED.findall(log)) for log in logs]
     assert sorted(installs) == [0, 1], f"install lines per node: {installs}"
     assert _row(lane)["state"] == "installed"
+    # Only the installing node asked the host's socket for the admin password (no runtime.env carries it).
+    assert lane.cluster.admin_socket.fetches == 1
     if lane.standin:
         # The stand-in's occ double records every call in the database: one maintenance:install across the cluster.
         calls = lane.services.pg.psql("SELECT count(*) FROM occ_double_calls WHERE verb = 'maintenance:install'")
