@@ -16,6 +16,9 @@ On the throwaway resources of a bake or a canary (instances, volumes, key pairs,
 While a bake runs, its AMIs and snapshots carry PURPOSE=bake too; the bake removes it when every step is done
 (IMDSv2 and every tag on every copy). An AMI that still has PURPOSE never completed: never reuse, test, roll
 out or keep it (sweep removes it).
+On what `inv upgrade` creates: the one-off upgrade instance (PURPOSE "upgrade") and the load balancer's maintenance
+rule (PURPOSE "maintenance"), both with MANAGED, ENVIRONMENT and RUN (the upgrade's id): how a resumed upgrade
+finds them again.
 """
 
 from __future__ import annotations
@@ -40,5 +43,7 @@ RUN = f"{PREFIX}run"
 
 PURPOSE_BAKE = "bake"
 PURPOSE_CANARY = "canary"
+PURPOSE_UPGRADE = "upgrade"
+PURPOSE_MAINTENANCE = "maintenance"
 VERDICT_PASSED = "passed"
 VERDICT_FAILED = "failed"
