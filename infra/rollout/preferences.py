@@ -1,0 +1,54 @@
+"""The instance refresh preferences: built here and only here, from the settings ([rollout], [upgrade]).
+
+Every value is sent explicitly, so AWS's defaults (90 % healthy, Wait one hour for protected and standby
+instances, no rollback) never decide silently. Two purposes:
+
+- ``rollout``: checkpoints with their delay, auto rollback, the stack's alarms, a bake time during which the alarms
+  are still watched, skip matching, and the settings' handling of scale-in protected and standby instances;
+- ``upgrade``: the refresh after the database was upgraded, while the cluster is in maintenance. No auto rollback
+  (the previous image is older than the database now and could never serve again), no alarms (the maintenance page
+  answers 503, which would fire them), no checkpoints and no bake time (pausing only prolongs the maintenance);
+  healthy percentages from [upgrade] (by default the whole fleet is replaced at once: nobody is being served).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Purpose = Literal["rollout", "upgrade"]
+
+
+def refresh_preferences(settings: Any, purpose: Purpose = "rollout") -> dict[str, Any]:
+    """StartInstanceRefresh ``Preferences`` for ``settings`` and ``purpose``."""
+    r = settings.rollout
+    prefs: dict[str, Any] = {
+        "InstanceWarmup": r.instance_warmup_seconds,
+        "SkipMatching": r.skip_matching,
+        "ScaleInProtectedInstances": r.scale_in_protected_instances,
+        "StandbyInstances": r.standby_instances,
+    }
+    if purpose == "upgrade":
+        u = settings.upgrade
+        prefs.update(MinHealthyPercentage=u.min_healthy_percentage, MaxHealthyPercentage=u.max_healthy_percentage,
+                     AutoRollback=False, BakeTime=0)
+        return prefs
+    prefs.update(MinHealthyPercentage=r.min_healthy_percentage, MaxHealthyPercentage=r.max_healthy_percentage,
+                 AutoRollback=r.auto_rollback, BakeTime=r.bake_time_seconds)
+    if r.checkpoint_percentages:
+        prefs["CheckpointPercentages"] = list(r.checkpoint_percentages)
+        prefs["CheckpointDelay"] = r.checkpoint_delay_seconds
+    if r.alarm_names:
+        prefs["AlarmSpecification"] = {"Alarms": list(r.alarm_names)}
+    return prefs
+
+
+def describe_preferences(prefs: dict[str, Any]) -> list[tuple[str, str]]:
+    """The preferences as (name, value) rows for a plan."""
+    rows = []
+    for key, value in prefs.items():
+        if isinstance(value, dict):
+            value = ", ".join(value.get("Alarms", [])) or "none"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v}%" for v in value)
+        rows.append((key, str(value)))
+    return rows
