@@ -255,28 +255,106 @@ def sweep(c, env=None, set_=None, older_than="6h", yes=False, dry_run=False):
     _aws(lambda: sweep_environment(loaded.settings, older_than=older_than, remove=yes, dry_run=dry_run, log=_say))
 
 
-@task(help={"env": ENV_HELP})
-def rollout(c, env=None):
-    """Point the launch template at the new AMI and start an instance refresh with checkpoints and auto-rollback."""
-    _not_yet("rollout", "launch template versions and instance refresh are a later issue")
+YES_HELP = "do it without asking (needed when stdin is not a terminal)"
+AMI_HELP = "the AMI to roll out (default: the one in build/<env>/manifest.json, from `inv build-ami`)"
+UNTESTED_HELP = "roll out an AMI that has not passed test-ami (prints a warning)"
 
 
-@task(help={"env": ENV_HELP})
-def rollback(c, env=None):
-    """Cancel or roll back the running instance refresh to the previous launch template version."""
-    _not_yet("rollback", "instance refresh rollback is a later issue")
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise Exit(f"{question}\nnot confirmed: stdin is not a terminal; pass --yes\nverdict: not confirmed - nothing "
+                   "was changed", code=2)
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
-@task(help={"env": ENV_HELP, "dry_run": "only list what would be deleted"})
-def prune_amis(c, env=None, dry_run=False):
-    """Deregister AMIs (and their snapshots) beyond the retention count, never one a launch template uses."""
-    _not_yet("prune-amis", "AMI pruning is a later issue")
+def _rollout_task(c: Context, env: str | None, sets: list[str] | None, run, verdict_to_stderr: bool = False) -> None:
+    """The rollout tasks: load the settings, run one infra.rollout function (it returns the verdict), end with the
+    verdict line and its exit code (as `_aws`; with --json the line goes to stderr so stdout is one document)."""
+    import botocore.exceptions
+
+    from infra.aws.session import AwsError, describe_client_error
+    from infra.rollout.report import Reporter
+
+    loaded = _load(c, env, sets)
+
+    def call():
+        try:
+            return run(loaded.settings, Reporter(console))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise AwsError(f"{describe_client_error(exc)}; `inv status --env {loaded.settings.name}` shows where "
+                           "things stand", exit_code=1) from None
+
+    if not verdict_to_stderr:
+        _aws(call)
+        return
+    from infra.verdict import Verdict
+
+    try:
+        verdict = call()
+    except AwsError as exc:
+        verdict = Verdict("refused" if exc.exit_code == 2 else "failed", str(exc), exc.exit_code)
+    print(verdict.line(), file=sys.stderr, flush=True)
+    if not verdict.ok:
+        raise Exit(code=verdict.exit_code)
 
 
-@task(help={"env": ENV_HELP})
-def status(c, env=None):
-    """Show the environment's current AMI, launch template version and instance refresh progress."""
-    _not_yet("status", "AWS status reporting is a later issue")
+@task(
+    iterable=["set_"],
+    help={"env": ENV_HELP, "set": SET_HELP, "ami": AMI_HELP, "dry_run": DRY_RUN_HELP, "yes": YES_HELP,
+          "untested": UNTESTED_HELP},
+)
+def rollout(c, env=None, set_=None, ami=None, dry_run=False, yes=False, untested=False):
+    """Roll a new AMI out to the Auto Scaling group: pinned launch template version, instance refresh, auto-rollback."""
+    from infra.rollout.rollout import run
+
+    _rollout_task(c, env, set_, lambda s, report: run(
+        s, ROOT, ami_id=ami, untested=untested, dry_run=dry_run, yes=yes, confirm=_confirm, report=report))
+
+
+@task(iterable=["set_"], help={"env": ENV_HELP, "set": SET_HELP, "dry_run": DRY_RUN_HELP, "yes": YES_HELP})
+def rollback(c, env=None, set_=None, dry_run=False, yes=False):
+    """Roll back the running instance refresh, or roll out again the AMI the group ran before."""
+    from infra.rollout.rollback import rollback as run
+
+    _rollout_task(c, env, set_, lambda s, report: run(s, ROOT, dry_run=dry_run, yes=yes, confirm=_confirm,
+                                                      report=report))
+
+
+@task(
+    iterable=["set_"],
+    help={"env": ENV_HELP, "set": SET_HELP, "ami": "the AMI with the newer Nextcloud (default: the manifest's)",
+          "dry_run": DRY_RUN_HELP, "yes": YES_HELP, "untested": UNTESTED_HELP},
+)
+def upgrade(c, env=None, set_=None, ami=None, dry_run=False, yes=False, untested=False):
+    """Upgrade Nextcloud: maintenance on, the upgrade once from the new image, refresh, maintenance off (resumable)."""
+    from infra.rollout.upgrade import upgrade as run
+
+    _rollout_task(c, env, set_, lambda s, report: run(
+        s, ROOT, ami_id=ami, untested=untested, dry_run=dry_run, yes=yes, confirm=_confirm, report=report))
+
+
+@task(
+    iterable=["set_"],
+    help={"env": ENV_HELP, "set": SET_HELP, "keep": "builds to keep besides those in use (default: ami.retention)",
+          "yes": "deregister and delete (without it: only the plan)", "dry_run": DRY_RUN_HELP},
+)
+def prune_amis(c, env=None, set_=None, keep=None, yes=False, dry_run=False):
+    """Deregister old AMIs (and delete their snapshots) in every region, never one a launch template may launch."""
+    from infra.rollout.prune import prune
+
+    try:
+        count = int(keep) if keep is not None else None
+    except ValueError:
+        raise Exit(f"--keep {keep!r}: must be a whole number such as 3", code=2) from None
+    _rollout_task(c, env, set_, lambda s, report: prune(s, keep=count, yes=yes, dry_run=dry_run, report=report))
+
+
+@task(iterable=["set_"], help={"env": ENV_HELP, "set": SET_HELP, "json": "print one JSON document instead of tables"})
+def status(c, env=None, set_=None, json=False):
+    """Show launch template versions, instances and their health, the refresh, the upgrade and what prune would do."""
+    from infra.rollout.status import status as run
+
+    _rollout_task(c, env, set_, lambda s, report: run(s, as_json=json, report=report), verdict_to_stderr=json)
 
 
 @task(
@@ -335,8 +413,8 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
 
 
 ns = Collection(
-    render, validate, build_ami, test_ami, sweep, bench, rollout, rollback, prune_amis, status, deploy_stack,
-    bootstrap_db, lane,
+    render, validate, build_ami, test_ami, sweep, bench, rollout, rollback, upgrade, prune_amis, status,
+    deploy_stack, bootstrap_db, lane,
 )
 ns.configure(DEFAULTS)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ["render", "validate", "build-ami", "test-ami", "sweep", "rollout", "rollback", "prune-amis", "status",
-         "deploy-stack", "bootstrap-db", "bench", "lane"]
+TASKS = ["render", "validate", "build-ami", "test-ami", "sweep", "rollout", "rollback", "upgrade", "prune-amis",
+         "status", "deploy-stack", "bootstrap-db", "bench", "lane"]
 
 
 def inv(*args, env=None):
@@ -35,11 +35,12 @@ def test_every_flag_has_help(name):
         assert len(ln.split("  ")) > 1 and ln.split("  ")[-1].strip(), f"{name}: flag without help: {ln!r}"
 
 
-@pytest.mark.parametrize("name", ["rollout", "rollback", "prune-amis", "status"])
-def test_unfinished_tasks_refuse_with_a_clear_message(name):
-    proc = inv(name)
-    assert proc.returncode != 0
-    assert "not available yet" in proc.stderr
+@pytest.mark.parametrize("name", ["rollout", "rollback", "upgrade", "prune-amis", "status"])
+def test_the_rollout_tasks_refuse_the_local_twin_naming_what_they_need(name):
+    proc = inv(name, "--env", "local")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs an AWS environment" in proc.stdout and "verdict: refused" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_deploy_stack_refuses_what_it_cannot_deploy_with_the_fix_and_no_traceback():
