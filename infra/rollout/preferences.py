@@ -42,13 +42,17 @@ def refresh_preferences(settings: Any, purpose: Purpose = "rollout") -> dict[str
     return prefs
 
 
-def describe_preferences(prefs: dict[str, Any]) -> list[tuple[str, str]]:
-    """The preferences as (name, value) rows for a plan."""
-    rows = []
-    for key, value in prefs.items():
-        if isinstance(value, dict):
-            value = ", ".join(value.get("Alarms", [])) or "none"
-        elif isinstance(value, list):
-            value = ", ".join(f"{v}%" for v in value)
-        rows.append((key, str(value)))
-    return rows
+def describe_preferences(prefs: dict[str, Any]) -> str:
+    """The preferences in one line for a plan: healthy 90-150 %, warm-up 120 s, checkpoints 50 %, 100 % (300 s)..."""
+    parts = [f"healthy {prefs.get('MinHealthyPercentage', 90)}-{prefs.get('MaxHealthyPercentage', 100)} %",
+             f"warm-up {prefs.get('InstanceWarmup', 0)} s"]
+    if prefs.get("CheckpointPercentages"):
+        cps = ", ".join(f"{c} %" for c in prefs["CheckpointPercentages"])
+        parts.append(f"checkpoints {cps} (pause {prefs.get('CheckpointDelay', 3600)} s)")
+    parts.append("auto rollback" if prefs.get("AutoRollback") else "no auto rollback")
+    alarms = (prefs.get("AlarmSpecification") or {}).get("Alarms") or []
+    parts.append(f"alarms {', '.join(alarms)}" if alarms else "no alarms")
+    parts += [f"bake {prefs.get('BakeTime', 0)} s", "skip matching" if prefs.get("SkipMatching") else "replace all",
+              f"protected: {prefs.get('ScaleInProtectedInstances', 'Wait')}",
+              f"standby: {prefs.get('StandbyInstances', 'Wait')}"]
+    return "; ".join(parts)

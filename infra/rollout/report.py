@@ -26,7 +26,8 @@ class ProgressView:
 
     def line(self) -> str:
         parts = [f"[{self.percent:3d}%] {self.status}"]
-        if self.instances_left is not None:
+        # During a rollback InstancesToUpdate counts what the refresh never replaced: not work left.
+        if self.instances_left is not None and not self.status.startswith("Rollback"):
             parts.append(f"{self.instances_left} instance(s) left")
         if self.checkpoint is not None:
             parts.append(f"at checkpoint {self.checkpoint}%")
@@ -73,7 +74,8 @@ class Reporter:
             self._progress.start()
             self._task = self._progress.add_task(view.status, total=100, note="")
         note = " - ".join(p for p in (
-            f"{view.instances_left} left" if view.instances_left is not None else "",
+            f"{view.instances_left} left" if view.instances_left is not None and not view.status.startswith(
+                "Rollback") else "",
             f"checkpoint {view.checkpoint}%" if view.checkpoint is not None else "",
             view.reason,
         ) if p)

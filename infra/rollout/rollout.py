@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,14 +150,14 @@ def print_plan(plan: Plan, report: Reporter, title: str) -> None:
         ("version", f"{launch.version} -> {new_version if plan.new_version_needed else launch.version}"),
         ("AMI", f"{plan.current.describe()} -> {plan.target.describe()}"),
         ("instances", f"{len(plan.instances)}: " + ", ".join(
-            f"{i['InstanceId']} ({i['ImageId']})" for i in plan.instances) if plan.instances else "0"),
+            f"{n} on {image}" for image, n in Counter(i["ImageId"] for i in plan.instances).items())),
     ]
     if protected:
         rows.append(("scale-in protected", f"{', '.join(protected)}: {plan.preferences['ScaleInProtectedInstances']}"))
     if standby:
         rows.append(("standby", f"{', '.join(standby)}: {plan.preferences['StandbyInstances']}"))
     rows += [("alarm", f"{n} ({s})") for n, s in plan.alarms]
-    rows += [(f"preference {k}", v) for k, v in describe_preferences(plan.preferences)]
+    rows.append(("refresh", describe_preferences(plan.preferences)))
     report.table(title, ["", ""], rows)
 
 

@@ -285,7 +285,7 @@ def _plan_rows(state: dict[str, Any], settings: Any, resume: bool) -> list[tuple
     ]
     if resume:
         rows.insert(0, ("resume", f"upgrade {state['id']} at step {state['step']} (started {state.get('started_at')})"))
-    return rows + [(f"refresh {k}", v) for k, v in describe_preferences(prefs)]
+    return [*rows, ("refresh", describe_preferences(prefs))]
 
 
 def upgrade(settings: Any, root: Path, *, ami_id: str | None, untested: bool, dry_run: bool, yes: bool,
