@@ -54,7 +54,7 @@ def _scope(headers: dict[str, str]) -> tuple[str, str]:
 class FrontDoor:
     """The emulator plus its doubles, on one loopback URL; ``close()`` stops it."""
 
-    def __init__(self, moto_url: str, region: str, step_seconds: float = 30.0):
+    def __init__(self, moto_url: str, region: str, step_seconds: float = 60.0):
         self.moto_url = moto_url
         self.clock = VirtualClock(step=step_seconds)
         self.refresh = InstanceRefreshDouble(moto_url, self.clock)
@@ -75,7 +75,11 @@ class FrontDoor:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, headers, payload = door.dispatch(self.command, self.path, dict(self.headers.items()), body)
+                try:
+                    status, headers, payload = door.dispatch(self.command, self.path, dict(self.headers.items()), body)
+                except Exception as exc:  # noqa: BLE001 - a double's bug must fail the test, not hang the client
+                    door.violations.append(f"the front door failed on {self.path}: {exc!r}")
+                    status, headers, payload = 500, {"Content-Type": "text/plain"}, repr(exc).encode()
                 self.send_response(status)
                 for k, v in headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):

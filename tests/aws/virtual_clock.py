@@ -13,7 +13,7 @@ import threading
 
 
 class VirtualClock:
-    def __init__(self, step: float = 30.0):
+    def __init__(self, step: float = 60.0):
         self.step = step
         self.seconds = 0.0
         self.start = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -84,8 +84,9 @@ class Fleet:
         n = next(self.counter)
         base = self.base_image if region == self.region else _any_image(ec2)
         builder = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        # The builder is left running: terminating it costs the emulator more than it is worth, and nothing here
+        # counts instances outside the group.
         image = ec2.create_image(InstanceId=builder, Name=f"nextcloud-{env}-{n:04d}")["ImageId"]
-        ec2.terminate_instances(InstanceIds=[builder])
         snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[image])["Images"][0][
             "BlockDeviceMappings"] if "Ebs" in m]
         tags = {T.ENVIRONMENT: env, T.NEXTCLOUD_VERSION: nextcloud,

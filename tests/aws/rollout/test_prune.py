@@ -89,15 +89,55 @@ def test_a_build_in_use_keeps_its_copies_in_every_region_and_an_unused_one_goes_
     assert unused not in amis(fleet) and unused_copy not in amis(fleet, OTHER_REGION)
 
 
+@pytest.mark.parametrize("how", ["$Latest", "$Default", "running refresh", "recent refresh", "instance",
+                                 "rollback target"])
+def test_every_way_an_old_image_may_still_launch_keeps_it(fleet, report, how):
+    """An old image (not among the newest builds) that only one rule protects, each rule in turn."""
+    old = fleet.bake()
+    [fleet.bake() for _ in range(2)]
+    ec2, asg = fleet.client("ec2"), fleet.client("autoscaling")
+
+    def pin() -> str:
+        return str(ec2.create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                                      LaunchTemplateData={"ImageId": old})[
+            "LaunchTemplateVersion"]["VersionNumber"])
+
+    if how == "$Latest":
+        pin()
+    elif how == "$Default":
+        ec2.modify_launch_template(LaunchTemplateId=fleet.template_id, DefaultVersion=pin())
+        ec2.create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                           LaunchTemplateData={"ImageId": fleet.images()[0]})
+    elif how in ("running refresh", "recent refresh"):
+        version = pin()
+        ec2.create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                           LaunchTemplateData={"ImageId": fleet.images()[0]})
+        asg.start_instance_refresh(AutoScalingGroupName=GROUP, DesiredConfiguration={"LaunchTemplate": {
+            "LaunchTemplateId": fleet.template_id, "Version": version}}, Preferences={"InstanceWarmup": 3600})
+        if how == "recent refresh":
+            asg.cancel_instance_refresh(AutoScalingGroupName=GROUP)
+            asg.describe_instance_refreshes(AutoScalingGroupName=GROUP)
+        fleet.door.clock.step = 0
+    elif how == "instance":
+        ec2.run_instances(ImageId=old, MinCount=1, MaxCount=1)
+    elif how == "rollback target":
+        fleet.client("ssm").put_parameter(Name="/nextcloud-image/example/release", Type="String", Value=json.dumps(
+            {"ami": fleet.images()[0], "previous": {"ami": old, "version": 9}}))
+    pruned(fleet, report, keep=1)
+    assert old in amis(fleet), f"{how} did not keep {old}:\n{report.text}"
+
+
 def test_keep_must_be_at_least_one(fleet, report):
     verdict = pruned(fleet, report, keep=0)
     assert verdict.exit_code == outcome.REFUSED and "--keep" in verdict.detail
 
 
 # ---- the property ---------------------------------------------------------------------------------------------
-# A rollout bakes its image first; "leave running" bakes one and starts a refresh nobody waits for.
+# A rollout bakes its image first; "leave running" bakes one and starts a refresh nobody waits for; "new version"
+# puts the oldest image into a launch template version nothing launches yet ($Latest); "default latest" makes
+# that the template's default (an operator's console click).
 ACTIONS = st.sampled_from(["bake", "bake prod", "bake untagged", "bake copy", "rollout", "rollout", "rollout alarm",
-                           "rollout unhealthy", "rollback", "leave running"])
+                           "rollout unhealthy", "rollback", "leave running", "new version", "default latest"])
 
 
 def _reset(moto_url: str) -> None:
@@ -142,6 +182,14 @@ def _apply(fleet, report, action: str, baked: list[str]) -> None:
             rollback(quick, ROOT, dry_run=False, yes=True, confirm=None, report=report, sleep=lambda _s: None)
         except Exception as exc:  # noqa: BLE001 - a refused rollback (nothing recorded) is part of the history
             assert "no earlier release is recorded" in str(exc) or "older" in str(exc), exc
+    elif action == "new version":  # pins the oldest image baked so far: not protected by being new
+        image = baked[0] if baked else fleet.bake()
+        baked.append(image)
+        fleet.client("ec2").create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                                           LaunchTemplateData={"ImageId": image})
+    elif action == "default latest":
+        latest = fleet.template()["LatestVersionNumber"]
+        fleet.client("ec2").modify_launch_template(LaunchTemplateId=fleet.template_id, DefaultVersion=str(latest))
     elif action == "leave running" and not fleet.door.refresh._active(fleet.region, GROUP):
         baked.append(fleet.bake())
         version = fleet.client("ec2").create_launch_template_version(
@@ -178,7 +226,7 @@ def _must_stay(fleet) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(history=st.lists(ACTIONS, min_size=2, max_size=6), keep=st.integers(min_value=1, max_value=3))
 def test_prune_never_deletes_what_may_launch_or_is_not_its_own_over_random_histories(aws, monkeypatch, history,

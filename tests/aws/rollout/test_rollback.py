@@ -51,6 +51,7 @@ def test_a_dry_run_of_a_rollback_changes_nothing(fleet, report, aws):
     assert after == before and mutating(aws.calls) == []
 
 
+@pytest.mark.slow
 def test_with_nothing_running_the_previous_release_is_rolled_out_again(fleet, report):
     old = fleet.images()[0]
     new = fleet.bake()
