@@ -108,6 +108,11 @@ def project_amis(aws: Aws, environment: str, region: str) -> list[Ami]:
     return [a for a in found if a.managed and a.environment == environment]
 
 
+def completed(amis: list[Ami]) -> list[Ami]:
+    """Those whose bake completed: a bake removes PURPOSE from its AMIs when every step is done (render/tags.py)."""
+    return [a for a in amis if not a.tags.get(T.PURPOSE)]
+
+
 def manifest_ami(root: Path, environment: str, region: str) -> str:
     """The AMI id in ``region`` from ``build/<env>/manifest.json`` (written by `inv build-ami`)."""
     path = root / "build" / environment / "manifest.json"
@@ -119,7 +124,7 @@ def manifest_ami(root: Path, environment: str, region: str) -> str:
     except (OSError, ValueError) as exc:
         raise Refused(f"{path.relative_to(root)} is not a build manifest ({exc}); rebuild it with `inv build-ami` "
                       "or pass --ami; nothing was changed") from None
-    by_region = doc.get("regions") or {}
+    by_region = doc.get("amis") or doc.get("regions") or {}  # infra/aws/bake.py writes amis: region -> id
     if isinstance(by_region, dict) and by_region.get(region):
         return str(by_region[region])
     artifact = str(doc.get("artifact_id") or "")
@@ -143,6 +148,9 @@ def check_candidate(aws: Aws, settings: Any, image_id: str, *, untested: bool) -
     if ami.state != "available":
         raise Refused(f"AMI {image_id} is {ami.state or 'not available'}, not available: wait for it or rebake; "
                       "nothing was changed")
+    if ami.tags.get(T.PURPOSE):
+        raise Refused(f"AMI {image_id} is from a bake that never completed ({T.PURPOSE}={ami.tags[T.PURPOSE]} is still "
+                      "on it): bake again (`inv sweep` removes it); nothing was changed")
     if not ami.managed:
         raise Refused(f"AMI {image_id} was not made by this project (no {T.MANAGED}=true tag): only images baked by "
                       "`inv build-ami` are rolled out; nothing was changed")

@@ -1,8 +1,8 @@
 """The Auto Scaling group and what it launches now.
 
 ``current_launch`` answers "which launch template version and AMI does the group launch now": the rollout starts
-from it, and deploy-stack passes its ``image_id`` as the stack's image so that a stack update never puts an old
-AMI back (and never undoes a rollout).
+from it. (deploy-stack asks the same question through infra/stack/images.py and passes that image as the stack's,
+so a stack update never puts an old AMI back and never undoes a rollout.)
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Never deleted (each found anew on every run, in every region the environment use
 - the rollback target and the current release (the release record) and an unfinished upgrade's images;
 - an AMI an instance runs (in the group or not);
 - the newest N builds (``--keep``, default ``ami.retention``);
-- anything of another environment, and anything without this project's tags.
+- anything of another environment, anything without this project's tags, and an AMI whose bake has not
+  completed (PURPOSE=bake still on it: a bake in progress, or one `inv sweep` removes by its age).
 A build is kept or deleted as a whole: its copies in every region go together.
 
 DeregisterImage keeps the snapshots (and moto ignores DeleteAssociatedSnapshots), so they are deleted explicitly,
@@ -22,7 +23,7 @@ import botocore.exceptions
 
 from infra.aws.session import Aws
 from infra.rollout import records, refresh
-from infra.rollout.amis import Ami, project_amis
+from infra.rollout.amis import Ami, completed, project_amis
 from infra.rollout.outcome import OK, REFUSED
 from infra.rollout.report import Reporter
 from infra.rollout.rollout import require_aws_environment
@@ -102,7 +103,8 @@ def _build_key(ami: Ami) -> tuple[str, str]:
 
 def plan_prune(aws: Aws, settings: Any, keep: int) -> PrunePlan:
     regions = list(dict.fromkeys([settings.region, *settings.ami.regions]))
-    amis = {region: project_amis(aws, settings.name, region) for region in regions}
+    # An AMI still marked PURPOSE=bake is a bake in progress or one that died: sweep's, by its age, never prune's.
+    amis = {region: completed(project_amis(aws, settings.name, region)) for region in regions}
     reasons: dict[tuple[str, str], str] = {}
     for region, found in amis.items():
         for image, why in in_use(aws, settings, region, found).items():

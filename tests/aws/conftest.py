@@ -30,6 +30,7 @@ import pytest
 from emulator_process import moto_api as _moto_api
 from emulator_process import serve_moto
 from iam_coverage import assert_allowed
+from rollout_fixtures import door, fleet, report  # noqa: F401 - the rollout tests' fixtures
 
 from infra.aws import session as aws_session
 

@@ -5,8 +5,8 @@
 
 Starts moto on loopback, the front door with its doubles in front of it (the instance refresh, SourceVersion,
 the Nextcloud cluster on the emulated instances: tests/aws/front_door.py), builds the `example` environment's
-fleet in it (4 instances of an AMI with Nextcloud 29.0.7, tests/aws/rollout/fleet.py), then runs the operator's
-commands as subprocesses through AWS_ENDPOINT_URL and prints each with its output. The values the stack's outputs
+fleet in it (4 instances of one AMI, tests/aws/rollout_fixtures.py), then runs the operator's commands as
+subprocesses through AWS_ENDPOINT_URL and prints each with its output. The values the stack's outputs
 would provide (the alarm, the listener) come as NCIMAGE_* variables. Time in the refresh double is virtual, so a
 refresh that takes half an hour on AWS takes seconds here; nothing reaches beyond loopback.
 """
@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
 
-from fleet import ALARM, build_fleet  # noqa: E402
 from front_door import FrontDoor  # noqa: E402
+from rollout_fixtures import ALARM, build_fleet  # noqa: E402
 
 from infra.localtwin.instance import free_port  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
         fleet.client("cloudwatch").set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="fixed")
         section("A rollback (no refresh running: the AMI the group ran before)", ("rollback", "--env", "example",
                                                                                "--yes"))
-        newer = fleet.bake(nextcloud="30.0.1")
+        newer = fleet.bake(nextcloud="34.0.3")
         section("An upgrade", ("rollout", "--env", "example", "--ami", newer, "--yes"),
                 ("upgrade", "--env", "example", "--ami", newer, "--yes"))
         section("A prune", ("prune-amis", "--env", "example", "--keep", "2", "--yes"))

@@ -11,10 +11,10 @@ import json
 import urllib.request
 
 import pytest
-from fleet import ALARM, GROUP, ROOT, Captured, build_fleet
 from front_door import FrontDoor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rollout_fixtures import ALARM, GROUP, ROOT, Captured, build_fleet
 
 from infra.rollout import outcome
 from infra.rollout.outcome import Refused
@@ -65,6 +65,15 @@ def test_without_yes_it_only_plans_and_with_yes_it_deletes_exactly_the_unused_ol
     assert {running, *old[2:], prod, untagged} <= set(left)
     assert existing_snapshots(fleet, doomed_snapshots) == set(), "their snapshots were deleted explicitly"
     assert "keep: launch template version 1" in report.text and "one of the newest 2 builds" in report.text
+
+
+def test_a_bake_that_has_not_completed_is_left_to_sweep(fleet, report):
+    """PURPOSE=bake is still on the AMIs of a bake in progress (or of one that died: sweep removes those by age)."""
+    in_progress = fleet.bake(built="2020-01-01T00:00:00Z")
+    fleet.client("ec2").create_tags(Resources=[in_progress], Tags=[{"Key": T.PURPOSE, "Value": T.PURPOSE_BAKE}])
+    [fleet.bake() for _ in range(3)]
+    pruned(fleet, report, keep=1)
+    assert in_progress in amis(fleet) and in_progress not in report.text
 
 
 def test_a_snapshot_without_the_projects_tags_is_kept_and_said_so(fleet, report):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fleet import GROUP, ROOT
-from test_rollout import mutating, rollout
+from rollout_fixtures import GROUP, ROOT, mutating, rollout
 
 from infra.rollout import outcome
 from infra.rollout.outcome import Refused

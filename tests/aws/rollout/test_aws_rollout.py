@@ -9,24 +9,13 @@ import json
 
 import botocore.stub
 import pytest
-from fleet import ALARM, GROUP, ROOT
+from rollout_fixtures import ALARM, GROUP, mutating, rollout
 
 from infra.aws.session import Aws
 from infra.rollout import outcome, records
 from infra.rollout.amis import check_candidate
 from infra.rollout.outcome import Refused
-from infra.rollout.rollout import run
-
-READS = ("Describe", "Get", "List")
-
-
-def rollout(fleet, report, ami, *, settings=None, untested=False, dry_run=False):
-    return run(settings or fleet.settings(), ROOT, ami_id=ami, untested=untested, dry_run=dry_run, yes=True,
-               confirm=None, report=report, sleep=lambda _s: None)
-
-
-def mutating(calls):
-    return sorted(f"{s}:{o}" for s, o in calls if not o.startswith(READS))
+from render import tags as T
 
 
 def test_a_happy_rollout_of_four_instances_pauses_at_the_checkpoint_and_moves_the_group(fleet, report, aws):
@@ -59,7 +48,7 @@ def test_a_happy_rollout_of_four_instances_pauses_at_the_checkpoint_and_moves_th
     release = fleet.client("ssm").get_parameter(Name="/nextcloud-image/example/release")["Parameter"]["Value"]
     release = json.loads(release)
     assert (release["version"], release["ami"]) == (2, new)
-    assert release["previous"] == {"version": 1, "ami": old, "nextcloud_version": "29.0.7"}
+    assert release["previous"] == {"version": 1, "ami": old, "nextcloud_version": "33.0.8"}
 
 
 @pytest.mark.slow
@@ -109,13 +98,13 @@ def test_a_second_rollout_while_one_runs_is_refused_and_changes_nothing(fleet, r
 
 
 def test_a_dry_run_prints_the_plan_and_changes_nothing(fleet, report, aws):
-    old, new = fleet.images()[0], fleet.bake(nextcloud="29.0.7")
+    old, new = fleet.images()[0], fleet.bake(nextcloud="33.0.8")
     before = fleet.state()
     verdict = rollout(fleet, report, new, dry_run=True)
     assert (verdict.word, verdict.exit_code) == ("planned", outcome.OK)
     assert fleet.state() == before
     assert mutating(aws.calls) == [], "a dry run makes no call that changes anything"
-    for expected in (GROUP, "1 -> 2", old, new, "Nextcloud 29.0.7", "checkpoints 50 %, 100 % (pause 300 s)", ALARM,
+    for expected in (GROUP, "1 -> 2", old, new, "Nextcloud 33.0.8", "checkpoints 50 %, 100 % (pause 300 s)", ALARM,
                      "auto rollback", "healthy 90-150 %", "4 on " + old):
         assert expected in report.text, expected
 
@@ -135,26 +124,35 @@ def test_an_untested_ami_is_refused_and_untested_overrides_with_a_warning(fleet,
 
 
 @pytest.mark.parametrize("kind", ["other environment", "not this project", "missing", "other region", "newer",
-                                  "older"])
+                                  "older", "unfinished bake"])
 def test_an_ami_that_must_not_run_here_is_refused_and_nothing_changes(fleet, report, kind):
     image = {
         "other environment": lambda: fleet.bake(env="prod"),
         "not this project": lambda: fleet.bake(managed=False),
         "missing": lambda: "ami-0123456789abcdef0",
         "other region": lambda: fleet.bake(region="eu-west-1"),
-        "newer": lambda: fleet.bake(nextcloud="30.0.1"),
-        "older": lambda: fleet.bake(nextcloud="28.0.9"),
+        "newer": lambda: fleet.bake(nextcloud="34.0.3"),
+        "older": lambda: fleet.bake(nextcloud="32.0.9"),
+        "unfinished bake": lambda: unfinished(fleet),
     }[kind]()
     expected = {
         "other environment": "belongs to environment 'prod'", "not this project": "was not made by this project",
         "missing": "does not exist in eu-central-1", "other region": "it exists in eu-west-1",
-        "newer": "that is an upgrade.*inv upgrade", "older": "older than the cluster's 29.0.7",
+        "newer": "that is an upgrade.*inv upgrade", "older": "older than the cluster's 33.0.8",
+        "unfinished bake": "from a bake that never completed",
     }[kind]
     settings = fleet.settings(**({"ami.regions": ["eu-west-1"]} if kind == "other region" else {}))
     before = fleet.state()
     with pytest.raises(Refused, match=expected):
         rollout(fleet, report, image, settings=settings)
     assert fleet.state() == before
+
+
+def unfinished(fleet) -> str:
+    """An AMI whose bake has not finished: the bake removes PURPOSE=bake only when every step is done."""
+    image = fleet.bake()
+    fleet.client("ec2").create_tags(Resources=[image], Tags=[{"Key": T.PURPOSE, "Value": T.PURPOSE_BAKE}])
+    return image
 
 
 def test_an_ami_that_is_not_available_is_refused(fleet):

@@ -12,22 +12,14 @@ import base64
 import json
 
 import pytest
-from fleet import ROOT, Captured
-from test_rollout import mutating, rollout
+from rollout_fixtures import ROOT, InterruptAt, mutating, rollout, upgrade_to
 
 from infra.rollout import outcome
 from infra.rollout.outcome import Refused
 from infra.rollout.rollback import rollback
-from infra.rollout.upgrade import upgrade
 from render import tags as T
 
-NEW = "30.0.1"
-
-
-def upgrade_to(fleet, report, ami=None, **kwargs):
-    settings = kwargs.pop("settings", None) or fleet.settings(**{"upgrade.db_instance_identifier": "nextcloud-example"})
-    return upgrade(settings, ROOT, ami_id=ami, untested=False, dry_run=kwargs.pop("dry_run", False), yes=True,
-                   confirm=None, report=report, sleep=lambda _s: None, clock=lambda: fleet.door.clock.now)
+NEW = "34.0.3"
 
 
 @pytest.fixture
@@ -62,7 +54,7 @@ def test_an_upgrade_runs_once_in_maintenance_then_refreshes_and_serves_the_new_v
     verdict = upgrade_to(fleet, report, new)
     assert (verdict.word, verdict.exit_code) == ("upgraded", outcome.OK), verdict.line() + "\n" + report.text
     nc = fleet.door.nextcloud
-    assert [(v0, v1) for _, v0, v1 in nc.upgrades] == [("29.0.7", NEW)], "exactly one upgrade"
+    assert [(v0, v1) for _, v0, v1 in nc.upgrades] == [("33.0.8", NEW)], "exactly one upgrade"
     upgrader = nc.upgrades[0][0]
     [instance] = upgrade_instances(fleet)
     assert instance["InstanceId"] == upgrader and instance["State"]["Name"] == "terminated"
@@ -79,17 +71,17 @@ def test_an_upgrade_runs_once_in_maintenance_then_refreshes_and_serves_the_new_v
     assert order.index("DescribeTargetHealth", order.index("StartInstanceRefresh")) < order.index("DeleteRule")
     snapshot = fleet.client("rds").describe_db_snapshots(DBInstanceIdentifier=database, SnapshotType="manual")[
         "DBSnapshots"]
-    assert len(snapshot) == 1 and snapshot[0]["DBSnapshotIdentifier"].startswith("nextcloud-example-before-30-0-1")
+    assert len(snapshot) == 1 and snapshot[0]["DBSnapshotIdentifier"].startswith("nextcloud-example-before-34-0-3")
     assert state(fleet)["step"] == "done"
     # And the way back to the old image is closed: the database is newer than it.
-    with pytest.raises(Refused, match="older than the cluster's 30.0.1"):
+    with pytest.raises(Refused, match="older than the cluster's 34.0.3"):
         rollback(fleet.settings(), ROOT, dry_run=False, yes=True, confirm=None, report=report, sleep=lambda _s: None)
 
 
 @pytest.mark.parametrize(("version", "expected"), [
-    ("31.0.2", r"skips 1 major.*29.0.7 -> 30.x \(its newest release\) -> 31.0.2"),
-    ("29.0.7", "nothing to upgrade"),
-    ("28.0.14", "older than the cluster's 29.0.7"),
+    ("35.0.2", r"skips 1 major.*33.0.8 -> 34.x \(its newest release\) -> 35.0.2"),
+    ("33.0.8", "nothing to upgrade"),
+    ("32.0.9", "older than the cluster's 33.0.8"),
 ])
 def test_an_upgrade_that_nextcloud_cannot_do_is_refused_and_names_the_path(fleet, report, version, expected):
     image = fleet.bake(nextcloud=version)
@@ -103,26 +95,13 @@ def test_a_dry_run_of_an_upgrade_changes_nothing(fleet, report, aws):
     new = fleet.bake(nextcloud=NEW)
     before = fleet.state()
     verdict = upgrade_to(fleet, report, new, dry_run=True)
-    assert verdict.word == "planned" and "29.0.7 -> 30.0.1" in report.text and "maintenance" in report.text
+    assert verdict.word == "planned" and "33.0.8 -> 34.0.3" in report.text and "maintenance" in report.text
     assert fleet.state() == before and mutating(aws.calls) == []
 
 
 def test_a_newer_nextcloud_is_never_rolled_out_blindly(fleet, report):
     with pytest.raises(Refused, match="that is an upgrade"):
         rollout(fleet, report, fleet.bake(nextcloud=NEW))
-
-
-class InterruptAt(Captured):
-    """The operator presses Ctrl-C when the tool prints a line containing ``marker``."""
-
-    def __init__(self, marker: str):
-        super().__init__()
-        self.marker = marker
-
-    def info(self, text: str) -> None:
-        super().info(text)
-        if self.marker in text:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("marker", ["upgrading: upgrading the cluster", "started instance refresh"])
@@ -153,7 +132,7 @@ def test_a_failed_upgrade_stays_in_maintenance_with_the_old_fleet_intact_and_res
     fleet.door.nextcloud.fail_upgrade = True
     verdict = upgrade_to(fleet, report, new)
     assert (verdict.word, verdict.exit_code) == ("upgrade failed", outcome.FAILED)
-    assert "stays in maintenance" in verdict.detail and "nextcloud-example-before-30-0-1" in verdict.detail
+    assert "stays in maintenance" in verdict.detail and "nextcloud-example-before-34-0-3" in verdict.detail
     assert len(rules(fleet)) == 1, "maintenance stays on: the database may be partly upgraded"
     assert fleet.images() == old_images and fleet.group()["LaunchTemplate"]["Version"] == "1"
     assert state(fleet)["step"] == "upgrading" and fleet.door.nextcloud.upgrades == []
@@ -170,7 +149,7 @@ def test_an_upgrade_that_never_started_switches_maintenance_off_and_the_old_flee
     settings = fleet.settings(**{"upgrade.timeout_minutes": 5})
     verdict = upgrade_to(fleet, report, fleet.bake(nextcloud=NEW), settings=settings)
     assert (verdict.word, verdict.exit_code) == ("upgrade failed", outcome.FAILED), verdict.line()
-    assert "database was not touched" in verdict.detail and "old fleet serves Nextcloud 29.0.7" in verdict.detail
+    assert "database was not touched" in verdict.detail and "old fleet serves Nextcloud 33.0.8" in verdict.detail
     assert rules(fleet) == [] and fleet.images() == old_images
     assert state(fleet)["step"] == "aborted" and fleet.door.nextcloud.db.state == "installed"
     assert [i["State"]["Name"] for i in upgrade_instances(fleet)] == ["terminated"]

@@ -1,4 +1,8 @@
-"""A fleet in the emulator, behind the front door (front_door.py): the environment `example` as the stack would
+"""Fixtures and helpers of the rollout tests (tests/aws/rollout/), made fixtures by tests/aws/conftest.py: a
+conftest.py of their own would shadow the other test directories' `conftest` module (module names are global
+without packages).
+
+A fleet in the emulator, behind the front door (front_door.py): the environment `example` as the stack would
 leave it, a VPC with two subnets, a launch template pinned by the group, an Auto Scaling group of 4 instances
 behind a target group and a listener, an alarm, and AMIs baked the way `inv build-ami` tags them.
 
@@ -19,20 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from front_door import FrontDoor
 from rich.console import Console
 
 from infra.rollout.report import Reporter
+from infra.rollout.rollout import run
+from infra.rollout.upgrade import upgrade
 from render import tags as T
 from render.outputs import render_user_data
 from render.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = "example"
 GROUP = "nextcloud-example"
 TEMPLATE = "nextcloud-example"
 ALARM = "nextcloud-example-5xx"
-BASE_VERSION = "29.0.7"
+BASE_VERSION = "33.0.8"
 
 
 class Captured(Reporter):
@@ -154,7 +161,7 @@ def _any_image(ec2) -> str:
 
 
 def build_fleet(door: FrontDoor, region: str, desired: int = 4) -> Fleet:
-    """The environment `example` as the stack leaves it, with one AMI of Nextcloud 29.0.7 running on 4 instances."""
+    """The environment `example` as the stack leaves it, with one AMI of Nextcloud 33.0.8 running on 4 instances."""
     f = Fleet(door, region)
     ec2 = f.client("ec2")
     f.base_image = _any_image(ec2)
@@ -192,3 +199,62 @@ def build_fleet(door: FrontDoor, region: str, desired: int = 4) -> Fleet:
     door.nextcloud.db.version = BASE_VERSION
     door.nextcloud.join([i["InstanceId"] for i in f.group()["Instances"]])
     return f
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def door(aws, monkeypatch):
+    """The emulator behind the front door (its doubles and model checks), as AWS_ENDPOINT_URL."""
+    front = FrontDoor(aws.url, aws.region)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", front.url)
+    try:
+        yield front
+    finally:
+        front.close()
+    assert not front.violations, "requests or responses the service model does not allow:\n" + "\n".join(
+        front.violations)
+
+
+@pytest.fixture
+def fleet(door, aws) -> Fleet:
+    return build_fleet(door, aws.region)
+
+
+@pytest.fixture
+def report() -> Captured:
+    return Captured()
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+READS = ("Describe", "Get", "List")
+
+
+def mutating(calls) -> list[str]:
+    """The calls among ``calls`` that change something (service:Operation)."""
+    return sorted(f"{s}:{o}" for s, o in calls if not o.startswith(READS))
+
+
+def rollout(fleet: Fleet, report: Reporter, ami: str, *, settings=None, untested=False, dry_run=False):
+    """`inv rollout --yes` as the task runs it (the production function), without sleeping between polls."""
+    return run(settings or fleet.settings(), ROOT, ami_id=ami, untested=untested, dry_run=dry_run, yes=True,
+               confirm=None, report=report, sleep=lambda _s: None)
+
+
+def upgrade_to(fleet: Fleet, report: Reporter, ami=None, **kwargs):
+    """`inv upgrade --yes`, with the double's virtual clock as its clock."""
+    settings = kwargs.pop("settings", None) or fleet.settings(**{"upgrade.db_instance_identifier": "nextcloud-example"})
+    return upgrade(settings, ROOT, ami_id=ami, untested=False, dry_run=kwargs.pop("dry_run", False), yes=True,
+                   confirm=None, report=report, sleep=lambda _s: None, clock=lambda: fleet.door.clock.now)
+
+
+class InterruptAt(Captured):
+    """The operator presses Ctrl-C when the tool prints a line containing ``marker``."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def info(self, text: str) -> None:
+        super().info(text)
+        if self.marker in text:
+            raise KeyboardInterrupt

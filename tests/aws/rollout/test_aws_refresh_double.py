@@ -10,7 +10,7 @@ import math
 
 import botocore.exceptions
 import pytest
-from fleet import ALARM, GROUP
+from rollout_fixtures import ALARM, GROUP
 
 
 def new_version(fleet, image=None) -> str:
