@@ -48,6 +48,7 @@ def existing_snapshots(fleet, ids, region=None) -> set[str]:
     return {s["SnapshotId"] for s in found} & set(ids)
 
 
+@pytest.mark.slow
 def test_without_yes_it_only_plans_and_with_yes_it_deletes_exactly_the_unused_old_builds(fleet, report, aws):
     running = fleet.images()[0]
     old = [fleet.bake() for _ in range(4)]

@@ -1,6 +1,6 @@
 """inv rollout against the emulator and the instance-refresh double: the production code end to end.
 
-The refresh runs in the double's virtual time (60 s per progress poll), so an hour of AWS takes seconds here.
+The refresh runs in the double's virtual time (a minute per progress poll), so an hour of AWS takes seconds here.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def test_an_endpoint_that_ignores_source_version_is_caught_before_anything_launc
     assert fleet.group()["LaunchTemplate"]["Version"] == "1"
 
 
+@pytest.mark.slow
 def test_scale_in_protected_and_standby_instances_are_handled_as_the_settings_say(fleet, report):
     asg = fleet.client("autoscaling")
     ids = sorted(i["InstanceId"] for i in fleet.group()["Instances"])

@@ -46,6 +46,7 @@ def test_status_while_a_refresh_runs_shows_its_progress(fleet, report):
     assert doc["launch_template_versions"]["latest"]["image_id"] == new
 
 
+@pytest.mark.slow
 def test_status_after_an_automatic_rollback_names_the_alarm(fleet, report):
     fleet.door.refresh.alarm_at_percent[ALARM] = 50
     rollout(fleet, report, fleet.bake())
@@ -55,6 +56,7 @@ def test_status_after_an_automatic_rollback_names_the_alarm(fleet, report):
     assert [c["image_id"] for c in doc["prune_candidates"]] == [], "the failed image is still $Latest: kept"
 
 
+@pytest.mark.slow
 def test_status_of_an_unfinished_upgrade_says_how_to_resume(fleet, report):
     upgrade_to(fleet, InterruptAt("upgrading: upgrading the cluster"), fleet.bake(nextcloud="34.0.3"),
                settings=fleet.settings())

@@ -48,6 +48,7 @@ def allow_upgrade(fleet, instance_id) -> bool:
     return '"allow_upgrade": true' in base64.b64decode(raw["Value"]).decode()
 
 
+@pytest.mark.slow
 def test_an_upgrade_runs_once_in_maintenance_then_refreshes_and_serves_the_new_version(fleet, report, database):
     old_images = fleet.images()
     new = fleet.bake(nextcloud=NEW)
@@ -104,6 +105,7 @@ def test_a_newer_nextcloud_is_never_rolled_out_blindly(fleet, report):
         rollout(fleet, report, fleet.bake(nextcloud=NEW))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("marker", ["upgrading: upgrading the cluster", "started instance refresh"])
 def test_an_upgrade_interrupted_midway_is_resumed_from_its_recorded_state_and_still_upgrades_once(
         fleet, report, database, marker):
@@ -125,6 +127,7 @@ def test_an_upgrade_interrupted_midway_is_resumed_from_its_recorded_state_and_st
     assert fleet.images() == [new] * 4 and rules(fleet) == []
 
 
+@pytest.mark.slow
 def test_a_failed_upgrade_stays_in_maintenance_with_the_old_fleet_intact_and_resumes_once_fixed(
         fleet, report, database):
     old_images = fleet.images()
