@@ -62,6 +62,21 @@ def test_the_stacks_outputs_fill_the_settings_the_file_leaves_out(root, monkeypa
     assert s.site.trusted_proxies == ["10.0.0.0/20", "10.0.16.0/20"]
     assert s.secrets.instanceid == OUTPUTS["InstanceIdSecretArn"]
     assert loaded.origins["secrets.db_password"] == "stack output DatabasePasswordSecretArn"
+    # The refresh watches the stack's alarms: inv rollout's alarm specification comes from this output.
+    assert s.rollout.alarm_names == ["a", "b"]
+    assert loaded.origins["rollout.alarm_names"] == "stack output RolloutAlarmNames"
+
+
+def test_alarm_names_copied_by_hand_must_agree_with_the_stacks(root):
+    without_stack_values(root)
+    record(root, OUTPUTS)
+    path = root / "environments" / "example.toml"
+    path.write_text(path.read_text().replace("[rollout]", '[rollout]\nalarm_names = ["a"]', 1))
+    stale = r"rollout.alarm_names: .* says \['a'\] but the stack provides \['a', 'b'\]"
+    with pytest.raises(SettingsError, match=stale):
+        load_settings(root, "example", environ={})
+    path.write_text(path.read_text().replace('alarm_names = ["a"]', 'alarm_names = ["a", "b"]'))
+    assert load_settings(root, "example", environ={}).settings.rollout.alarm_names == ["a", "b"]
 
 
 def test_a_value_the_file_copied_by_hand_that_went_stale_is_an_error_naming_both(root):
