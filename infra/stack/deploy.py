@@ -4,6 +4,8 @@ CloudFormation's events as they arrive, and record the outputs for the settings 
 It never changes the AMI the group runs: the ImageId parameter is the image the group launches now (the rollout
 changes images, with an instance refresh). Before a group exists, it is the last bake's AMI once test-ami passed
 it, and until then there is no group at all (the foundation: network, database, cache, bucket, secrets, roles).
+While an instance refresh runs it refuses: the group still launches the image it ran before the refresh, so an
+update then would hand the group a version with that image under the refresh's feet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import botocore.exceptions
 
 from infra.aws.session import Aws, AwsError, describe_client_error
+from infra.rollout.refresh import active_refresh
 from infra.stack.changes import Change, data_risks, parse_changes, render_diff, render_risks
 from infra.stack.images import GroupImage, first_tested_image, image_the_group_runs
 from infra.stack.template import TEMPLATE, load_template, planned_resources, stack_parameters, template_body
@@ -129,6 +132,9 @@ class _Deployment:
         exists = status not in (None, "REVIEW_IN_PROGRESS")
 
         image = self._image()
+        busy = self._refresh_running(image)
+        if busy:
+            return busy
         user_data = self._user_data() if exists else ""
         params = stack_parameters(self.s, image_id=image.image_id if image else "", user_data=user_data)
         self.say(f"stack {self.name}: {'update' if exists else 'create'}")
@@ -188,6 +194,23 @@ class _Deployment:
         if found is not None:
             found = GroupImage(found.image_id, "", "", f"the tested bake in {manifest.relative_to(self.root)}")
         return found
+
+    def _refresh_running(self, image: GroupImage | None) -> Verdict | None:
+        """A refusal while an instance refresh runs on the group (the rollout's, or anyone's)."""
+        group = self.s.autoscaling.group_name
+        if not image or not image.launch_template_id or not group:
+            return None  # no group yet: nothing can be refreshing
+        running = active_refresh(self.aws, group)
+        if not running:
+            return None
+        return Verdict(
+            "refused",
+            f"an instance refresh is running on the group {group} ({running['InstanceRefreshId']}: "
+            f"{running['Status']} at {running.get('PercentageComplete', 0)}%): until it ends the group still launches "
+            f"{image.image_id}, and the stack's update would pin that under it. Wait for it (`inv status --env "
+            f"{self.env}`) or roll it back (`inv rollback --env {self.env}`), then deploy again; nothing was changed",
+            3,
+        )
 
     def _user_data(self) -> str:
         """The launch template's user data: exactly render's, once the stack's outputs fill the settings."""

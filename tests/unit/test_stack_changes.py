@@ -18,6 +18,7 @@ import pytest
 from botocore.stub import Stubber
 
 from infra.aws.session import Aws
+from infra.rollout.refresh import ACTIVE
 from infra.stack.changes import parse_changes, render_diff
 from infra.stack.deploy import DRY_RUN_ALLOWED, Options, deploy_stack
 from render.outputs import render_user_data
@@ -129,7 +130,8 @@ class FakeAws:
     def _capture(self, params: dict, model: Any, **_: Any) -> None:
         self.sent[model.name] = dict(params)
 
-    def existing_stack_with_group(self) -> FakeAws:
+    def existing_stack_with_group(self, refreshes: list[dict] | None = None) -> FakeAws:
+        """A stack whose group launches GROUP_AMI; ``refreshes``: the group's instance refreshes (none by default)."""
         cfn = self.stubs["cloudformation"]
         cfn.add_response("describe_stacks", stack(), {"StackName": STACK})
         self.stubs["autoscaling"].add_response("describe_auto_scaling_groups", {"AutoScalingGroups": [{
@@ -143,7 +145,10 @@ class FakeAws:
             "LaunchTemplateId": "lt-0a1b2c3d4e5f60718", "LaunchTemplateName": "nextcloud-example",
             "VersionNumber": 7, "LaunchTemplateData": {"ImageId": GROUP_AMI, "InstanceType": "t3.medium"},
         }]}, {"LaunchTemplateId": "lt-0a1b2c3d4e5f60718", "Versions": ["7"]})
-        cfn.add_response("create_change_set", {"Id": CHANGE_SET, "StackId": STACK_ID})
+        self.stubs["autoscaling"].add_response("describe_instance_refreshes", {
+            "InstanceRefreshes": refreshes or []}, {"AutoScalingGroupName": "nextcloud-example"})
+        if not any(r["Status"] in ACTIVE for r in refreshes or []):
+            cfn.add_response("create_change_set", {"Id": CHANGE_SET, "StackId": STACK_ID})
         return self
 
     def change_set(self, changes: list[dict]) -> FakeAws:
@@ -288,6 +293,31 @@ def test_the_image_parameter_is_the_one_the_group_runs_and_the_user_data_is_rend
     assert params["UserData"] == render_user_data(load_settings(root, "example").settings)
     assert OUTPUTS["DatabasePasswordSecretArn"] in params["UserData"]
     assert fake.sent["CreateChangeSet"]["Capabilities"] == ["CAPABILITY_IAM"]
+
+
+def refresh(status: str, percent: int) -> dict:
+    return {"InstanceRefreshId": f"0e1d2c3b-{status.lower()[:4]:0<4}-4a5b-8c7d-6e5f4a3b2c1d",
+            "AutoScalingGroupName": "nextcloud-example", "Status": status, "PercentageComplete": percent,
+            "StartTime": dt.datetime(2026, 12, 1, 11, 0, tzinfo=dt.UTC)}
+
+
+@pytest.mark.parametrize("status", ["Pending", "InProgress", "Baking", "RollbackInProgress", "Cancelling"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["apply", "dry-run"])
+def test_while_an_instance_refresh_runs_it_refuses_and_creates_no_change_set(root, status, dry_run):
+    """The group still launches its old image until the refresh ends: an update then would pin that under it."""
+    fake = FakeAws(dry_run=dry_run).existing_stack_with_group([refresh(status, 50), refresh("Successful", 100)])
+    verdict, _ = run(root, fake, yes=True, dry_run=dry_run)
+    assert (verdict.word, verdict.exit_code) == ("refused", 3), verdict
+    assert f"{status} at 50%" in verdict.detail and GROUP_AMI in verdict.detail
+    assert "`inv rollback --env example`" in verdict.detail and "nothing was changed" in verdict.detail
+    assert "CreateChangeSet" not in fake.sent
+
+
+def test_a_finished_refresh_does_not_stop_an_update(root):
+    fake = FakeAws().existing_stack_with_group([refresh("Successful", 100), refresh("RollbackSuccessful", 0)])
+    fake.change_set([]).deleted()
+    verdict, _ = run(root, fake, confirm=lambda _: False)
+    assert verdict.word == "cancelled" and "CreateChangeSet" in fake.sent
 
 
 def test_the_diff_lists_each_change_with_its_verb_and_marks_the_data():

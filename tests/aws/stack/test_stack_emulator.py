@@ -105,14 +105,30 @@ max_size = 6
     return root
 
 
+@pytest.fixture(autouse=True)
+def front_door(door):
+    """Every test here reaches the emulator through the front door (tests/aws/front_door.py): deploy-stack asks
+    whether an instance refresh runs on the group (moto: NotImplemented), and the rollout needs the refresh double;
+    the door also checks every request and response against botocore's service model."""
+    return door
+
+
 def deploy(root: Path, **options):
     lines: list[str] = []
     verdict = deploy_stack(root, ENV, options=Options(yes=True, poll_seconds=0.05, **options), say=lines.append)
     return verdict, lines
 
 
+def moto_itself(aws, service: str):
+    """A client of moto itself, not through the front door: for the test's own look at answers where moto breaks
+    the service model (the door would flag them; the production code never asks them)."""
+    import boto3
+
+    return boto3.client(service, region_name=aws.region, endpoint_url=aws.url)
+
+
 def stack_resources(aws) -> dict[str, dict]:
-    answer = aws.client("cloudformation").describe_stack_resources(StackName=f"nextcloud-{ENV}")
+    answer = moto_itself(aws, "cloudformation").describe_stack_resources(StackName=f"nextcloud-{ENV}")
     # moto lists its parameter and pseudo-parameter values among the resources, without ids: not resources.
     return {r["LogicalResourceId"]: r for r in answer["StackResources"] if "LogicalResourceId" in r}
 
@@ -310,7 +326,8 @@ def test_the_first_deployment_then_an_update_that_is_up_to_date(aws, tmp_path):
     assert user_data == render_user_data(load_settings(root, ENV).settings), "the stack carries render's user data"
     assert out["InstanceIdSecretArn"] in user_data and "literal:" not in user_data.replace('"literal:"', "")
     assert version["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
-    assert [p for p in aws.client("autoscaling").describe_policies(AutoScalingGroupName=f"nextcloud-{ENV}")[
+    # moto's answer lacks a member the model requires (PredictiveScalingConfiguration.MetricSpecifications).
+    assert [p for p in moto_itself(aws, "autoscaling").describe_policies(AutoScalingGroupName=f"nextcloud-{ENV}")[
         "ScalingPolicies"] if p["PolicyType"] == "TargetTrackingScaling"]
 
     # And right after: nothing to do.
@@ -318,32 +335,120 @@ def test_the_first_deployment_then_an_update_that_is_up_to_date(aws, tmp_path):
     assert (verdict.word, verdict.exit_code) == ("up to date", 0), "\n".join(lines)
 
 
-def test_deploy_stack_never_puts_an_old_ami_back_after_a_rollout(aws, tmp_path):
-    """Issue 12 §6: the rollout moves the group to a new launch template version; the next deploy-stack keeps it."""
-    root = environment(aws, tmp_path)
+def passed_bake(aws, n: int, nextcloud: str = "29.0.7") -> str:
+    """An AMI as `inv build-ami` + `inv test-ami` leave it (the tags the rollout checks), standing in for both."""
     ec2 = aws.client("ec2")
-    images = []
-    for n in (1, 2):
-        image = ec2.register_image(Name=f"nextcloud-prod-{n}", RootDeviceName="/dev/xvda")["ImageId"]
-        ec2.create_tags(Resources=[image], Tags=[{"Key": tags.ENVIRONMENT, "Value": ENV},
-                                                 {"Key": tags.TEST_VERDICT, "Value": tags.VERDICT_PASSED}])
-        images.append(image)
+    image = ec2.register_image(Name=f"nextcloud-{ENV}-{n:04d}", RootDeviceName="/dev/xvda",
+                               BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 16}}])["ImageId"]
+    ec2.create_tags(Resources=[image], Tags=[{"Key": k, "Value": v} for k, v in {
+        tags.MANAGED: "true", tags.ENVIRONMENT: ENV, tags.NEXTCLOUD_VERSION: nextcloud,
+        tags.BUILD_TIME: f"2026-12-01T{n:02d}:00:00Z", tags.TEST_VERDICT: tags.VERDICT_PASSED}.items()])
+    return image
+
+
+def group_state(aws) -> tuple[dict, list[tuple[str, str]], dict]:
+    """(the group's launch template spec, its instances with their AMIs, that version's launch data)."""
+    (group,) = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[f"nextcloud-{ENV}"])[
+        "AutoScalingGroups"]
+    ids = [i["InstanceId"] for i in group["Instances"]]
+    found = aws.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    spec = group["LaunchTemplate"]
+    data = aws.client("ec2").describe_launch_template_versions(
+        LaunchTemplateId=spec["LaunchTemplateId"], Versions=[spec["Version"]])["LaunchTemplateVersions"][0]
+    return spec, sorted((i["InstanceId"], i["ImageId"]) for r in found for i in r["Instances"]), data[
+        "LaunchTemplateData"]
+
+
+def roll_out(root: Path, image: str):
+    """`inv rollout --env prod --ami IMAGE --yes`: the production function, its refresh run by the double."""
+    from rollout_fixtures import Captured
+
+    from infra.rollout.rollout import run
+
+    settings = load_settings(root, ENV, overrides={"rollout.poll_seconds": 0}).settings
+    report = Captured()
+    verdict = run(settings, root, ami_id=image, untested=False, dry_run=False, yes=True, confirm=None, report=report,
+                  sleep=lambda _s: None)
+    return verdict, report.text
+
+
+def test_deploy_stack_never_puts_an_old_ami_back_after_a_rollout(door, aws, tmp_path):
+    """Issue 12 §6, end to end: the stack makes the group, `inv rollout` moves it to a new image through a pinned
+    version and an instance refresh, the stack's next update keeps that image (and replaces no instance), and the
+    next rollout starts from the version the stack made: neither undoes the other."""
+    root = environment(aws, tmp_path)
+    first, second, third = (passed_bake(aws, n) for n in (1, 2, 3))
     (root / "build" / ENV).mkdir(parents=True)
-    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": images[0]}))
+    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": first}))
     assert deploy(root)[0].ok and deploy(root)[0].ok  # foundation, then the group with the first image
-    asg = aws.client("autoscaling")
-    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"nextcloud-{ENV}"])["AutoScalingGroups"][0]
-    lt = group["LaunchTemplate"]["LaunchTemplateId"]
-    # What a successful instance refresh leaves: a new version with the new image, the group on it.
-    new = ec2.create_launch_template_version(LaunchTemplateId=lt, SourceVersion=group["LaunchTemplate"]["Version"],
-                                             LaunchTemplateData={"ImageId": images[1]})["LaunchTemplateVersion"]
-    asg.update_auto_scaling_group(AutoScalingGroupName=f"nextcloud-{ENV}",
-                                  LaunchTemplate={"LaunchTemplateId": lt, "Version": str(new["VersionNumber"])})
+    stack_spec, instances, stack_data = group_state(aws)
+    assert {image for _, image in instances} == {first} and stack_spec["Version"].isdigit()
+    # The refresh watches the stack's alarms: they reach the rollout through the stack's outputs.
+    settings = load_settings(root, ENV).settings
+    assert settings.rollout.alarm_names == outputs_of(root)["RolloutAlarmNames"].split(",") != []
+
+    verdict, text = roll_out(root, second)
+    assert (verdict.word, verdict.exit_code) == ("rolled out", 0), text + verdict.detail
+    rolled_spec, instances, rolled_data = group_state(aws)
+    assert {image for _, image in instances} == {second} and int(rolled_spec["Version"]) > int(stack_spec["Version"])
+    assert rolled_data == {**stack_data, "ImageId": second}, "the rollout's version is the stack's, new image only"
+    assert [r.desired["LaunchTemplate"]["Version"] for r in door.refresh.refreshes] == [rolled_spec["Version"]]
+
+    # The stack's next update: the image the group runs now, on a version of the stack's own; nothing refreshed.
     verdict, lines = deploy(root)
     assert verdict.ok, "\n".join(lines)
-    assert f"image: {images[1]} (the group nextcloud-{ENV} launches it" in "\n".join(lines)
-    runs = image_the_group_runs(Aws(region="eu-central-1"), f"nextcloud-{ENV}")
-    assert runs.image_id == images[1], "the stack's update did not undo the rollout"
+    assert f"image: {second} (the group nextcloud-{ENV} launches it" in "\n".join(lines)
+    after_spec, after_instances, after_data = group_state(aws)
+    assert after_data == rolled_data, "the stack's update did not undo the rollout"
+    assert after_instances == instances, "no instance was replaced, none with the old image"
+    assert after_spec["Version"].isdigit(), "the group stays pinned to a number ($Latest would lose the rollback)"
+    assert len(door.refresh.refreshes) == 1
+    assert deploy(root)[0].word == "up to date"
+
+    # The next rollout starts from whatever version the group launches now, the stack's included.
+    verdict, text = roll_out(root, third)
+    assert (verdict.word, verdict.exit_code) == ("rolled out", 0), text + verdict.detail
+    assert f"version {after_spec['Version']} with image {third}" in text
+    final_spec, final_instances, final_data = group_state(aws)
+    assert final_data == {**after_data, "ImageId": third} and {i for _, i in final_instances} == {third}
+    verdict, lines = deploy(root)
+    assert verdict.ok and group_state(aws)[2]["ImageId"] == third, "\n".join(lines)
+
+
+def test_deploy_stack_refuses_while_a_rollout_runs_and_changes_nothing(door, aws, tmp_path):
+    """Until the refresh ends the group launches its old image: an update then would pin that under the refresh."""
+    root = environment(aws, tmp_path)
+    first, second = passed_bake(aws, 1), passed_bake(aws, 2)
+    (root / "build" / ENV).mkdir(parents=True)
+    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": first}))
+    assert deploy(root)[0].ok and deploy(root)[0].ok
+    # A rollout that an operator interrupted after the refresh started (it goes on in AWS).
+    from rollout_fixtures import InterruptAt
+
+    from infra.rollout.rollout import run
+
+    report = InterruptAt("started instance refresh")
+    verdict = run(load_settings(root, ENV, overrides={"rollout.poll_seconds": 0}).settings, root, ami_id=second,
+                  untested=False, dry_run=False, yes=True, confirm=None, report=report, sleep=lambda _s: None)
+    assert verdict.word == "interrupted", report.text
+    cfn = aws.client("cloudformation")
+
+    def what_deploy_stack_could_change():  # the refresh itself moves on meanwhile (its instances change)
+        spec = group_state(aws)[0]
+        versions = aws.client("ec2").describe_launch_template_versions(LaunchTemplateId=spec["LaunchTemplateId"])
+        return (spec, sorted((v["VersionNumber"], v["LaunchTemplateData"]["ImageId"])
+                             for v in versions["LaunchTemplateVersions"]),
+                cfn.describe_stacks(StackName=f"nextcloud-{ENV}")["Stacks"][0]["StackStatus"],
+                len(cfn.list_change_sets(StackName=f"nextcloud-{ENV}")["Summaries"]))
+
+    before = what_deploy_stack_could_change()
+    for dry_run in (True, False):
+        verdict, _ = deploy(root, dry_run=dry_run)
+        assert (verdict.word, verdict.exit_code) == ("refused", 3), verdict
+        assert "an instance refresh is running on the group" in verdict.detail and first in verdict.detail
+    assert what_deploy_stack_could_change() == before
+    newest, image = before[1][-1]
+    assert image == second and before[0]["Version"] != str(newest), "the refresh's version, not yet the group's"
 
 
 def test_a_dry_run_changes_nothing(aws, tmp_path):
