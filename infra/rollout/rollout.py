@@ -183,7 +183,7 @@ def record_release(aws: Aws, plan: Plan, version: int) -> None:
 
 
 def execute(aws: Aws, plan: Plan, report: Reporter, *, asked: str = "rollout",
-            sleep: Callable[[float], None] = time.sleep) -> Verdict:
+            sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> Verdict:
     """Create the version, start the pinned refresh, follow it to the end; the verdict."""
     s, launch = plan.settings, plan.launch
     version = launch.version
@@ -198,7 +198,7 @@ def execute(aws: Aws, plan: Plan, report: Reporter, *, asked: str = "rollout",
     report.info(f"started instance refresh {refresh_id} on {launch.group} (desired: {launch.template_name} version "
                 f"{version}); the group itself still launches version {launch.version} until it succeeds")
     final = refresh.follow(aws, launch.group, refresh_id, poll_seconds=s.rollout.poll_seconds,
-                           timeout_s=s.rollout.timeout_minutes * 60, report=report, sleep=sleep)
+                           timeout_s=s.rollout.timeout_minutes * 60, report=report, sleep=sleep, clock=clock)
     verdict = refresh.verdict(final, asked=asked)
     now = launch_of(aws, describe_group(aws, s))
     if final["Status"] == "Successful":
@@ -215,7 +215,7 @@ def execute(aws: Aws, plan: Plan, report: Reporter, *, asked: str = "rollout",
 
 def run(settings: Any, root: Path, *, ami_id: str | None, untested: bool, dry_run: bool, yes: bool,
         confirm: Confirm | None, report: Reporter, asked: str = "rollout", aws: Aws | None = None,
-        sleep: Callable[[float], None] = time.sleep) -> Verdict:
+        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> Verdict:
     """Plan, confirm and carry out a rollout of ``ami_id`` (the manifest's AMI by default)."""
     require_aws_environment(settings, asked)
     if aws is None:
@@ -232,7 +232,7 @@ def run(settings: Any, root: Path, *, ami_id: str | None, untested: bool, dry_ru
     if not yes and not (confirm and confirm(f"{asked} {plan.target.id} on {plan.launch.group}?")):
         return Verdict("not confirmed", "nothing was changed", REFUSED)
     try:
-        return execute(aws, plan, report, asked=asked, sleep=sleep)
+        return execute(aws, plan, report, asked=asked, sleep=sleep, clock=clock)
     except KeyboardInterrupt:
         return Verdict("interrupted", f"a refresh that started goes on in AWS: follow it with `inv status --env "
                                       f"{settings.name}`, roll it back with `inv rollback --env {settings.name}`",

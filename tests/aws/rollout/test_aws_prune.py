@@ -14,7 +14,7 @@ import pytest
 from front_door import FrontDoor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rollout_fixtures import ALARM, GROUP, ROOT, Captured, build_fleet
+from rollout_fixtures import ALARM, GROUP, ROOT, Captured, build_fleet, mutating
 
 from infra.rollout import outcome
 from infra.rollout.outcome import Refused
@@ -26,8 +26,8 @@ from render import tags as T
 OTHER_REGION = "eu-west-1"
 
 
-def pruned(fleet, report, keep=None, yes=True, **overrides):
-    return prune(fleet.settings(**{"ami.regions": [OTHER_REGION], **overrides}), keep=keep, yes=yes, dry_run=False,
+def pruned(fleet, report, keep=None, yes=True, dry_run=False, **overrides):
+    return prune(fleet.settings(**{"ami.regions": [OTHER_REGION], **overrides}), keep=keep, yes=yes, dry_run=dry_run,
                  report=report)
 
 
@@ -58,6 +58,9 @@ def test_without_yes_it_only_plans_and_with_yes_it_deletes_exactly_the_unused_ol
     assert (verdict.word, verdict.exit_code) == ("planned", outcome.OK)
     assert fleet.state() == before, "a plan deletes nothing"
     assert not [c for c in aws.calls if c[1] in ("DeregisterImage", "DeleteSnapshot")]
+    verdict = pruned(fleet, report, keep=2, yes=True, dry_run=True)  # --dry-run wins over --yes
+    assert (verdict.word, verdict.exit_code) == ("planned", outcome.OK)
+    assert fleet.state() == before and mutating(aws.calls) == []
     doomed_snapshots = snapshots_of(fleet, old[:2])
     verdict = pruned(fleet, report, keep=2)
     assert verdict.word == "pruned", verdict.line()

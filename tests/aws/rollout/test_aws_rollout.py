@@ -9,12 +9,13 @@ import json
 
 import botocore.stub
 import pytest
-from rollout_fixtures import ALARM, GROUP, mutating, rollout
+from rollout_fixtures import ALARM, GROUP, ROOT, Captured, mutating, rollout
 
 from infra.aws.session import Aws
 from infra.rollout import outcome, records
 from infra.rollout.amis import check_candidate
 from infra.rollout.outcome import Refused
+from infra.rollout.rollout import run
 from render import tags as T
 
 
@@ -77,6 +78,56 @@ def test_an_alarm_that_fires_midway_rolls_back_and_the_verdict_names_it(fleet, r
     assert fleet.images() == [old] * 4 and fleet.group()["LaunchTemplate"]["Version"] == "1"
     release = fleet.client("ssm").get_parameters(Names=["/nextcloud-image/example/release"])["Parameters"]
     assert release == [], "a rolled back rollout is no release"
+
+
+class CancelAtCheckpoint(Captured):
+    """Somebody else cancels the refresh (`aws autoscaling cancel-instance-refresh`) while it pauses at 50 %."""
+
+    def __init__(self, fleet):
+        super().__init__()
+        self.fleet, self.done = fleet, False
+
+    def info(self, text: str) -> None:
+        super().info(text)
+        if "at checkpoint 50%" in text and not self.done:
+            self.done = True
+            self.fleet.client("autoscaling").cancel_instance_refresh(AutoScalingGroupName=GROUP)
+
+
+def test_a_refresh_cancelled_by_somebody_else_ends_cancelled_with_exit_5(fleet):
+    old, new = fleet.images()[0], fleet.bake()
+    report = CancelAtCheckpoint(fleet)
+    verdict = rollout(fleet, report, new)
+    assert (verdict.word, verdict.exit_code) == ("cancelled", outcome.CANCELLED), report.text + verdict.line()
+    assert "replaced so far stay replaced" in verdict.detail
+    assert fleet.images() == sorted([old, old, new, new]), "what was replaced stays replaced"
+    assert fleet.group()["LaunchTemplate"]["Version"] == "1" and fleet.template()["DefaultVersionNumber"] == 1
+    assert "[ 50%] Cancelled - 2 instance(s) left" in report.text, "the progress shows where it stopped"
+
+
+@pytest.mark.slow
+def test_without_auto_rollback_a_failing_refresh_ends_failed_with_exit_1(fleet, report):
+    old, bad = fleet.images()[0], fleet.bake()
+    fleet.door.refresh.unhealthy_images.add(bad)
+    fleet.door.clock.step = 120
+    verdict = rollout(fleet, report, bad, settings=fleet.settings(**{"rollout.auto_rollback": False}))
+    assert (verdict.word, verdict.exit_code) == ("failed", outcome.FAILED), verdict.line()
+    assert fleet.group()["LaunchTemplate"]["Version"] == "1", "AWS moves the group only when the refresh succeeds"
+    assert fleet.template()["DefaultVersionNumber"] == 1
+    assert old in fleet.images(), "the old image still serves"
+    assert fleet.client("ssm").get_parameters(Names=["/nextcloud-image/example/release"])["Parameters"] == []
+
+
+def test_a_refresh_longer_than_the_wait_is_still_running_with_exit_6_and_goes_on(fleet, report):
+    new = fleet.bake()
+    settings = fleet.settings(**{"rollout.timeout_minutes": 2})
+    verdict = run(settings, ROOT, ami_id=new, untested=False, dry_run=False, yes=True, confirm=None, report=report,
+                  sleep=lambda _s: None, clock=lambda: fleet.door.clock.now)
+    assert (verdict.word, verdict.exit_code) == ("still running", outcome.STILL_RUNNING), verdict.line()
+    assert "`inv status`" in verdict.detail
+    (active,) = [r for r in fleet.door.refresh.refreshes if r.status in ("Pending", "InProgress", "Baking")]
+    assert fleet.group()["LaunchTemplate"]["Version"] == "1", "nothing moved the group before the refresh ends"
+    assert active.desired["LaunchTemplate"]["Version"] == "2"
 
 
 def test_a_second_rollout_while_one_runs_is_refused_and_changes_nothing(fleet, report, aws):
