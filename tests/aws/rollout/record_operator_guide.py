@@ -2,6 +2,7 @@
 """Record the README's operator guide runs: real `inv` commands against the AWS emulator.
 
     .venv/bin/python tests/aws/rollout/record_operator_guide.py > build/operator-guide.md
+    .venv/bin/python tests/aws/rollout/record_operator_guide.py --update-readme   # rewrite README.md's copy
 
 Starts moto on loopback, the front door with its doubles in front of it (the instance refresh, SourceVersion,
 the Nextcloud cluster on the emulated instances: tests/aws/front_door.py), builds the `example` environment's
@@ -31,6 +32,22 @@ from rollout_fixtures import ALARM, build_fleet  # noqa: E402
 from infra.localtwin.instance import free_port  # noqa: E402
 
 REGION = "eu-central-1"
+README = ROOT / "README.md"
+# The recorded runs sit in README.md between these two lines (the first one's section is the first recorded).
+BEGIN = "\n#### A rollout\n"
+END = "\n### How an instance comes up"
+
+
+def readme_copy(text: str) -> str:
+    """The recorded runs as README.md holds them."""
+    start, end = text.index(BEGIN), text.index(END)
+    return text[start:end].strip("\n") + "\n"
+
+
+def with_recording(text: str, recording: str) -> str:
+    """README.md's text with ``recording`` in place of its copy."""
+    start, end = text.index(BEGIN), text.index(END)
+    return text[:start] + "\n" + recording.strip("\n") + "\n" + text[end:]
 
 
 def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
@@ -50,6 +67,19 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--update-readme"]:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            record()
+        README.write_text(with_recording(README.read_text(), out.getvalue()))
+        return
+    record()
+
+
+def record() -> None:
     work = Path(tempfile.mkdtemp(prefix="operator-guide-"))
     moto, moto_url = start_moto(work / "moto.log")
     os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION=REGION,
