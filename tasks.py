@@ -45,8 +45,10 @@ def _say(message: str) -> None:
     print(message, flush=True)  # plain: AWS messages hold brackets that rich would read as markup
 
 
-def _aws(call) -> None:
-    """Run one AWS operation and end with its verdict line and exit code (refusals: 2, failures: 1, Ctrl-C: 130)."""
+def _aws(call, say=None) -> None:
+    """Run one AWS operation and end with its verdict line and exit code (refusals: 2, failures: 1, Ctrl-C: 130).
+
+    ``say`` prints the verdict line (default: stdout)."""
     from infra.aws.session import AwsError
     from infra.verdict import Verdict
 
@@ -56,7 +58,7 @@ def _aws(call) -> None:
         verdict = Verdict("refused" if exc.exit_code == 2 else "failed", str(exc), exc.exit_code)
     except KeyboardInterrupt:
         verdict = Verdict("interrupted", "stopped by Ctrl-C; what the run created was removed (listed above)", 130)
-    _say(verdict.line())
+    (say or _say)(verdict.line())
     if not verdict.ok:
         raise Exit(code=verdict.exit_code)
 
@@ -255,6 +257,49 @@ def sweep(c, env=None, set_=None, older_than="6h", yes=False, dry_run=False):
     _aws(lambda: sweep_environment(loaded.settings, older_than=older_than, remove=yes, dry_run=dry_run, log=_say))
 
 
+@task(
+    iterable=["set_"],
+    help={
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "json": "print the answers as JSON on stdout (the verdict goes to stderr); exit 0 nothing new, 10 a bake "
+                "is due, 11 only a settings change is available",
+    },
+)
+def check_updates(c, env=None, set_=None, json=False):
+    """Is a bake due (newer source AMI, changed tree) or a newer Nextcloud patch out? Read-only; exit code says."""
+    loaded = _load(c, env, set_)
+    if loaded.settings.builder != "aws":
+        raise Exit(f"check-updates is for AWS environments; {loaded.settings.name} is {loaded.settings.builder} "
+                   "(the local twin rebuilds from its own base disk: inv build-ami)", code=2)
+    from infra.aws.session import Aws
+    from infra.updates import check_updates as check
+
+    def run():
+        report = check(ROOT, loaded.settings, Aws.for_settings(loaded.settings))
+        if json:
+            import json as json_module
+
+            print(json_module.dumps(report.as_json(), indent=2), flush=True)
+        else:
+            _print_updates(report)
+        return report.verdict()
+
+    # With --json, stdout is the document a workflow parses: the verdict line goes to stderr.
+    _aws(run, say=(lambda line: print(line, file=sys.stderr, flush=True)) if json else None)
+
+
+def _print_updates(report) -> None:
+    table = Table(title=f"check-updates --env {report.environment}")
+    for column in ("check", "running", "available", "update", "what"):
+        table.add_column(column, overflow="fold")
+    for ch in report.checks:
+        mark = ("[yellow]bake[/]" if ch.bake else "[cyan]settings[/]") if ch.update else "[green]none[/]"
+        table.add_row(ch.name, ch.current, ch.available, mark, Text(ch.detail))
+    console.print(table)
+
+
+
 YES_HELP = "do it without asking (needed when stdin is not a terminal)"
 AMI_HELP = "the AMI to roll out (default: the one in build/<env>/manifest.json, from `inv build-ami`)"
 UNTESTED_HELP = "roll out an AMI that has not passed test-ami (prints a warning)"
@@ -413,7 +458,8 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
 
 
 ns = Collection(
-    render, validate, build_ami, test_ami, sweep, bench, rollout, rollback, upgrade, prune_amis, status,
+    render, validate, build_ami, test_ami, sweep, check_updates, bench, rollout, rollback, upgrade, prune_amis,
+    status,
     deploy_stack, bootstrap_db, lane,
 )
 ns.configure(DEFAULTS)
