@@ -31,6 +31,7 @@ from bake_support import (
 from infra.aws.bake import build_aws_image
 from infra.aws.session import Aws
 from infra.localtwin.instance import free_port
+from infra.localtwin.registry import LoopbackRegistry
 from infra.registry import RegistryClient, parse_reference
 from infra.updates import EXIT_BAKE_DUE, EXIT_OPERATOR_CHANGE, EXIT_UP_TO_DATE, check_updates, newest_patch
 
@@ -42,29 +43,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
-    """Debian's docker-registry on 127.0.0.1 with its own storage (its packaged config listens everywhere)."""
-    base = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = base / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {base / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)  # noqa: S310 - loopback
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("docker-registry did not start")
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    """The twin's loopback registry (Debian's docker-registry on 127.0.0.1) with its own storage and port."""
+    with LoopbackRegistry(storage=tmp_path_factory.mktemp("registry"), port=free_port()) as reg:
+        yield reg.address
 
 
 def _upload(registry: str, repo: str, blob: bytes) -> str:
