@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from infra.localtwin.accel import choose_accelerator
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
 
 SCHEMA = 1
@@ -426,8 +427,9 @@ def _first_line(cmd: Sequence[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def machine_facts() -> dict[str, Any]:
-    """Cores, CPU model, memory, kernel, QEMU and Packer versions and the date: what the numbers depend on."""
+def machine_facts(kernel: Path | None = None) -> dict[str, Any]:
+    """Cores, CPU model, memory, kernel, QEMU and Packer versions, the accelerator the boots use (probed with
+    ``kernel``) and the date: what the numbers depend on."""
     cpu_model = None
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -446,7 +448,7 @@ def machine_facts() -> dict[str, Any]:
         "kernel": platform.release(),
         "qemu": _first_line(["qemu-system-x86_64", "--version"]),
         "packer": _first_line(["packer", "version"]),
-        "accelerator": "tcg (software emulation; KVM unusable here)",
+        "accelerator": choose_accelerator(kernel).describe() if kernel else "not probed",
         "loadavg_at_start": os.getloadavg()[0],
     }
 
@@ -1162,13 +1164,13 @@ def run_bench(
         "schema": SCHEMA,
         "env": settings.name,
         "generated_at": _now_iso(),
-        "machine": machine_facts(),
+        "machine": machine_facts(inputs.artifact.kernel),
         "artifact": {k: inputs.artifact_record.get(k) for k in ("artifact_id", "fingerprint", "sha256", "built_at")},
         "options": {"runs": runs, "seed_runs": seed_runs or runs, "only": chosen, "timeout_s": timeout_s,
                     "full_bake": full_bake},
         "measurements": {},
         "notes": [
-            "Boots run one at a time under QEMU TCG (software emulation) and are timed from QEMU's start.",
+            "Boots run one at a time under QEMU (machine.accelerator says which) and are timed from QEMU's start.",
             "Readiness is polled every second from QEMU's start; SSH is not waited for first.",
             "Seed-style fetches the stand-in base archive and image/ from a loopback HTTP server and builds the "
             "derived image at boot; it stands in for `docker pull` from a registry (slower on the wire, faster "

@@ -82,7 +82,7 @@ source "amazon-ebs" "nextcloud" {
 }
 
 source "qemu" "nextcloud" {
-  accelerator  = "tcg"
+  accelerator  = var.accelerator
   disk_image   = true
   iso_url      = var.base_disk
   iso_checksum = "none"
@@ -108,7 +108,7 @@ source "qemu" "nextcloud" {
     ["-kernel", var.kernel],
     ["-initrd", var.initrd],
     ["-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0"],
-    ["-cpu", "max"],
+    ["-cpu", var.qemu_cpu],
     ["-serial", "file:${var.build_dir}/bake-console.log"],
     ["-smbios", "type=1,serial=ds=nocloud-net;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/"],
   ]

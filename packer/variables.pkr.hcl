@@ -135,6 +135,18 @@ variable "output_dir" {
   default     = ""
 }
 
+variable "accelerator" {
+  type        = string
+  description = "qemu only: kvm where it boots the twin's kernel, else tcg (infra/localtwin/accel.py decides)."
+  default     = "tcg"
+}
+
+variable "qemu_cpu" {
+  type        = string
+  description = "qemu only: -cpu model, host under kvm, max under tcg."
+  default     = "max"
+}
+
 variable "base_disk" {
   type        = string
   description = "qemu only: raw base disk, the local stand-in for the source AMI."

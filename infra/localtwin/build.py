@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from infra.localtwin import base_disk, standin
+from infra.localtwin.accel import choose_accelerator
 from infra.localtwin.registry import GUEST_REGISTRY, LoopbackRegistry, RegistryError
 from infra.packer import PackerError, run_packer_build
 
@@ -291,6 +292,8 @@ def build_local_image(
     from render.outputs import stage_image_upload
 
     stage_image_upload(root, work / "image")
+    accel = choose_accelerator(Path(base.kernel))
+    log(f"bake: {accel.describe()}")
     variables = {
         "fingerprint": fingerprint,
         "git_sha": _git_sha(),
@@ -298,6 +301,8 @@ def build_local_image(
         "build_dir": str(build_dir),
         "output_dir": str(artifact_dir),
         "base_disk": str(base.disk),
+        "accelerator": accel.name,
+        "qemu_cpu": accel.cpu,
         "kernel": str(base.kernel),
         "initrd": str(base.initrd),
         "image_upload_dir": str(work / "image"),
@@ -318,7 +323,8 @@ def build_local_image(
     timings["registry_push_seconds"] = round(time.monotonic() - t, 1)
     log(f"bake: {image.repository}:{image.tag}@{image.digest[:19]} served on {registry.address} "
         f"(guest: {GUEST_REGISTRY})")
-    log(f"bake: packer build -only={ONLY} (fingerprint {fingerprint[:12]}, TCG: several minutes) ...")
+    log(f"bake: packer build -only={ONLY} (fingerprint {fingerprint[:12]}"
+        + (", TCG: several minutes" if accel.name == "tcg" else "") + ") ...")
     t = time.monotonic()
     try:
         result = run_packer_build(
@@ -363,6 +369,7 @@ def build_local_image(
         "fingerprint": fingerprint,
         "reused": False,
         "built_at": build_time,
+        "accelerator": accel.name,
         "kernel": str(kernel),
         "initrd": str(initrd),
         "git_sha": variables["git_sha"],

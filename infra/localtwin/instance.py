@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from infra.localtwin.accel import choose_accelerator
+
 SSH_USER = "admin"  # the default user of the base disk, as on Debian's EC2 images
 KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 _PR_SET_PDEATHSIG = 1
@@ -248,12 +250,14 @@ class Instance:
         )
         self.ssh_port, self.http_port = free_port(), free_port()
         self.ssh_config.write_text(self.ssh_config_entry())
+        accel = choose_accelerator(Path(self.kernel))
+        self._say("starting QEMU", accel.describe())
         cmd = [
             "qemu-system-x86_64",
             "-accel",
-            "tcg",
+            accel.name,
             "-cpu",
-            "max",
+            accel.cpu,
             "-smp",
             str(self.cpus),
             "-m",
