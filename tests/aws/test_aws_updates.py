@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -196,3 +197,59 @@ def test_the_local_twin_is_refused_with_the_reason():
     proc = subprocess.run([sys.executable, "-m", "invoke", "check-updates"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "for AWS environments" in proc.stderr
+
+
+def _rebuild(step: str, out: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One step of .ci/rebuild as the workflow runs it: settings the workflow's environment would hold come in
+    as NCIMAGE_* variables, the emulator through AWS_ENDPOINT_URL (set by the aws fixture)."""
+    github_output = out / "github-output"
+    env = {**os.environ, "ENVIRONMENT": "example", "REBUILD_DIR": str(out), "GITHUB_OUTPUT": str(github_output),
+           "GITHUB_STEP_SUMMARY": str(out / "summary.md"), **extra}
+    return subprocess.run(["bash", str(ROOT / ".ci" / "rebuild"), step], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_the_rebuild_workflow_bakes_only_when_check_updates_says_so_and_summarises_why(aws, tmp_path, registry,
+                                                                                       tags):
+    hide_newer_debian(aws)
+    repo, digests = tags
+    settings = deployed(aws, tmp_path, registry, repo, digests["34.0.3-apache"])
+    variables = {"NCIMAGE_NEXTCLOUD__IMAGE": settings.nextcloud.image, "NCIMAGE_NEXTCLOUD__VERSION": "34.0.3",
+                 "NCIMAGE_BAKE__SUBNET_ID": settings.bake.subnet_id,
+                 "NCIMAGE_ACCOUNT_ID": json.dumps(settings.account_id)}
+
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    proc = _rebuild("check", quiet, variables)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (quiet / "github-output").read_text() == "bake=false\n"
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    assert _rebuild("check", forced, {**variables, "FORCE": "true"}).returncode == 0
+    assert (forced / "github-output").read_text() == "bake=true\n"
+    assert _rebuild("summary", quiet, variables).returncode == 0
+    summary = (quiet / "summary.md").read_text()
+    assert "**Up to date**" in summary and "| bake | not run |" in summary
+
+    publish_newer_debian(aws)
+    due = tmp_path / "due"
+    due.mkdir()
+    proc = _rebuild("check", due, variables)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (due / "github-output").read_text() == "bake=true\n"
+    assert _rebuild("summary", due, variables).returncode == 0
+    summary = (due / "summary.md").read_text()
+    assert "Up to date" not in summary
+    assert "| check for updates | bake due |" in summary
+    assert f"| source-ami | {DEBIAN_CURRENT} | {DEBIAN_NEWER} | yes | yes |" in summary
+
+
+def test_a_rebuild_check_that_cannot_answer_fails_the_job_and_the_summary_says_so(tmp_path):
+    out = tmp_path / "ci"
+    out.mkdir()
+    proc = _rebuild("check", out, {"ENVIRONMENT": "local"})  # the twin: check-updates refuses it
+    assert proc.returncode == 2 and "for AWS environments" in proc.stderr
+    assert not (out / "github-output").exists(), "no bake decision may be taken from a failed check"
+    assert _rebuild("summary", out, {"ENVIRONMENT": "local"}).returncode == 0
+    summary = (out / "summary.md").read_text()
+    assert "**Failed**: check for updates" in summary and "error (exit 2)" in summary
