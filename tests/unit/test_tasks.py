@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["render", "validate", "build-ami", "test-ami", "sweep", "rollout", "rollback", "upgrade", "prune-amis",
-         "status", "deploy-stack", "bootstrap-db", "bench", "lane"]
+         "status", "deploy-stack", "bootstrap-db", "bench", "lane", "check-updates"]
 
 
 def inv(*args, env=None):
