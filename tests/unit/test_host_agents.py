@@ -105,6 +105,7 @@ class Livez:
 
     def __init__(self) -> None:
         self.answer: tuple[int, dict[str, Any]] | None = (200, {"live": True})
+        self.delay = 0.0  # seconds before answering: a CPU-starved instance
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,6 +113,7 @@ class Livez:
                 pass
 
             def do_GET(self) -> None:
+                time.sleep(outer.delay)
                 if outer.answer is None:
                     self.connection.close()
                     return
@@ -184,6 +186,21 @@ def test_watchdog_reports_unhealthy_after_consecutive_failures_only(tmp_path, aw
     assert form["InstanceId"] == [group_instance] and form["HealthStatus"] == ["Unhealthy"]
     assert form["ShouldRespectGracePeriod"] == ["true"]  # the group's grace period covers a booting instance
     assert all(valid for method, _, valid in imds.requests if method == "GET"), "an IMDSv1 request was made"
+
+
+def test_a_slow_answer_is_not_a_failure_but_no_answer_is(tmp_path, proxy):
+    """A CPU-starved instance answers /livez late; that must never add up to a replacement."""
+    livez, imds = Livez(), FakeImds(region=REGION)
+    livez.delay = 6  # longer than a naive 5 s timeout, well inside the watchdog's
+    try:
+        for _ in range(3):
+            r = watchdog(tmp_path, livez, imds, proxy.url, "log")
+            assert r.returncode == 0 and "failed" not in r.stdout, r.stdout + r.stderr
+        livez.delay = 3
+        r = watchdog(tmp_path, livez, imds, proxy.url, "log", NEXTCLOUD_LIVENESS_TIMEOUT="1")
+        assert "liveness probe failed (1/3): no answer" in r.stdout, r.stdout + r.stderr
+    finally:
+        imds.close()
 
 
 def test_watchdog_without_an_auto_scaling_group_only_logs(tmp_path, proxy):
