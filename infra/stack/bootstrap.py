@@ -76,10 +76,13 @@ def bootstrap_database(
     poll_seconds: float = 10, say: Say = print, aws: Aws | None = None,
 ) -> Verdict:
     try:
-        s = load_settings(root, env, sets=sets or []).settings
+        loaded = load_settings(root, env, sets=sets or [])
         outputs = read_outputs(outputs_path(root, env)) or {}
     except SettingsError as exc:
         return Verdict("refused", f"{exc}\nnothing was changed", 2)
+    s = loaded.settings
+    for warning in loaded.warnings:  # e.g. the pinned Nextcloud is past its end of life: said, never fatal
+        say(f"warning: {warning}")
     missing = [k for k in _NEEDED if k not in outputs]
     if missing:
         return Verdict("refused", f"the stack's outputs lack {', '.join(missing)}: run `inv deploy-stack --env {env}` "

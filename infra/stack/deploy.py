@@ -83,6 +83,8 @@ def deploy_stack(
         loaded = load_settings(root, env, sets=sets or [], stack_pending=True)
     except SettingsError as exc:
         return Verdict("refused", f"{exc}\nnothing was changed", 2)
+    for warning in loaded.warnings:  # e.g. the pinned Nextcloud is past its end of life: said, never fatal
+        say(f"warning: {warning}")
     problems = _missing_settings(loaded)
     if problems:
         return Verdict("refused", f"{loaded.path.name}: " + "; ".join(problems) + "; nothing was changed", 2)
