@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,9 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from infra.lane.admin_socket import AdminPasswordSocket
 from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import free_port
-from render.secret_refs import render_contract
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"
@@ -41,7 +40,6 @@ INIT = CLUSTER_LIB / "cluster-init.php"
 READYZ = CLUSTER_LIB / "readyz" / "readyz.php"
 ENTRYPOINT = OVERLAY / "bin" / "nextcloud-cluster-entrypoint"
 ROUTER = ROOT / "tests" / "fixtures" / "nextcloud" / "router.php"
-RESOLVER = ROOT / "image" / "rootfs" / "usr" / "local" / "libexec" / "nextcloud-image" / "resolve-secrets"
 
 # Passwords with characters that break naive env-file, DSN or URL handling; they must survive verbatim.
 DB_PASSWORD = "pg=p@ss w0rd'\"$HOME" + secrets.token_hex(4)
@@ -109,45 +107,6 @@ def occ_calls(pg: ThrowawayPostgres, verb: str) -> list[tuple]:
     return query(pg, f"SELECT host, pid, exit_code, note FROM occ_double_calls WHERE verb = '{verb}' ORDER BY id")
 
 
-class AdminPasswordSocket:
-    """Plays systemd's part in nextcloud-admin-password.socket (Accept=yes): one real `resolve-secrets
-    --print-admin-password` per connection, its stdout the connection. Counts the fetches."""
-
-    def __init__(self, instance_json: Path) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="nc-admin-", dir="/tmp"))  # a unix socket path must stay short
-        self.path = self.dir / "password.sock"
-        self.instance_json = instance_json
-        # The image's secret reference contract, as the bake installs it (render writes it from the settings).
-        self.references = self.dir / "secret-references.json"
-        self.references.write_text(render_contract(), encoding="utf-8")
-        self.fetches = 0
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(self.path))
-        self.path.chmod(0o600)
-        self._server.listen(4)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            with conn:
-                self.fetches += 1
-                subprocess.run([sys.executable, "-I", str(RESOLVER), "--print-admin-password", "--instance-json",
-                                str(self.instance_json), "--references", str(self.references)],
-                               stdout=conn.fileno(), stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL, timeout=60, check=False)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class Node:
     """One would-be container: own webroot copy and tmpfs state dir, the cluster environment."""
 
@@ -170,18 +129,11 @@ class Node:
             "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD, "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
             "NEXTCLOUD_ALLOW_INSTALL": "0", "NEXTCLOUD_ALLOW_UPGRADE": "0", **IDENTITY,
         }
-        # The host's instance.json (literal references, as in the local twin): the admin password is fetched from
-        # it over the node's socket, by the installing node only.
-        self.instance_json = self.dir / "instance.json"
-        self.instance_json.write_text(json.dumps({
-            "schema": 1, "environment": "test", "region": "eu-west-1",
-            "role": {"allow_install": True, "allow_upgrade": True},
-            "secrets": {k: f"literal:{v}" for k, v in {**IDENTITY, "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD,
-                                                       "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
-                                                       "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD}.items()},
-        }))
-        self.instance_json.chmod(0o600)
-        self.admin_socket = AdminPasswordSocket(self.instance_json)
+        # The host's socket (nextcloud-admin-password.socket, answered by the image's resolver from literal
+        # references, as in the local twin): the installing node only fetches the admin password over it.
+        self.admin_socket = AdminPasswordSocket({**IDENTITY, "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD,
+                                                 "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
+                                                 "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD}, environment="test")
         self.procs: list[subprocess.Popen[str]] = []
         self.http_port: int | None = None
         self.last_log = self.dir / "none.log"
@@ -349,7 +301,6 @@ def local_artifact() -> dict[str, Any]:
     Session-scoped so the chain test and the live image-suite checks share one bake whatever order they run in.
     Progress is streamed to the test log (visible with -s or in CI's output on failure).
     """
-    import sys
 
     proc = subprocess.run([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], cwd=ROOT, text=True,
                           timeout=3600, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
