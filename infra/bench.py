@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from infra import bootchain
 from infra.localtwin.accel import choose_accelerator
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
 
@@ -650,6 +651,8 @@ def run_label(n: int, runs: int) -> str:
 FLOOR_FILES = (
     "etc/cloud/cloud.cfg.d/50-nextcloud-image.cfg",
     "etc/systemd/journald.conf.d/50-nextcloud-image.conf",
+    "etc/systemd/system/cloud-config.service.d/50-nextcloud-image.conf",
+    "etc/systemd/system/cloud-final.service.d/50-nextcloud-image.conf",
 )
 FLOOR_CACHE = Path("build") / "cache" / "floor"
 
@@ -692,6 +695,13 @@ def _docker_volumes(inst: BenchInstance) -> dict[str, Any]:
     r = inst.ssh("sudo docker volume ls --quiet | wc -l; sudo du -sm /var/lib/docker/volumes | cut -f1", timeout=120)
     lines = r.stdout.split()
     return {"docker_volumes": int(lines[0]), "docker_volumes_mb": int(lines[1])} if len(lines) == 2 else {}
+
+
+def _boot_chain(inst: BenchInstance, log: Log) -> dict[str, Any]:
+    """What the boot waited on (infra/bootchain.py), read after it was measured, so not part of the time."""
+    chain = bootchain.read(inst)
+    log(f"bench: {inst.name} chain (s after the kernel started): {chain.get('error') or bootchain.summary(chain)}")
+    return {"boot_chain": chain}
 
 
 def _host_key_types(inst: BenchInstance) -> dict[str, Any]:
@@ -1213,8 +1223,12 @@ def run_bench(
         if "bare" in chosen:
             assert user_data is not None
             floor = floor_disk(root, inputs.base, log)
+
+            def after_bare(inst: BenchInstance) -> dict[str, Any]:
+                return {**_host_key_types(inst), **_boot_chain(inst, log)}
+
             m["boot_bare_s"] = _measure_boots(
-                "bare", "boot_bare_s", runs, lambda n: (floor, user_data, _host_key_types), "ssh", timeout_s, log)
+                "bare", "boot_bare_s", runs, lambda n: (floor, user_data, after_bare), "ssh", timeout_s, log)
             m["boot_bare_s"]["floor_files"] = list(FLOOR_FILES)
             save()
         if "baked" in chosen:
@@ -1224,7 +1238,8 @@ def run_bench(
             def after_baked(inst: BenchInstance) -> dict[str, Any]:
                 if not image_info:
                     image_info.update(_docker_image_sizes(inst, _nextcloud_image(inputs)))
-                return {**_installed_here(inst), **_host_key_types(inst), **_docker_volumes(inst)}
+                return {**_installed_here(inst), **_host_key_types(inst), **_docker_volumes(inst),
+                        **_boot_chain(inst, log)}
 
             m["boot_baked_ready_s"] = _measure_boots(
                 "baked", "boot_baked_ready_s", runs, lambda n: (inputs.artifact, user_data, after_baked), "ready",
