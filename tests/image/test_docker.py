@@ -118,6 +118,28 @@ def test_engine_starts_beside_cloud_init(host, unit):
     )
 
 
+# The container, and the socket it mounts, start as soon as the engine is up, beside cloud-init too: creating and
+# starting the container then happens while cloud-init's network stage runs, and the entrypoint waits for the
+# secrets file. Waiting for the secrets unit (or what cloud-init holds back) puts all of it back on the boot's path.
+NOT_BEFORE_CONTAINER = ("basic.target", "sysinit.target", "sockets.target", "network-online.target",
+                        "cloud-init.service", "nextcloud-secrets.service")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-admin-password.socket"])
+def test_container_starts_beside_cloud_init(host, unit):
+    props = dict(
+        line.split("=", 1)
+        for line in host.check_output(f"systemctl show {unit} -p DefaultDependencies -p After").splitlines()
+        if "=" in line
+    )
+    waits_for = sorted(set(props.get("After", "").split()) & set(NOT_BEFORE_CONTAINER))
+    assert props.get("DefaultDependencies") == "no" and not waits_for, (
+        f"{unit} waits for {waits_for or 'basic.target (DefaultDependencies=yes)'}: creating and starting the "
+        "container would wait for cloud-init's network stage and the secrets"
+    )
+
+
 @pytest.mark.live
 def test_no_docker_bridge_or_nat(host):
     networks = host.check_output("docker network ls --format '{{.Name}}'").split()

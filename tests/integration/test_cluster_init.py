@@ -226,6 +226,45 @@ def test_entrypoint_loads_runtime_env_file_verbatim(tmp_path):
         subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
+def test_entrypoint_waits_for_the_runtime_env_file_then_loads_it(tmp_path):
+    # nextcloud.service starts the container before the secrets are resolved: the entrypoint must wait for the
+    # file (it appears by rename, as the resolver writes it), then load it and start the web server.
+    runtime = tmp_path / "secrets" / "runtime.env"
+    runtime.parent.mkdir()
+    out = tmp_path / "env.json"
+    state = Path("/dev/shm") / f"nc-ep-wait-{tmp_path.name}"
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_RUNTIME_ENV_FILE": str(runtime), "NEXTCLOUD_RUNTIME_ENV_WAIT": "60",
+           "NEXTCLOUD_CLUSTER_STATE_DIR": str(state), "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB),
+           "NEXTCLOUD_WEBROOT": str(tmp_path)}
+    code = "file_put_contents($argv[1], json_encode(getenv('NEXTCLOUD_SECRET')));"
+    try:
+        proc = subprocess.Popen([str(ENTRYPOINT), "php", "-r", code, str(out)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert proc.poll() is None, "the entrypoint did not wait for the runtime env file"
+        assert not out.exists(), "the web server started before the secrets were there"
+        partial = runtime.parent / ".runtime.env.tmp"
+        partial.write_text("NEXTCLOUD_SECRET=arrived-late\n")
+        partial.rename(runtime)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert json.loads(out.read_text()) == "arrived-late"
+        assert "waiting up to 60s for" in stderr and "arrived-late" not in stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def test_entrypoint_gives_up_waiting_with_exit_75_and_says_where_to_look(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "NEXTCLOUD_RUNTIME_ENV_FILE": str(tmp_path / "never.env"),
+           "NEXTCLOUD_RUNTIME_ENV_WAIT": "1", "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB)}
+    r = subprocess.run([str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 75, r.stderr  # systemd restarts the container, which waits again
+    assert "did not appear within 1s" in r.stderr and "systemctl status nextcloud-secrets" in r.stderr
+    r = subprocess.run([str(ENTRYPOINT), "true"], env={**env, "NEXTCLOUD_RUNTIME_ENV_WAIT": "soon"},
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "NEXTCLOUD_RUNTIME_ENV_WAIT=soon: expected whole seconds" in r.stderr
+
+
 def test_entrypoint_rejects_bad_env_file_and_non_tmpfs_state(tmp_path):
     bad = tmp_path / "runtime.env"
     bad.write_text("GOOD=1\nBAD NAME=secret-value\n")
