@@ -113,6 +113,8 @@ def test_the_launch_template_tags_members_with_the_projects_tag_keys():
 def test_the_group_follows_liveness_and_the_load_balancer_follows_readiness():
     group = props("Group")
     assert group["HealthCheckType"] == "EC2", "ELB health checks would replace the fleet on a database outage"
+    # A replacement (the watchdog's Unhealthy, rebalancing) launches before the broken instance is terminated.
+    assert group["InstanceMaintenancePolicy"] == {"MinHealthyPercentage": 100, "MaxHealthyPercentage": 200}
     assert group["VPCZoneIdentifier"]["Fn::If"][1] == [{"Ref": f"PrivateSubnet{n}"} for n in (1, 2, 3)]
     assert R["Group"]["Condition"] == "HasImage"
     tg = props("TargetGroup")
