@@ -457,10 +457,72 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
         raise Exit(code=verdict.exit_code)
 
 
+@task(
+    iterable=["scenario", "set_"],
+    help={
+        "env": ENV_HELP + "; the drills run on the local twin only",
+        "set": SET_HELP,
+        "scenario": "run only this scenario (repeatable): boot_storm, database, cache, broken, rolling (default: all)",
+        "duration": "seconds the database or the cache stays away (default 60)",
+        "rate": "requests per second through the balancer (default 5)",
+        "instances": "fleet size for the failovers and the broken instance (default 2)",
+        "deregistration_delay": "seconds a deregistered target may drain (default: the stack's, 60); shorter for "
+                                "quick runs, and the record says so",
+    },
+)
+def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, instances=None,
+          deregistration_delay=None):
+    """Load and fault drills on the twin: HAProxy as the load balancer, a group stand-in, a fixed-rate load."""
+    from infra.drill.run import DrillUsageError, choose, print_table, run_drills
+    from infra.drill.scenarios import Options
+
+    loaded = _load(c, env, set_)
+    if loaded.settings.builder != "local":
+        raise Exit(f"drill runs on the local twin; {loaded.settings.name} is {loaded.settings.builder}", code=2)
+
+    def number(flag: str, value, low: float, high: float) -> float | None:
+        if value is None:
+            return None
+        try:
+            v = float(value)
+        except ValueError:
+            v = float("nan")
+        if not low <= v <= high:
+            raise Exit(f"--{flag} {value!r}: must be a number from {low:g} to {high:g}; nothing was run", code=2)
+        return v
+
+    try:
+        names = choose(scenario)
+    except DrillUsageError as exc:
+        raise Exit(f"error: {exc}; nothing was run", code=2) from None
+    opts = Options()
+    opts.outage_s = number("duration", duration, 1, 3600) or opts.outage_s
+    opts.rate = number("rate", rate, 0.1, 200) or opts.rate
+    opts.instances = int(number("instances", instances, 2, 3) or opts.instances)
+    delay = number("deregistration-delay", deregistration_delay, 0, 3600)
+    try:
+        results, path = run_drills(ROOT, loaded.settings, scenarios=names, opts=opts, deregistration_delay_s=delay)
+    except KeyboardInterrupt:
+        raise Exit("interrupted; everything was torn down (the record so far is in build/drill/)", code=130) from None
+    except Exception as exc:  # the fleet could not start: a clear line, not a traceback
+        from infra.drill.balancer import BalancerError
+        from infra.localservices import ServiceError
+        from infra.localtwin.test_ami import TestAmiError
+
+        if isinstance(exc, (BalancerError, ServiceError, TestAmiError)):
+            raise Exit(f"drill: {exc}", code=1) from None
+        raise
+    print_table(results)
+    console.print(f"wrote {path.relative_to(ROOT)}")
+    missed = [r.name for r in results if not r.passed]
+    if missed:
+        raise Exit(f"drill: target missed in {', '.join(missed)}", code=1)
+
+
 ns = Collection(
     render, validate, build_ami, test_ami, sweep, check_updates, bench, rollout, rollback, upgrade, prune_amis,
     status,
-    deploy_stack, bootstrap_db, lane,
+    deploy_stack, bootstrap_db, lane, drill,
 )
 ns.configure(DEFAULTS)
 

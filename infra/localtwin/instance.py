@@ -404,6 +404,16 @@ class Instance:
                 self._say(phase, f"{self.ready_path} -> {last_ready[0]}" if self.wait_ready else "")
             time.sleep(3)
 
+    def wait_exited(self, timeout: float) -> bool:
+        """Wait until QEMU has exited by itself (the guest powered off; -no-reboot); True if it did in time."""
+        if self._proc is None:
+            return True
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def stop(self) -> None:
         """Stop QEMU and delete the private directory (user data with secrets, key, overlay). Idempotent."""
         t = time.monotonic()
