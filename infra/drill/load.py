@@ -203,11 +203,13 @@ class Load:
         return outcomes
 
     def run(self, during: Callable[[], None] | None = None) -> list[Outcome]:
-        """Start, run ``during()`` (the fault) while the load goes on, then stop and join."""
+        """Start, run ``during()`` (the fault) while the load goes on and stop when it returns; without ``during``,
+        run for ``duration_s``. Then join."""
         self.start()
+        if during is None:
+            return self.join()
         try:
-            if during is not None:
-                during()
+            during()
         finally:
             self.stop()
         return self.join()
