@@ -153,7 +153,7 @@ def cache_failover(fleet: Fleet, opts: Options) -> ScenarioResult:
 
 
 def broken_instance(fleet: Fleet, opts: Options) -> ScenarioResult:
-    """Kill one instance's container and block its restart: liveness says so, the group replaces it."""
+    """Kill one instance's container and break its runtime secrets: liveness says so, the group replaces it."""
     r = ScenarioResult("broken", "the group replaces the broken instance, the other keeps serving; failures "
                                  "bounded by the health check's detection time")
     members = fleet.ensure(opts.instances)
@@ -164,7 +164,10 @@ def broken_instance(fleet: Fleet, opts: Options) -> ScenarioResult:
         time.sleep(SETTLE_S)
         inst = fleet.members()[victim].instance
         marks["broken"] = fleet.now()
-        inst.ssh("sudo systemctl mask --runtime nextcloud.service && sudo docker kill nextcloud", timeout=60)
+        # The container dies and its restarts fail: the runtime secrets it starts from are gone (nextcloud.service's
+        # ExecStartPre checks for them; nextcloud-secrets.service ran once and does not run again).
+        r = inst.ssh("sudo rm -f /run/nextcloud/runtime.env && sudo docker kill nextcloud", timeout=60)
+        marks["break_exit"] = r.returncode
         deadline = time.monotonic() + fleet.grace_s + 4 * fleet.probe_interval_s + fleet.boot_timeout_s
         while victim in fleet.group.members and time.monotonic() < deadline:
             targets = fleet.balancer.targets()
@@ -177,7 +180,7 @@ def broken_instance(fleet: Fleet, opts: Options) -> ScenarioResult:
     detection = marks.get("out_of_service")
     bound = (fleet.tg.unhealthy_threshold + 1) * fleet.tg.interval_s + fleet.tg.timeout_s
     late = [o for o in outcomes if not o.ok and o.t > marks["broken"] + bound]
-    r.details = {"victim": victim, "balancer_out_of_service_after_s": detection,
+    r.details = {"victim": victim, "break_exit": marks.get("break_exit"), "balancer_out_of_service_after_s": detection,
                  "replaced_after_s": marks["replaced"], "detection_bound_s": bound,
                  "failed_requests": r.load["failed_total"]}
     return r.judge([
