@@ -32,6 +32,7 @@ from infra.localtwin.test_ami import (
 )
 
 Log = Callable[[str], None]
+TWIN_GRACE_S = 600.0
 
 
 def probe(port: int, path: str, timeout: float) -> int | None:
@@ -141,7 +142,10 @@ class Fleet(contextlib.AbstractContextManager):
         self.deregistration_delay_s = self.tg.deregistration_delay_s if deregistration_delay_s is None \
             else deregistration_delay_s
         self.probe_interval_s = probe_interval_s
-        self.grace_s = settings.stack.health_check_grace_seconds if grace_s is None else grace_s
+        # The group's grace period covers a boot; under TCG a boot (three at once on two cores) takes minutes that EC2
+        # takes seconds, so the twin's default is the longer of the stack's and TWIN_GRACE_S (the record says which).
+        self.stack_grace_s = settings.stack.health_check_grace_seconds
+        self.grace_s = max(self.stack_grace_s, TWIN_GRACE_S) if grace_s is None else grace_s
         self.boot_timeout_s = boot_timeout_s
         self.origin = time.monotonic()
         self._stack = contextlib.ExitStack()

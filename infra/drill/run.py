@@ -53,6 +53,7 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
                         "deregistration_delay_s": fleet.deregistration_delay_s,
                         "stack_deregistration_delay_s": fleet.tg.deregistration_delay_s,
                         "liveness_probe_interval_s": probe_interval_s, "grace_s": fleet.grace_s,
+                        "stack_grace_s": fleet.stack_grace_s,
                         "health_check": {"path": fleet.tg.path, "interval_s": fleet.tg.interval_s,
                                          "timeout_s": fleet.tg.timeout_s, "unhealthy": fleet.tg.unhealthy_threshold,
                                          "healthy": fleet.tg.healthy_threshold}}
