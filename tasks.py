@@ -468,10 +468,12 @@ def bootstrap_db(c, env=None, set_=None, dry_run=False, timeout=None):
         "instances": "fleet size for the failovers and the broken instance (default 2)",
         "deregistration_delay": "seconds a deregistered target may drain (default: the stack's, 60); shorter for "
                                 "quick runs, and the record says so",
+        "grace": "the group's health check grace period in seconds (default: the stack's, at least 600 on the "
+                 "twin, whose boots take minutes); the record says which",
     },
 )
 def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, instances=None,
-          deregistration_delay=None):
+          deregistration_delay=None, grace=None):
     """Load and fault drills on the twin: HAProxy as the load balancer, a group stand-in, a fixed-rate load."""
     from infra.drill.run import DrillUsageError, choose, print_table, run_drills
     from infra.drill.scenarios import Options
@@ -500,8 +502,10 @@ def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, insta
     opts.rate = number("rate", rate, 0.1, 200) or opts.rate
     opts.instances = int(number("instances", instances, 2, 3) or opts.instances)
     delay = number("deregistration-delay", deregistration_delay, 0, 3600)
+    grace_s = number("grace", grace, 0, 7200)
     try:
-        results, path = run_drills(ROOT, loaded.settings, scenarios=names, opts=opts, deregistration_delay_s=delay)
+        results, path = run_drills(ROOT, loaded.settings, scenarios=names, opts=opts, deregistration_delay_s=delay,
+                                   grace_s=grace_s)
     except KeyboardInterrupt:
         raise Exit("interrupted; everything was torn down (the record so far is in build/drill/)", code=130) from None
     except Exception as exc:  # the fleet could not start: a clear line, not a traceback

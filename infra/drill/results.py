@@ -66,7 +66,7 @@ def table(results: Sequence[ScenarioResult]) -> Table:
         failed = ", ".join(f"{k} {v}" for k, v in r.load.get("failed", {}).items()) or "0"
         replaced = ", ".join(f"{x['instance']}->{x['replacement']}" for x in r.replaced) or "none"
         verdict = "[green]met[/]" if r.passed else "[red]MISSED[/]"
-        detail = "; ".join(r.problems) if r.problems else r.target
+        detail = "; ".join(r.problems) if r.problems else r.target.split(",")[0]
         t.add_row(r.name, verdict, str(r.load.get("sent", 0)), failed, str(r.load.get("p50_ms")),
                   str(r.load.get("p99_ms")), replaced, str(r.seconds), detail)
     return t

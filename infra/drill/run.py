@@ -76,4 +76,7 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
 def print_table(results: Sequence[ScenarioResult]) -> None:
     from rich.console import Console
 
-    Console(highlight=False).print(table(results))
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)  # a log file: the table's columns need the room
+    console.print(table(results))

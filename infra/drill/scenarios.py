@@ -198,11 +198,12 @@ def boot_storm(fleet: Fleet, opts: Options) -> ScenarioResult:
 
     def action() -> None:
         names = [fleet.group.launch().name for _ in range(opts.storm)]
-        first = None
+        deadline = time.monotonic() + fleet.boot_timeout_s
+        while not any(t.in_service for t in fleet.balancer.targets().values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        marks.update(names=names, first_in_service=fleet.now())  # the balancer routes from here on
         for name in names:
             fleet.group.wait_in_service(name)
-            first = first or fleet.now()
-        marks.update(names=names, first_in_service=first)
 
     outcomes = _under_load(fleet, r, opts, action)
     first = marks["first_in_service"]
