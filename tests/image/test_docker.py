@@ -106,16 +106,21 @@ NOT_BEFORE_ENGINE = ("basic.target", "sysinit.target", "network-online.target", 
 @pytest.mark.live  # systemd's own view of the units (packaged unit, copies in /etc, drop-ins)
 @pytest.mark.parametrize("unit", ["containerd.service", "docker.service", "docker.socket"])
 def test_engine_starts_beside_cloud_init(host, unit):
+    waits_for = _waits_for(host, unit, NOT_BEFORE_ENGINE)
+    assert not waits_for, f"{unit} waits for {waits_for}: it would start only after cloud-init's network stage"
+
+
+def _waits_for(host, unit: str, not_before: tuple[str, ...]) -> list[str]:
+    """What of ``not_before`` the unit is ordered after, in systemd's own view (basic.target with default deps)."""
     props = dict(
         line.split("=", 1)
         for line in host.check_output(f"systemctl show {unit} -p DefaultDependencies -p After").splitlines()
         if "=" in line
     )
-    waits_for = sorted(set(props.get("After", "").split()) & set(NOT_BEFORE_ENGINE))
-    assert props.get("DefaultDependencies") == "no" and not waits_for, (
-        f"{unit} waits for {waits_for or 'basic.target (DefaultDependencies=yes)'}: it would start only after "
-        "cloud-init's network stage"
-    )
+    waits_for = sorted(set(props.get("After", "").split()) & set(not_before))
+    if props.get("DefaultDependencies") != "no":
+        waits_for.append("basic.target (DefaultDependencies=yes)")
+    return waits_for
 
 
 # The container, and the socket it mounts, start as soon as the engine is up, beside cloud-init too: creating and
@@ -128,16 +133,9 @@ NOT_BEFORE_CONTAINER = ("basic.target", "sysinit.target", "sockets.target", "net
 @pytest.mark.live
 @pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-admin-password.socket"])
 def test_container_starts_beside_cloud_init(host, unit):
-    props = dict(
-        line.split("=", 1)
-        for line in host.check_output(f"systemctl show {unit} -p DefaultDependencies -p After").splitlines()
-        if "=" in line
-    )
-    waits_for = sorted(set(props.get("After", "").split()) & set(NOT_BEFORE_CONTAINER))
-    assert props.get("DefaultDependencies") == "no" and not waits_for, (
-        f"{unit} waits for {waits_for or 'basic.target (DefaultDependencies=yes)'}: creating and starting the "
-        "container would wait for cloud-init's network stage and the secrets"
-    )
+    waits_for = _waits_for(host, unit, NOT_BEFORE_CONTAINER)
+    assert not waits_for, (f"{unit} waits for {waits_for}: creating and starting the container would wait for "
+                           "cloud-init's network stage and the secrets")
 
 
 @pytest.mark.live
