@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra import processes
 from infra.localtwin.instance import free_port
 from render.haproxy import TargetGroupHealth, render_haproxy_cfg
 
@@ -113,13 +114,7 @@ class Balancer:
                       f"{self.tg.healthy_threshold} recover)")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        processes.end(self._proc, timeout=10)
         self._proc = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from infra import processes
 from infra.localtwin.accel import choose_accelerator
 
 SSH_USER = "admin"  # the default user of the base disk, as on Debian's EC2 images
@@ -417,13 +418,7 @@ class Instance:
     def stop(self) -> None:
         """Stop QEMU and delete the private directory (user data with secrets, key, overlay). Idempotent."""
         t = time.monotonic()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        processes.end(self._proc, timeout=15)
         self._proc = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from infra import processes
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = REPO_ROOT / "build" / "cache" / "registry"
 REGISTRY_PORT = 55000
@@ -94,13 +96,7 @@ class LoopbackRegistry:
         raise RegistryError(f"docker-registry did not answer on {self.address} within {START_TIMEOUT_S:.0f}s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        processes.end(self._proc, timeout=15)
         self._proc = None
 
     def _api(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int | None, Any]:
