@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra.localtwin.cachelock import cache_lock
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / "build" / "cache" / "base"
 CUSTOMIZE_HOOK = Path(__file__).with_name("customize-base-disk.sh")
@@ -184,13 +186,16 @@ def build_base_disk(cache: Path = DEFAULT_CACHE, log: Log = print) -> BaseDisk:
 def ensure_base_disk(cache: Path = DEFAULT_CACHE, log: Log = print) -> BaseDisk:
     """Return the cached base disk, building it first only when it is missing."""
     base = cached_base_disk(cache)
-    if base is not None:
-        log(f"base disk: reusing {base.disk.parent}")
-        return base
-    log(f"base disk: building {RELEASE} with mmdebstrap (about 1.5 min) ...")
-    started = time.monotonic()
-    base = build_base_disk(cache, log)
-    log(f"base disk: built {base.disk} in {time.monotonic() - started:.0f}s")
+    if base is None:
+        with cache_lock(cache, "base disk", log):
+            base = cached_base_disk(cache)  # built by the process this one waited for
+            if base is None:
+                log(f"base disk: building {RELEASE} with mmdebstrap (about 1.5 min) ...")
+                started = time.monotonic()
+                base = build_base_disk(cache, log)
+                log(f"base disk: built {base.disk} in {time.monotonic() - started:.0f}s")
+                return base
+    log(f"base disk: reusing {base.disk.parent}")
     return base
 
 
