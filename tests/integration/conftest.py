@@ -294,18 +294,70 @@ def make_node(tmp_path: Path, services: tuple[ThrowawayPostgres, ThrowawayRedis]
 
 
 # ---- the baked local artifact, shared by every test that boots it -------------------------------------------
+# The bake (a TCG VM, 15-25 minutes) starts as soon as collection shows that a selected test will need it, and runs
+# beside the tests that do not: most of those wait on subprocesses, moto and PostgreSQL rather than on both cores,
+# and the bake itself waits on downloads. The first test that needs the artifact waits for it.
+_BAKE_TIMEOUT_S = 3600
+_bake: dict[str, Any] = {}
+
+
+def _start_bake() -> None:
+    log = tempfile.NamedTemporaryFile(prefix="local-artifact-bake-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], cwd=ROOT, text=True,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    _bake.update(proc=proc, log=Path(log.name), started=time.monotonic())
+
+
+def _will_run(item: pytest.Item) -> bool:
+    return not any(m.args and m.args[0] is True for m in item.iter_markers("skipif")) and not any(
+        True for _ in item.iter_markers("skip"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or _bake:
+        return
+    if any("local_artifact" in getattr(item, "fixturenames", ()) and _will_run(item) for item in session.items):
+        _start_bake()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A bake still running when the session ends (a failure with -x, Ctrl-C) is stopped with its VM."""
+    proc = _bake.get("proc")
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = _bake.get("log")
+    if log is not None:
+        log.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def local_artifact() -> dict[str, Any]:
     """Bake the local image (or reuse the one whose fingerprint matches) with the real front door; its manifest.
 
-    Session-scoped so the chain test and the live image-suite checks share one bake whatever order they run in.
-    Progress is streamed to the test log (visible with -s or in CI's output on failure).
+    Session-scoped so the chain test and the live image-suite checks share one bake whatever order they run in;
+    started early by pytest_collection_finish above. The bake's output is written to the test log (visible with -s
+    or in CI's output on failure).
     """
-
-    proc = subprocess.run([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], cwd=ROOT, text=True,
-                          timeout=3600, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.stdout.write(proc.stdout)
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    if not _bake:
+        _start_bake()
+    proc: subprocess.Popen[str] = _bake["proc"]
+    remaining = _BAKE_TIMEOUT_S - (time.monotonic() - _bake["started"])
+    try:
+        proc.wait(timeout=max(remaining, 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    output = _bake["log"].read_text(errors="replace")
+    sys.stdout.write(output)
+    assert proc.returncode == 0, f"inv build-ami --env local exited {proc.returncode}:\n{output[-4000:]}"
     manifest = json.loads((ROOT / "build" / "local" / "manifest.json").read_text())
-    manifest["build_output"] = proc.stdout
+    manifest["build_output"] = output
     return manifest
