@@ -107,6 +107,20 @@ def occ_calls(pg: ThrowawayPostgres, verb: str) -> list[tuple]:
     return query(pg, f"SELECT host, pid, exit_code, note FROM occ_double_calls WHERE verb = '{verb}' ORDER BY id")
 
 
+def end_group(proc: subprocess.Popen[str], timeout: float) -> None:
+    """End a child started with its own session, and everything in it: SIGTERM, ``timeout`` s, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class Node:
     """One would-be container: own webroot copy and tmpfs state dir, the cluster environment."""
 
@@ -264,16 +278,8 @@ class Node:
 
     def stop(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                # Own session each: this ends the entrypoint and its web server and init, not just the first.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+            # Own session each: this ends the entrypoint and its web server and init, not just the first.
+            end_group(p, timeout=10)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.admin_socket.close()
 
@@ -323,16 +329,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A bake still running when the session ends (a failure with -x, Ctrl-C) is stopped with its VM."""
-    proc = _bake.get("proc")
-    if proc is not None and proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    if _bake:
+        end_group(_bake["proc"], timeout=120)
     log = _bake.get("log")
     if log is not None:
         log.unlink(missing_ok=True)
@@ -353,8 +351,7 @@ def local_artifact() -> dict[str, Any]:
     try:
         proc.wait(timeout=max(remaining, 1))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        end_group(proc, timeout=120)
     output = _bake["log"].read_text(errors="replace")
     sys.stdout.write(output)
     assert proc.returncode == 0, f"inv build-ami --env local exited {proc.returncode}:\n{output[-4000:]}"
