@@ -164,7 +164,7 @@ build {
 
   provisioner "shell" {
     execute_command  = local.sudo_execute
-    environment_vars = concat(local.common_env, ["OS_PACKAGES=python3-boto3"])
+    environment_vars = concat(local.common_env, ["OS_PACKAGES=python3-boto3 curl"])
     script           = "${path.root}/../image/scripts/install-os-packages.sh"
   }
 

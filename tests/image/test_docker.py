@@ -144,3 +144,24 @@ def test_no_docker_bridge_or_nat(host):
     assert "bridge" not in networks, f"dockerd created its bridge network: {networks}"
     chains = host.run("iptables -S 2>/dev/null || true").stdout
     assert "DOCKER" not in chains, f"dockerd wrote iptables rules: {chains[:300]}"
+
+
+# The secrets are resolved while cloud-init's network stage still runs: instance.json comes from the user data its
+# local stage cached (nextcloud-instance-json.service), not from that stage's write_files.
+NOT_BEFORE_SECRETS = ("basic.target", "sysinit.target", "network-online.target", "cloud-init.service")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("unit", ["nextcloud-instance-json.service", "nextcloud-secrets.service"])
+def test_secrets_do_not_wait_for_cloud_inits_network_stage(host, unit):
+    waits_for = _waits_for(host, unit, NOT_BEFORE_SECRETS)
+    assert not waits_for, (f"{unit} waits for {waits_for}: the secrets would be resolved only after cloud-init's "
+                           "network stage")
+
+
+@pytest.mark.live
+def test_instance_json_came_from_the_local_stage_cache(host):
+    # On this boot the early path must have worked (the fallback, waiting for cloud-init, is for user data it cannot
+    # read): otherwise the ordering above gains nothing.
+    log = host.check_output("journalctl --no-pager -b -o cat -u nextcloud-instance-json.service")
+    assert "from the user data cloud-init's local stage cached" in log or "exists already" in log, log[-600:]

@@ -795,8 +795,13 @@ def test_secrets_unit_orders_and_hardens_the_resolver():
     # Retries inside the one start: a restarting oneshot would fail nextcloud.service's start job for good.
     assert service["TimeoutStartSec"] == ["infinity"] and "Restart" not in service
     assert service["NotifyAccess"] == ["main"]  # the reason of the last failed attempt shows as its status
-    assert {"cloud-init.service", "network-online.target"} <= set(words(unit, "Unit", "After"))
-    assert "network-online.target" in words(unit, "Unit", "Wants")
+    # After the unit that takes instance.json from cloud-init's local-stage cache and after ifupdown, never after
+    # what cloud-init's network stage holds back (that stage runs 10+ s longer under TCG).
+    after = set(words(unit, "Unit", "After"))
+    assert {"nextcloud-instance-json.service", "cloud-init-local.service", "networking.service"} <= after, after
+    assert unit["Unit"]["DefaultDependencies"] == ["no"]
+    assert not after & {"cloud-init.service", "network-online.target", "basic.target", "sysinit.target"}, after
+    assert "nextcloud-instance-json.service" in words(unit, "Unit", "Wants")
     # The container starts before the secrets are resolved and waits for the file: ordering the container after
     # this unit would put creating and starting it back on the boot's critical path.
     assert "nextcloud.service" not in words(unit, "Unit", "Before")
@@ -858,7 +863,12 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     assert "--env-file" not in argv[argv.index("--env-file") + 2 :], "secrets must not go in as docker env"
 
     # A leftover container goes with its anonymous volumes; and none are made: /var/www/html gets an empty tmpfs.
-    assert "-/usr/bin/docker rm --force --volumes nextcloud" in service["ExecStartPre"]
+    # Through the Engine API (curl, not the 45 MB docker CLI on the boot path): DELETE with force and v (volumes).
+    (pre,) = service["ExecStartPre"]
+    pre_argv = shlex.split(pre)
+    assert pre_argv[0] == "/usr/bin/curl" and pre_argv[pre_argv.index("--unix-socket") + 1] == "/run/docker.sock"
+    assert pre_argv[pre_argv.index("-X") + 1] == "DELETE"
+    assert pre_argv[-1] == "http://localhost/containers/nextcloud?force=true&v=true"
     assert pairs["--mount"].startswith("type=tmpfs,destination=/var/www/html,")
     (stop,) = service["ExecStop"]
     stop_argv = shlex.split(stop)
@@ -886,7 +896,7 @@ def unit_root(tmp_path: Path) -> Path:
     docker_unit = root / "lib" / "systemd" / "system" / "docker.service"
     docker_unit.unlink(missing_ok=True)
     docker_unit.write_text("[Unit]\nDescription=stand-in for docker.io\n[Service]\nExecStart=/usr/bin/dockerd\n")
-    for tool in ("docker", "dockerd", "test", "rm", "../../bin/systemctl"):
+    for tool in ("docker", "dockerd", "curl", "test", "rm", "python3", "../../bin/systemctl"):
         stub = root / "usr" / "bin" / tool
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
