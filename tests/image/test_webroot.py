@@ -44,6 +44,9 @@ def test_start_removes_a_leftover_container_with_its_volumes(host):
     old_id = host.check_output(f"docker inspect --format '{{{{.Id}}}}' {CONTAINER}")
     host.check_output("systemctl stop nextcloud.service")
     try:
+        gone = time.monotonic() + 60  # --rm: the daemon removes the stopped container asynchronously
+        while host.run(f"docker inspect --format '{{{{.Id}}}}' {CONTAINER}").rc == 0 and time.monotonic() < gone:
+            time.sleep(1)
         leftover = host.check_output(f"docker create --name {CONTAINER} {DERIVED} true")
         assert host.check_output("docker volume ls --quiet").split(), "docker create made no volume to leave behind"
     finally:
