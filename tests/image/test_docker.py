@@ -127,7 +127,7 @@ def _waits_for(host, unit: str, not_before: tuple[str, ...]) -> list[str]:
 # starting the container then happens while cloud-init's network stage runs, and the entrypoint waits for the
 # secrets file. Waiting for the secrets unit (or what cloud-init holds back) puts all of it back on the boot's path.
 NOT_BEFORE_CONTAINER = ("basic.target", "sysinit.target", "sockets.target", "network-online.target",
-                        "cloud-init.service", "nextcloud-secrets.service")
+                        "network.target", "networking.service", "cloud-init.service", "nextcloud-secrets.service")
 
 
 @pytest.mark.live
@@ -136,6 +136,22 @@ def test_container_starts_beside_cloud_init(host, unit):
     waits_for = _waits_for(host, unit, NOT_BEFORE_CONTAINER)
     assert not waits_for, (f"{unit} waits for {waits_for}: creating and starting the container would wait for "
                            "cloud-init's network stage and the secrets")
+
+
+@pytest.mark.live  # systemd's view: what it stops first at shutdown is what it started last
+def test_the_container_drains_before_the_network_goes_down(host):
+    props = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show nextcloud-drain.service -p ActiveState -p After -p ExecStop").splitlines()
+        if "=" in line
+    )
+    assert props["ActiveState"] == "active", "nextcloud-drain.service is not active: nothing drains at shutdown"
+    after = set(props["After"].split())
+    assert {"nextcloud.service", "docker.service", "network.target"} <= after, after
+    assert "docker stop" in props["ExecStop"].replace("/usr/bin/docker", "docker")
+    # ifupdown takes the interfaces down only after network.target stopped, i.e. after the drain.
+    assert "network.target" in host.check_output("systemctl show networking.service -p Before --value").split()
 
 
 @pytest.mark.live

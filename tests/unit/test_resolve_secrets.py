@@ -827,13 +827,13 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     for dependency in ("docker.service", "nextcloud-secrets.service"):
         assert dependency in words(unit, "Unit", "Requires")
     # Beside cloud-init: after the engine, never after what cloud-init's network stage holds back, nor after the
-    # secrets (the entrypoint waits for them); stopped before the network and the engine at shutdown.
+    # secrets (the entrypoint waits for them), nor after ifupdown; stopped before the engine at shutdown (and
+    # before the network by nextcloud-drain.service, below).
     after = set(words(unit, "Unit", "After"))
     assert "docker.service" in after and "systemd-tmpfiles-setup.service" in after
     assert unit["Unit"]["DefaultDependencies"] == ["no"]
     assert not after & {"basic.target", "sysinit.target", "cloud-init.service", "network-online.target",
-                        "nextcloud-secrets.service"}, after
-    assert "network.target" in after
+                        "network.target", "networking.service", "nextcloud-secrets.service"}, after
     assert words(unit, "Unit", "Conflicts") == ["shutdown.target"]
     assert "shutdown.target" in words(unit, "Unit", "Before")
     socket = parse_unit(NEXTCLOUD_UNIT.parent / "nextcloud-admin-password.socket")
@@ -879,6 +879,29 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     assert int(service["TimeoutStopSec"][0]) > drain
 
 
+def test_drain_unit_stops_the_container_before_the_network_at_shutdown():
+    # systemd stops units in the reverse of their start order: a unit started after nextcloud.service, the
+    # engine and network.target is stopped before all three, so its ExecStop drains the container while
+    # ifupdown's interfaces are still up (nextcloud.service itself starts before network.target).
+    unit = parse_unit(UNIT_DIR / "nextcloud-drain.service")
+    nextcloud = parse_unit(NEXTCLOUD_UNIT)
+    after = set(words(unit, "Unit", "After"))
+    assert {"nextcloud.service", "docker.service", "network.target"} <= after, after
+    assert unit["Unit"]["DefaultDependencies"] == ["no"]
+    assert words(unit, "Unit", "Conflicts") == ["shutdown.target"]
+    assert "shutdown.target" in words(unit, "Unit", "Before")
+    service = unit["Service"]
+    assert service["Type"] == ["oneshot"] and service["RemainAfterExit"] == ["yes"]
+    (stop,) = service["ExecStop"]
+    stop_argv = shlex.split(stop.removeprefix("-"))
+    assert stop_argv[:2] == ["/usr/bin/docker", "stop"] and stop_argv[-1] == "nextcloud"
+    run = shlex.split(nextcloud["Service"]["ExecStart"][0])
+    drain = int(stop_argv[stop_argv.index("--time") + 1])
+    assert drain == int(run[run.index("--stop-timeout") + 1])
+    assert int(service["TimeoutStopSec"][0]) > drain
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
 def systemd_analyze() -> str | None:
     return shutil.which("systemd-analyze")
 
@@ -896,7 +919,7 @@ def unit_root(tmp_path: Path) -> Path:
     docker_unit = root / "lib" / "systemd" / "system" / "docker.service"
     docker_unit.unlink(missing_ok=True)
     docker_unit.write_text("[Unit]\nDescription=stand-in for docker.io\n[Service]\nExecStart=/usr/bin/dockerd\n")
-    for tool in ("docker", "dockerd", "curl", "test", "rm", "python3", "../../bin/systemctl"):
+    for tool in ("docker", "dockerd", "curl", "test", "true", "rm", "python3", "../../bin/systemctl"):
         stub = root / "usr" / "bin" / tool
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
