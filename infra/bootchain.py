@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Iterable
 from typing import Any
+
+# read(): ssh attempts while the guest's sshd restarts, and the pause between them.
+SSH_ATTEMPTS = 4
+SSH_RETRY_S = 3.0
 
 # The units on the way from power-on to /readyz, in the order they normally finish.
 UNITS = (
@@ -103,7 +108,13 @@ def summary(chain: dict[str, Any]) -> str:
 
 def read(inst: Any) -> dict[str, Any]:
     """Read the chain from a booted instance (an infra.localtwin Instance) over SSH."""
-    proc = inst.ssh(f"sudo sh -c {shlex.quote(command())}", timeout=120)
+    # Read right after /readyz answered, which is often while cloud-init's config stage restarts sshd
+    # (set_passwords): a refused or reset connection (ssh exits 255) is tried again a few times.
+    for attempt in range(SSH_ATTEMPTS):
+        proc = inst.ssh(f"sudo sh -c {shlex.quote(command())}", timeout=120)
+        if proc.returncode != 255 or attempt == SSH_ATTEMPTS - 1:
+            break
+        time.sleep(SSH_RETRY_S)
     if proc.returncode != 0:
         return {"error": f"reading the boot chain failed ({proc.returncode}): {proc.stderr.strip()[:200]}"}
     return parse(proc.stdout)

@@ -1,6 +1,7 @@
 """The boot chain the benchmark records: systemd's and the container's own timestamps, parsed as they come."""
 
 import json
+import subprocess
 
 from infra import bootchain
 
@@ -59,3 +60,33 @@ def test_the_command_asks_for_every_unit_and_the_containers_journal():
     for unit in bootchain.UNITS:
         assert unit in cmd
     assert "journalctl" in cmd and "-u nextcloud.service" in cmd and "-o json" in cmd
+
+
+class _RestartingSshd:
+    """Stands in for an Instance whose sshd is being restarted by cloud-init's config stage: ssh (OpenSSH's
+    client) exits 255 on a refused or reset connection, then the login works."""
+
+    def __init__(self, failures: int, output: str):
+        self.failures, self.output, self.calls = failures, output, 0
+
+    def ssh(self, command: str, timeout: float = 60):
+        self.calls += 1
+        if self.calls <= self.failures:
+            return subprocess.CompletedProcess(["ssh"], 255, "", "kex_exchange_identification: Connection reset")
+        return subprocess.CompletedProcess(["ssh"], 0, self.output, "")
+
+
+def test_read_tries_again_while_sshd_restarts(monkeypatch):
+    monkeypatch.setattr(bootchain, "SSH_RETRY_S", 0)
+    inst = _RestartingSshd(failures=2, output=SHOW + "--journal--\n")
+    chain = bootchain.read(inst)
+    assert "error" not in chain and chain["units"]["cloud-init.service"]["active_s"] == 31.2
+    assert inst.calls == 3
+
+
+def test_read_gives_up_and_says_why(monkeypatch):
+    monkeypatch.setattr(bootchain, "SSH_RETRY_S", 0)
+    inst = _RestartingSshd(failures=99, output="")
+    chain = bootchain.read(inst)
+    assert chain["error"].startswith("reading the boot chain failed (255): kex_exchange_identification")
+    assert inst.calls == bootchain.SSH_ATTEMPTS
