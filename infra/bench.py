@@ -1225,7 +1225,8 @@ def run_bench(
             floor = floor_disk(root, inputs.base, log)
 
             def after_bare(inst: BenchInstance) -> dict[str, Any]:
-                return {**_host_key_types(inst), **_boot_chain(inst, log)}
+                chain = _boot_chain(inst, log)  # first: it waits out an sshd restart (bootchain.read)
+                return {**_host_key_types(inst), **chain}
 
             m["boot_bare_s"] = _measure_boots(
                 "bare", "boot_bare_s", runs, lambda n: (floor, user_data, after_bare), "ssh", timeout_s, log)
@@ -1236,10 +1237,10 @@ def run_bench(
             services()
 
             def after_baked(inst: BenchInstance) -> dict[str, Any]:
+                chain = _boot_chain(inst, log)  # first: it waits out an sshd restart (bootchain.read)
                 if not image_info:
                     image_info.update(_docker_image_sizes(inst, _nextcloud_image(inputs)))
-                return {**_installed_here(inst), **_host_key_types(inst), **_docker_volumes(inst),
-                        **_boot_chain(inst, log)}
+                return {**_installed_here(inst), **_host_key_types(inst), **_docker_volumes(inst), **chain}
 
             m["boot_baked_ready_s"] = _measure_boots(
                 "baked", "boot_baked_ready_s", runs, lambda n: (inputs.artifact, user_data, after_baked), "ready",
