@@ -67,6 +67,30 @@ def test_target_boundaries_are_inclusive():
 
 
 # ---- choosing measurements ----------------------------------------------------------------------------------
+def test_bare_and_baked_boots_take_turns(monkeypatch):
+    # The boot itself is QEMU (integration suite); here only the order and the bookkeeping around it. A slow
+    # phase of the machine must fall on both sides of the ratio, not on whichever kind happened to run then.
+    order: list[tuple[str, int]] = []
+
+    def boot(kind, target, user_data, until, *, run, runs, timeout_s, log, after=None, quiet_wait_s=0):
+        order.append((kind, run))
+        if (kind, run) == ("baked", 2):
+            raise bench.BenchError("readiness not reached")
+        value = {"bare": 30.0, "baked": 33.0}[kind] + run
+        return {"ssh_login_s": value, "ready_s": value} if until == "ssh" else {"ready_s": value}
+
+    monkeypatch.setattr(bench, "_boot_once", boot)
+
+    def make(n):
+        return ("disk", "ud", None)
+    bare, baked = bench._measure_alternating([("bare", make, "ssh"), ("baked", make, "ready")], 3, 60, lambda _: None)
+    assert order == [("bare", 1), ("baked", 1), ("bare", 2), ("baked", 2), ("bare", 3), ("baked", 3)]
+    assert bare["samples"] == [31.0, 32.0, 33.0] and bare["stats"]["median"] == 32.0
+    assert baked["samples"] == [34.0, 36.0] and baked["error"] == "run 2: readiness not reached"
+    assert [d["turn"] for d in baked["details"]] == [1, 3]
+    assert bare["alternated_with"] == ["baked"] and bare["until"] == "SSH key login"
+
+
 def test_select_measurements_accepts_names_keys_and_comma_lists_in_run_order():
     assert bench.select_measurements(None) == list(bench.MEASUREMENTS)
     chosen = bench.select_measurements(["seed,footprint,bare", "boot_baked_ready_s"])
