@@ -610,22 +610,11 @@ def _boot_once(
 BootMaker = Callable[[int], tuple[BootTarget, str, Callable[[BenchInstance], dict[str, Any]] | None]]
 
 
-def _measure_boots(
-    kind: str,
-    key: str,
-    runs: int,
-    make: BootMaker,
-    until: str,
-    timeout_s: float,
-    log: Log,
-) -> dict[str, Any]:
-    return _measure_alternating([(kind, make, until)], runs, timeout_s, log)[0]
-
-
 def _measure_alternating(
     series: Sequence[tuple[str, BootMaker, str]], runs: int, timeout_s: float, log: Log
 ) -> list[dict[str, Any]]:
-    """Boot each series ``runs`` times, taking turns (bare 1, baked 1, bare 2, baked 2, ...).
+    """Boot each series ``runs`` times, taking turns (bare 1, baked 1, bare 2, baked 2, ...); one series alone
+    is simply ``runs`` boots of it.
 
     Under TCG the whole guest runs slower for minutes at a time (the host's other tenants): with all bare boots
     first and all baked boots after, such a phase lands on one side of the ratio only. Taking turns spreads it
@@ -1401,8 +1390,7 @@ def _measure_seed(
         return {**_seed_step_timings(inst), **_installed_here(inst)}
 
     log(f"bench: seed-style sources served on 127.0.0.1:{port} (guest: http://{GUEST_HOST_IP}:{port}/)")
-    entry = _measure_boots("seed", "boot_seed_ready_s", runs, lambda n: (target, seed_ud, after), "ready",
-                           timeout_s, log)
+    (entry,) = _measure_alternating([("seed", lambda n: (target, seed_ud, after), "ready")], runs, timeout_s, log)
     entry["root_volume_gb"] = size_gb
     return entry
 

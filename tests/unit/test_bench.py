@@ -83,6 +83,7 @@ def test_bare_and_baked_boots_take_turns(monkeypatch):
 
     def make(n):
         return ("disk", "ud", None)
+
     bare, baked = bench._measure_alternating([("bare", make, "ssh"), ("baked", make, "ready")], 3, 60, lambda _: None)
     assert order == [("bare", 1), ("baked", 1), ("bare", 2), ("baked", 2), ("bare", 3), ("baked", 3)]
     assert bare["samples"] == [31.0, 32.0, 33.0] and bare["stats"]["median"] == 32.0
