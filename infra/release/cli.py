@@ -1,0 +1,111 @@
+"""``python -m infra.release PATH [--unpack-to DIR] [--all]``: verify a Nextcloud release and say so.
+
+Prints a table of the signature scopes, the missing files, what refuses the release (at most LIST_LIMIT lines and
+a count), then ``verdict: <verified|verified_with_missing|refused> - <detail>``. Exit 0 when verified (missing
+files listed), 1 when refused, 2 when the path is not a release at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from infra.release import REFUSED, BadInput, ReleaseReport, UnsafeArchive, verify_release
+from infra.release.signature import ScopeResult
+
+LIST_LIMIT = 50
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m infra.release", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a release archive (.tar.bz2, .tar.gz, .zip) or its unpacked tree")
+    parser.add_argument("--unpack-to", type=Path, metavar="DIR",
+                        help="for an archive: a new or empty folder to unpack into and keep (default: a temporary "
+                             "folder, removed afterwards)")
+    parser.add_argument("--all", action="store_true", help="one table row per app, also for apps that match")
+    return parser
+
+
+def _row(scope: ScopeResult) -> list[str]:
+    status = "bad signature" if scope.bad_signature else "refused" if scope.refused else \
+        "missing files" if scope.missing else "ok"
+    return [scope.name, scope.signer or "-", str(scope.signed), str(scope.checked), str(len(scope.missing)),
+            str(len(scope.extra)), str(len(scope.invalid)), str(len(scope.unsafe)), status]
+
+
+def scope_table(report: ReleaseReport, show_all: bool = False):
+    """A rich Table: core, every app with a finding (every app with ``show_all``), the matching apps summed."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"Nextcloud {report.version} - {report.tree}"))
+    for column in ("scope", "signer", "signed", "checked", "missing", "extra", "invalid", "unsafe", "status"):
+        table.add_column(column, justify="left" if column in ("scope", "signer", "status") else "right")
+    quiet = []
+    for scope in report.scopes:
+        if show_all or scope.name == "core" or scope.refused or scope.missing:
+            table.add_row(*(escape(cell) for cell in _row(scope)))
+        else:
+            quiet.append(scope)
+    if quiet:
+        table.add_row(f"{len(quiet)} other apps", ", ".join(sorted({s.signer for s in quiet})),
+                      str(sum(s.signed for s in quiet)), str(sum(s.checked for s in quiet)),
+                      "0", "0", "0", "0", "ok")
+    return table
+
+
+def _limited(lines: list[str]) -> list[str]:
+    shown = [f"  {line}" for line in lines[:LIST_LIMIT]]
+    if len(lines) > LIST_LIMIT:
+        shown.append(f"  ... and {len(lines) - LIST_LIMIT} more")
+    return shown
+
+
+def verdict_line(report: ReleaseReport) -> str:
+    if report.verdict == REFUSED:
+        count = len(report.problems)
+        return f"verdict: {REFUSED} - Nextcloud {report.version}: {count} problem{'s' * (count != 1)} (listed above)"
+    missing = len(report.missing_files)
+    checked = sum(s.checked for s in report.scopes)
+    detail = f"; {missing} signed file{'s' * (missing != 1)} missing (listed above)" if missing else ""
+    return (f"verdict: {report.verdict} - Nextcloud {report.version}: {checked} files in {len(report.scopes)} "
+            f"signature scopes match{detail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Verify the release named on the command line; the exit code is the verdict (0, 1) or bad input (2)."""
+    from rich.console import Console
+
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    try:
+        report = verify_release(args.path, unpack_to=args.unpack_to)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {args.path}: cannot be read ({exc})", file=sys.stderr)
+        return 2
+    except UnsafeArchive as exc:
+        print(f"refused archive {args.path}: {exc}")
+        print(f"verdict: {REFUSED} - unsafe archive: {exc}")
+        return 1
+    if report.archive:
+        print(f"archive {report.archive}, unpacked to {args.unpack_to or 'a temporary folder (removed)'}")
+    if report.scopes:
+        console.print(scope_table(report, args.all))
+    if report.uncovered:
+        folders = ", ".join(f"{name}/ {count} files" for name, count in report.uncovered.items())
+        console.print(f"not covered by any signature (as in Nextcloud; never verified): {folders}")
+    if report.missing_files:
+        console.print(f"missing ({len(report.missing_files)}): signed, absent from the tree:")
+        print("\n".join(f"  {rel}" for rel in report.missing_files))
+    if report.problems:
+        console.print(f"refused because of ({len(report.problems)}):")
+        print("\n".join(_limited(report.problems)))
+    files = sum(s.checked for s in report.scopes)
+    console.print(f"{files} files hashed in {report.seconds:.1f} s")
+    print(verdict_line(report))
+    return 1 if report.verdict == REFUSED else 0
