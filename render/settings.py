@@ -105,6 +105,25 @@ class Nextcloud(_Section):
     version: Annotated[
         str, matching(r"\d+\.\d+\.\d+", "must be a Nextcloud release such as 34.0.3 (major.minor.patch)")
     ] = Field(description="Nextcloud version the image carries")
+    release: str | None = Field(
+        default=None,
+        description="local twin only: a Nextcloud release archive (.tar.bz2/.zip) or unpacked tree to run instead of "
+        "the stand-in; verified against its code signature before anything runs. nextcloud.version and "
+        "nextcloud.image then come from the release (nextcloud-release:<version>-apache)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_release(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("release"):
+            return data
+        from render.nextcloud_release_path import release_version
+
+        try:
+            version = release_version(Path(str(data["release"])))
+        except ValueError as exc:
+            raise FieldProblems([("release", str(exc))]) from None
+        return {**data, "version": version, "image": f"nextcloud-release:{version}-apache"}
 
     @field_validator("image")
     @classmethod
@@ -643,6 +662,9 @@ class Settings(_Section):
         if self.builder != "aws":
             return self
         problems: list[tuple[str, str]] = []
+        if self.nextcloud.release:
+            problems.append(("nextcloud.release", "only the local twin builds from a release archive or tree; an AWS "
+                             "bake builds on the digest-pinned official image (nextcloud.image): remove the line"))
         if not self.base_image.owner:
             problems.append(("base_image.owner", "required for AWS: set it to the AMI owner, e.g. '136693071363'"))
         if not self.base_image.name_filter:

@@ -85,12 +85,14 @@ def docker_engine_available() -> bool:
 @contextlib.contextmanager
 def _standin_base(workdir: Path, log: Log) -> Iterator[tuple[str, str]]:
     """(registry address, digest-pinned reference) of the stand-in, served by a private loopback registry."""
+    from infra.localtwin.build import nextcloud_base_image
     from infra.localtwin.registry import LoopbackRegistry
-    from infra.localtwin.standin import ensure_standin_image
     from render.settings import load_settings
 
+    # The local environment's base: the verified release named by nextcloud.release (NCIMAGE_NEXTCLOUD__RELEASE),
+    # else the stand-in.
     settings = load_settings(REPO_ROOT, "local").settings
-    image = ensure_standin_image(settings.nextcloud.image, settings.nextcloud.version, log=log)
+    image = nextcloud_base_image(settings, log)
     with LoopbackRegistry(storage=workdir / "registry", port=free_port()) as registry:
         registry.push(image)
         yield registry.address, image.reference(registry.address)

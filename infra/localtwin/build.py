@@ -142,14 +142,23 @@ def resolve_local_inputs(settings: Any, log: Log = print) -> tuple[Any, base_dis
     from render.outputs import ResolvedInputs
 
     base = base_disk.ensure_base_disk(log=log)
-    try:
-        image = standin.ensure_standin_image(settings.nextcloud.image, settings.nextcloud.version, log=log)
-    except (RuntimeError, ValueError) as exc:
-        raise BuildError(f"stand-in image: {exc}") from exc
+    image = nextcloud_base_image(settings, log)
     resolved = ResolvedInputs(
         base_image_id=base.digest, base_image_name=base.label, nextcloud_image=image.reference(GUEST_REGISTRY),
     )
     return resolved, base, image
+
+
+def nextcloud_base_image(settings: Any, log: Log = print) -> standin.StandinImage:
+    """The twin's Nextcloud base image: the verified release named by ``nextcloud.release``, else the stand-in."""
+    from infra.localtwin import release_image
+
+    try:
+        if settings.nextcloud.release:
+            return release_image.ensure_release_image(Path(settings.nextcloud.release), log=log)
+        return standin.ensure_standin_image(settings.nextcloud.image, settings.nextcloud.version, log=log)
+    except (RuntimeError, ValueError) as exc:
+        raise BuildError(f"Nextcloud base image: {exc}") from exc
 
 
 def current_fingerprint(root: Path, settings: Any, build_dir: Path, log: Log = print) -> str:

@@ -239,7 +239,7 @@ def _code_tree_entries(version: str) -> Iterator[tuple[tarfile.TarInfo, bytes | 
         yield info(f"usr/src/nextcloud/{extra}", tarfile.DIRTYPE, 0o755, owner=root), None
 
 
-def write_layer(entries: Iterator[tuple[tarfile.TarInfo, bytes | None]], blobs: Path) -> dict[str, object]:
+def write_layer(entries: Iterator[tuple[tarfile.TarInfo, bytes | Path | None]], blobs: Path) -> dict[str, object]:
     """Write one gzip layer blob from tar entries; return its digest, diff_id and size."""
     tmp = blobs / f".layer-{os.getpid()}"
     with tmp.open("wb") as raw:
@@ -248,7 +248,11 @@ def write_layer(entries: Iterator[tuple[tarfile.TarInfo, bytes | None]], blobs: 
             uncompressed = _Hashing(gz)
             with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 for ti, content in entries:
-                    tar.addfile(ti, io.BytesIO(content) if content is not None else None)
+                    if isinstance(content, Path):  # a file of a release tree: streamed, not read into memory
+                        with content.open("rb") as fh:
+                            tar.addfile(ti, fh)
+                    else:
+                        tar.addfile(ti, io.BytesIO(content) if content is not None else None)
     digest = compressed.sha.hexdigest()
     tmp.rename(blobs / digest)
     return {"digest": f"sha256:{digest}", "diff_id": f"sha256:{uncompressed.sha.hexdigest()}",
@@ -271,6 +275,56 @@ def _layer_from_tarball(tarball: Path, blobs: Path) -> dict[str, object]:
     tmp.rename(blobs / digest)
     return {"digest": f"sha256:{digest}", "diff_id": f"sha256:{diff.hexdigest()}", "size": compressed.size,
             "unpacked": size}
+
+
+def rootfs_key(fixture_dir: Path = FIXTURE_DIR) -> str:
+    """sha256 over what shapes the root filesystem layer: the mmdebstrap script, its hook and the rootfs overlay."""
+    digest = hashlib.sha256(f"standin rootfs format {FORMAT}\n".encode())
+    parts = [fixture_dir / ROOTFS_SCRIPT.name, fixture_dir / "customize-standin.sh",
+             *_fixture_files(fixture_dir / "rootfs")]
+    for path in parts:
+        digest.update(f"{path.relative_to(fixture_dir).as_posix()}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+ROOTFS_CACHE = DEFAULT_CACHE.parent / "standin-rootfs"
+
+
+def rootfs_layer(blobs: Path, log: Log = print, cache: Path = ROOTFS_CACHE) -> dict[str, object]:
+    """The root filesystem layer (mmdebstrap, about 2 min), written into ``blobs``; built once per ``rootfs_key``
+    and copied from its cache afterwards (the stand-in and the release image share it)."""
+    entry = cache / rootfs_key()
+    try:
+        layer = json.loads((entry / "layer.json").read_text())
+        blob = entry / str(layer["digest"]).split(":", 1)[1]
+        if blob.is_file():
+            shutil.copyfile(blob, blobs / blob.name)
+            return layer
+    except (OSError, ValueError, KeyError):
+        pass
+    started = time.monotonic()
+    tmp = cache / f".tmp-{entry.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rootfs = tmp / "rootfs.tar"
+        proc = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-30:])
+            raise RuntimeError(f"stand-in: {ROOTFS_SCRIPT.name} failed (exit {proc.returncode}):\n{tail}")
+        layer = _layer_from_tarball(rootfs, tmp)
+        rootfs.unlink()
+        (tmp / "layer.json").write_text(json.dumps(layer) + "\n")
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"root filesystem layer built in {time.monotonic() - started:.0f}s")
+    shutil.copyfile(entry / str(layer["digest"]).split(":", 1)[1], blobs / str(layer["digest"]).split(":", 1)[1])
+    return layer
 
 
 def image_config(version: str, layers: list[dict[str, object]]) -> dict[str, object]:
@@ -359,15 +413,8 @@ def build_standin_image(image: str, version: str, cache: Path = DEFAULT_CACHE, l
     blobs.mkdir(parents=True)
     started = time.monotonic()
     try:
-        rootfs = tmp / "rootfs.tar"
-        proc = subprocess.run([str(ROOTFS_SCRIPT), str(rootfs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-30:])
-            raise RuntimeError(f"stand-in: {ROOTFS_SCRIPT.name} failed (exit {proc.returncode}):\n{tail}")
-        log(f"stand-in image: root filesystem built in {time.monotonic() - started:.0f}s; writing the layers ...")
-        layers = [_layer_from_tarball(rootfs, blobs)]
-        rootfs.unlink()
+        layers = [rootfs_layer(blobs, log)]
+        log("stand-in image: writing the code tree layer ...")
         layers.append(write_layer(_code_tree_entries(version), blobs))
         digest = write_oci_layout(tmp / "oci", tag, image_config(version, layers), layers)
         info = {
