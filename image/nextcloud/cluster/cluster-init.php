@@ -85,7 +85,7 @@ final class Init {
 	}
 
 	public function run(): int {
-		$dbWhere = sprintf('%s:%d', $this->config['dbhost'], $this->config['dbport']);
+		$dbWhere = sprintf('%s:%d', ...dbAddress($this->config));
 		while (true) {
 			try {
 				$pdo = pgConnect($this->config);
@@ -118,11 +118,20 @@ final class Init {
 			}
 			if ($outcome->kind === 'ready') {
 				$row = $outcome->row;
+				try {
+					[$serverid, $node] = allocateServerId($this->config);
+				} catch (\Throwable $e) {
+					if (!$this->backoff('waiting', 'db_unreachable', 'cannot allocate a serverid: '
+						. ($e instanceof \PDOException ? describePdoError($e) : $e->getMessage()))) {
+						return EXIT_GAVE_UP;
+					}
+					continue;
+				}
 				self::state('ready', 'ready', '', [
 					'installed' => true, 'version' => $row['version'], 'versionstring' => $row['versionstring'],
-					'instanceid' => $row['instanceid'],
+					'instanceid' => $row['instanceid'], 'serverid' => $serverid, 'node' => $node,
 				]);
-				self::log("ready: cluster {$row['instanceid']} at {$row['version']}");
+				self::log("ready: cluster {$row['instanceid']} at {$row['version']}, serverid $serverid");
 				return 0;
 			}
 			if ($outcome->kind === 'fail') {
@@ -292,7 +301,7 @@ final class Init {
 			// No --database-pass / --admin-pass: occ asks for both (in this order) and reads the answers from its
 			// standard input (SHELL_INTERACTIVE keeps Symfony's console interactive without a terminal).
 			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--database=pgsql',
-				'--database-host=' . $c['dbhost'], '--database-port=' . $c['dbport'], '--database-name=' . $c['dbname'],
+				'--database-host=' . dbAddress($c)[0], '--database-port=' . dbAddress($c)[1], '--database-name=' . $c['dbname'],
 				'--database-user=' . $c['dbuser'], '--admin-user=' . $admin, '--data-dir=' . $c['datadirectory']],
 				$c['dbpassword'] . "\n" . $adminPass . "\n", $pdo, ['SHELL_INTERACTIVE' => '1']);
 			$adminPass = null;
@@ -556,7 +565,58 @@ function writePhpIni(): void {
 	atomicWrite("$dir/zz-nextcloud-cluster-session.ini", $ini, 0600);
 }
 
+/**
+ * Give this node a serverid (Nextcloud's Snowflake ID node part, 1..511) no other live node of the cluster holds:
+ * the lowest free one, under a transaction-level hold of the cluster lock. Leases nobody renewed for
+ * NEXTCLOUD_SERVERID_STALE_AFTER seconds (readiness renews them) belong to nodes that are gone and are freed first.
+ * Returns [serverid, node token].
+ */
+function allocateServerId(array $config): array {
+	$pdo = pgConnect($config);
+	$node = gethostname() . '/' . bin2hex(random_bytes(8));
+	$pdo->beginTransaction();
+	$pdo->query('SELECT pg_advisory_xact_lock(' . LOCK_KEY . ')');
+	$pdo->exec('CREATE TABLE IF NOT EXISTS ' . NODES_TABLE . ' (
+		serverid smallint PRIMARY KEY CHECK (serverid BETWEEN 1 AND 511),
+		node text NOT NULL UNIQUE,
+		joined_at timestamptz NOT NULL DEFAULT now(),
+		seen_at timestamptz NOT NULL DEFAULT now())');
+	$pdo->prepare('DELETE FROM ' . NODES_TABLE . ' WHERE seen_at < now() - make_interval(secs => ?)')
+		->execute([serverIdStaleSeconds()]);
+	$free = $pdo->query('SELECT min(s) AS s FROM generate_series(1, 511) s WHERE s NOT IN (SELECT serverid FROM '
+		. NODES_TABLE . ')')->fetch();
+	if ($free['s'] === null) {
+		$pdo->rollBack();
+		throw new \RuntimeException('all 511 serverids are held by live nodes');
+	}
+	$pdo->prepare('INSERT INTO ' . NODES_TABLE . ' (serverid, node) VALUES (?, ?)')->execute([(int)$free['s'], $node]);
+	$pdo->commit();
+	return [(int)$free['s'], $node];
+}
+
+/** --release-serverid: the node is draining; free its serverid at once (the container stop calls this). */
+function releaseServerId(): int {
+	$state = readState();
+	if (!isset($state['serverid'], $state['node'])) {
+		return 0;
+	}
+	try {
+		$pdo = pgConnect(loadConfig(webroot() . '/config'), 2);
+		$st = $pdo->prepare('DELETE FROM ' . NODES_TABLE . ' WHERE serverid = ? AND node = ?');
+		$st->execute([(int)$state['serverid'], (string)$state['node']]);
+		Init::log("released serverid {$state['serverid']}" . ($st->rowCount() === 1 ? '' : ' (it was no longer held)'));
+		return 0;
+	} catch (\Throwable $e) {
+		Init::log("could not release serverid {$state['serverid']} (it expires after " . serverIdStaleSeconds() . ' s): '
+			. ($e instanceof \PDOException ? describePdoError($e) : $e->getMessage()));
+		return 1;
+	}
+}
+
 function main(array $argv): int {
+	if (in_array('--release-serverid', $argv, true)) {
+		return releaseServerId();
+	}
 	$dir = stateDir();
 	if (!is_dir($dir) && !mkdir($dir, 0755, true)) {
 		fwrite(STDERR, "nextcloud-cluster-init: cannot create state dir $dir (NEXTCLOUD_CLUSTER_STATE_DIR)\n");

@@ -174,11 +174,25 @@ function redact(string $text): string {
 	return $text;
 }
 
+/**
+ * [host, port] of the database as Nextcloud reads them at run time: from 'dbhost' alone, written host:port
+ * (OC\DB\ConnectionFactory::splitHostFromPortAndSocket); 'dbport' is read by the installer only. Without a port,
+ * PostgreSQL's default.
+ */
+function dbAddress(array $config): array {
+	$host = (string)($config['dbhost'] ?? '');
+	if (preg_match('/^(.*):([^\]:]+)$/', $host, $m) && ctype_digit($m[2])) {
+		return [trim($m[1], '[]'), (int)$m[2]];
+	}
+	return [trim($host, '[]'), 5432];
+}
+
 /** PDO connection to the cluster database from the merged config, with a short connect timeout. */
 function pgConnect(array $config, int $timeoutSeconds = 3): \PDO {
+	[$host, $port] = dbAddress($config);
 	$dsn = sprintf(
 		'pgsql:host=%s;port=%d;dbname=%s;connect_timeout=%d;application_name=nextcloud-cluster',
-		$config['dbhost'] ?? '', (int)($config['dbport'] ?? 5432), $config['dbname'] ?? '', max(2, $timeoutSeconds)
+		$host, $port, $config['dbname'] ?? '', max(2, $timeoutSeconds)
 	);
 	try {
 		return new \PDO($dsn, (string)($config['dbuser'] ?? ''), (string)($config['dbpassword'] ?? ''), [
@@ -281,14 +295,17 @@ function readiness(): array {
 	if (version_compare($code['version'], $installed, '<')) {
 		return $notReady('code_older', "code {$code['version']} is older than installed $installed (downgrade is not supported)");
 	}
+	$datadir = dataDirectoryProblem($config, $code['version']);
+	if ($datadir !== null) {
+		return $notReady('datadir_invalid', $datadir);
+	}
 	try {
 		$pdo = pgConnect($config, 2);
 		$row = clusterRow($pdo);
 	} catch (\Throwable $e) {
 		$msg = $e instanceof \PDOException ? describePdoError($e) : redact($e->getMessage());
-		return $notReady('db_unreachable', sprintf('database unreachable (%s:%s): %s', $config['dbhost'] ?? '?', $config['dbport'] ?? '?', $msg));
+		return $notReady('db_unreachable', sprintf('database unreachable (%s:%d): %s', ...[...dbAddress($config), $msg]));
 	}
-	$pdo = null;
 	if ($row === null) {
 		return $notReady('not_installed', 'not installed: the database holds no cluster state');
 	}
@@ -303,13 +320,102 @@ function readiness(): array {
 		return $notReady('cluster_changed', "cluster is now at {$row['version']}, this node joined at $installed: restart it");
 	}
 	try {
+		$lease = renewServerId($pdo, $state);
+	} catch (\Throwable $e) {
+		return $notReady('db_unreachable', 'database error renewing this node\'s serverid: ' . describePdoError($e));
+	}
+	$pdo = null;
+	if ($lease !== null) {
+		return $notReady('serverid_lost', $lease);
+	}
+	try {
 		redisPing($config);
 	} catch (\Throwable $e) {
 		return $notReady('redis_unreachable', 'redis unreachable: ' . $e->getMessage());
 	}
+	$nextcloud = nextcloudStatusProblem($config);
+	if ($nextcloud !== null) {
+		return $notReady('nextcloud_unavailable', $nextcloud);
+	}
 	return ['ready' => true, 'code' => 'ready', 'reason' => '', 'version' => $installed, 'versionstring' => $code['versionstring']];
 }
 
+
+/**
+ * The data directory as Nextcloud checks it before it serves anything (OC_Util::checkServer): an absolute path
+ * holding the marker its installer writes (.ncdata from Nextcloud 30 on, .ocdata before), readable and writable.
+ * Null when valid, else the reason.
+ */
+function dataDirectoryProblem(array $config, string $codeVersion): ?string {
+	$dir = (string)($config['datadirectory'] ?? webroot() . '/data');
+	$marker = (int)explode('.', $codeVersion)[0] >= 30 ? '.ncdata' : '.ocdata';
+	if ($dir === '' || $dir[0] !== '/') {
+		return "data directory '$dir' is not an absolute path: Nextcloud refuses to serve";
+	}
+	if (!is_file("$dir/$marker")) {
+		return "data directory $dir has no $marker: Nextcloud refuses every request, occ and cron (\"Your data directory is invalid\")";
+	}
+	if (PHP_SAPI !== 'cli' && (!is_readable($dir) || !is_writable($dir))) {
+		return "data directory $dir is not readable and writable by the web server";
+	}
+	return null;
+}
+
+/**
+ * Nextcloud's own verdict: status.php on this node through the local web server (NEXTCLOUD_STATUS_URL). It runs
+ * Nextcloud's bootstrap and server checks: 200 with installed, no maintenance, no database upgrade needed, or it
+ * is a request Nextcloud would not serve. Null when Nextcloud agrees, else the reason.
+ */
+function nextcloudStatusProblem(array $config, float $timeout = 5.0): ?string {
+	$url = envOr('NEXTCLOUD_STATUS_URL', 'http://127.0.0.1/status.php');
+	$domains = $config['trusted_domains'] ?? [];
+	$host = is_array($domains) && $domains !== [] ? (string)reset($domains) : 'localhost';
+	$ctx = stream_context_create(['http' => [
+		'timeout' => $timeout, 'ignore_errors' => true, 'follow_location' => 0,
+		'header' => "Host: $host\r\nUser-Agent: nextcloud-cluster-readiness\r\n",
+	]]);
+	$body = @file_get_contents($url, false, $ctx);
+	$statusLine = isset($http_response_header[0]) ? (string)$http_response_header[0] : '';
+	if ($body === false || !preg_match('#^HTTP/\S+\s+(\d{3})#', $statusLine, $m)) {
+		return "Nextcloud's status.php did not answer at $url";
+	}
+	$code = (int)$m[1];
+	$json = json_decode((string)$body, true);
+	if ($code !== 200 || !is_array($json)) {
+		$text = trim(preg_replace('/\s+/', ' ', strip_tags(preg_replace('#<(script|style|head)\b.*?</\1>#si', '', (string)$body))));
+		return "Nextcloud's status.php answers $code" . ($text !== '' ? ': ' . redact(substr($text, 0, 300)) : '');
+	}
+	if (($json['installed'] ?? false) !== true) {
+		return "Nextcloud's status.php says it is not installed";
+	}
+	if (($json['maintenance'] ?? false) === true) {
+		return "Nextcloud's status.php says maintenance mode is on";
+	}
+	if (($json['needsDbUpgrade'] ?? false) === true) {
+		return "Nextcloud's status.php says a database upgrade is needed (an app or the core)";
+	}
+	return null;
+}
+
+/** Our serverid table: one row per live node (Nextcloud's 'serverid', 1..511, unique among them). */
+const NODES_TABLE = 'nextcloud_cluster_nodes';
+/** A lease nobody renewed for this long belongs to a node that is gone; its serverid may be taken again. */
+function serverIdStaleSeconds(): int {
+	return max(60, (int)envOr('NEXTCLOUD_SERVERID_STALE_AFTER', '900'));
+}
+
+/** Renew this node's serverid lease (readiness does, so a serving node keeps it). Null when held, else why not. */
+function renewServerId(\PDO $pdo, array $state): ?string {
+	if (!isset($state['serverid'], $state['node'])) {
+		return 'this node has no serverid (the cluster init did not allocate one): restart it';
+	}
+	$st = $pdo->prepare('UPDATE ' . NODES_TABLE . ' SET seen_at = now() WHERE serverid = ? AND node = ?');
+	$st->execute([(int)$state['serverid'], (string)$state['node']]);
+	if ($st->rowCount() !== 1) {
+		return "serverid {$state['serverid']} is no longer this node's (its lease expired and was taken): restart it";
+	}
+	return null;
+}
 
 /**
  * Liveness: is THIS node broken in a way a replacement would fix? Never touches PostgreSQL or Redis, so a

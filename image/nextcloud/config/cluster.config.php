@@ -120,8 +120,9 @@ $CONFIG = (static function (): array {
 		'passwordsalt' => $passwordsalt,
 		'secret' => $secret,
 		'dbtype' => 'pgsql',
-		'dbhost' => $dbHost,
-		'dbport' => $dbPort,
+		// host:port, the only form Nextcloud reads the port from at run time (ConnectionFactory); 'dbport' is read
+		// by its installer alone, so it is not set here (the cluster init hands the installer both).
+		'dbhost' => (str_contains($dbHost, ':') && !str_starts_with($dbHost, '[') ? "[$dbHost]" : $dbHost) . ':' . $dbPort,
 		'dbname' => $dbName,
 		'dbuser' => $dbUser,
 		'dbpassword' => $dbPassword,
@@ -191,6 +192,10 @@ $CONFIG = (static function (): array {
 	if (is_array($state) && ($state['installed'] ?? false) === true && is_string($state['version'] ?? null)) {
 		$config['installed'] = true;
 		$config['version'] = $state['version'];
+		// This node's own Snowflake node id, unique among the cluster's live nodes (the init allocates it).
+		if (is_int($state['serverid'] ?? null)) {
+			$config['serverid'] = $state['serverid'];
+		}
 	} else {
 		$config['installed'] = false;
 	}

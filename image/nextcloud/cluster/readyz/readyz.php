@@ -12,5 +12,14 @@ declare(strict_types=1);
 
 require_once dirname(__DIR__) . '/lib.php';
 
-$result = \NextcloudCluster\readiness();
+// One verdict per NEXTCLOUD_READYZ_CACHE_SECONDS (5) for all of Apache's workers (APCu, shared): every load
+// balancer node probes every target, and each verdict costs a database and a Redis session and a status.php run, so
+// the probe traffic to the shared services grows with the number of nodes, not the number of probes. apcu_entry
+// computes under APCu's lock: concurrent probes wait for one check instead of all running it.
+$ttl = (int)\NextcloudCluster\envOr('NEXTCLOUD_READYZ_CACHE_SECONDS', '5');
+if (PHP_SAPI !== 'cli' && $ttl > 0 && function_exists('apcu_entry') && apcu_enabled()) {
+	$result = apcu_entry('nextcloud-readyz-verdict', static fn () => \NextcloudCluster\readiness(), $ttl);
+} else {
+	$result = \NextcloudCluster\readiness();
+}
 \NextcloudCluster\respondHealth('ready', $result, $result['ready']);

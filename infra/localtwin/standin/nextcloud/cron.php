@@ -3,6 +3,7 @@
  * TEST DOUBLE of Nextcloud's cron.php (see README.md next to this file). It is NOT Nextcloud: it follows the real
  * script's observable behaviour when run from the command line and records each run in occ_double_calls
  * (verb 'cron.php') so tests can see when background jobs ran:
+ *   - an installed Nextcloud whose data directory lacks .ncdata prints base.php's errors and exits 1;
  *   - must run as the owner of config.php (else "Console has to be executed with the user that owns the file
  *     config/config.php", exit 1);
  *   - not installed, an upgrade pending or maintenance mode: exits 0 without running any job;
@@ -12,34 +13,25 @@
 
 declare(strict_types=1);
 
-$configDir = rtrim((string)(getenv('NEXTCLOUD_CONFIG_DIR') ?: __DIR__ . '/config'), '/');
-if (@fileowner("$configDir/config.php") !== posix_getuid()) {
+const ROOT = __DIR__;
+require ROOT . '/lib/standin.php';
+
+if (@fileowner(configDir() . '/config.php') !== posix_getuid()) {
 	echo "Console has to be executed with the user that owns the file config/config.php\n";
 	exit(1);
 }
-$files = glob("$configDir/*.config.php") ?: [];
-natsort($files);
-$config = [];
-foreach (array_merge(["$configDir/config.php"], array_values($files)) as $f) {
-	if (is_file($f)) {
-		$config = array_merge($config, (static function (string $__f): array {
-			include $__f;
-			return isset($CONFIG) && is_array($CONFIG) ? $CONFIG : [];
-		})($f));
-	}
+$config = loadConfig();
+// base.php's OC_Util::checkServer: an installed Nextcloud without its data directory marker runs nothing.
+if (($errors = serverErrors($config)) !== []) {
+	echo implode("\n", $errors) . "\n";
+	exit(1);
 }
-$value = static function (string $key, $default = null) use ($config) {
-	$env = getenv('NC_' . $key);
-	return $env !== false ? $env : ($config[$key] ?? $default);
-};
-$bool = static fn ($v): bool => is_string($v) ? in_array(strtolower($v), ['1', 'true', 'yes', 'on'], true) : (bool)$v;
-include __DIR__ . '/version.php';
-if (!$bool($value('installed', false)) || $bool($value('maintenance', false))
-	|| version_compare(implode('.', $OC_Version), (string)$value('version', '0'), '>')) {
+[$code] = codeVersion();
+if (!boolValue(effective($config, 'installed', false)) || boolValue(effective($config, 'maintenance', false))
+	|| version_compare($code, (string)effective($config, 'version', '0'), '>')) {
 	exit(0);
 }
-$pdo = new PDO(sprintf('pgsql:host=%s;port=%d;dbname=%s;connect_timeout=3', $value('dbhost'), (int)$value('dbport', 5432),
-	$value('dbname')), (string)$value('dbuser'), (string)$value('dbpassword', ''), [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION]);
+$pdo = pdoFromConfig($config);
 $st = $pdo->prepare('INSERT INTO occ_double_calls (verb, argv, host, pid) VALUES (?, ?, ?, ?) RETURNING id');
 $st->execute(['cron.php', json_encode($argv), gethostname(), getmypid()]);
 $id = (int)$st->fetchColumn();
