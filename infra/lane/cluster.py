@@ -188,6 +188,8 @@ class Cluster:
             "NEXTCLOUD_ALLOW_INSTALL": "1" if allow_install else "0",
             "NEXTCLOUD_ALLOW_UPGRADE": "1" if allow_upgrade else "0",
             "NEXTCLOUD_INIT_WAIT_TIMEOUT": "0",
+            # Offline, as every machine here: without it cron.php waits minutes on Nextcloud's update check.
+            "NC_has_internet_connection": "false",
         }
 
     def runtime_env(self) -> dict[str, str]:
@@ -226,7 +228,10 @@ class Cluster:
         for target, content in port_override(self.client, image, port).items():
             host = self._write(files / Path(target).name, content, 0o644)
             mounts.append(docker.types.Mount(target, str(host), type="bind", read_only=True))
-        env = self.environment(allow_install=allow_install, allow_upgrade=allow_upgrade) | (extra_env or {})
+        env = self.environment(allow_install=allow_install, allow_upgrade=allow_upgrade) | {
+            # Readiness asks this node's own status.php, which Apache serves on the node's port here.
+            "NEXTCLOUD_STATUS_URL": f"http://127.0.0.1:{port}/status.php",
+        } | (extra_env or {})
         container = self.client.containers.run(
             image, name=f"lane-{name}-{secrets.token_hex(3)}", detach=True, network_mode="host",
             environment=env, mounts=mounts, labels={LABEL: name},

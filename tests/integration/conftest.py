@@ -162,7 +162,8 @@ class Node:
         shutil.copy(OVERLAY / "config" / "cluster.config.php", cfg)
         shutil.copy(OVERLAY / "config" / "config.php", cfg)
         (self.webroot / "data").mkdir()
-        (self.webroot / "data" / ".ocdata").touch()
+        # As the image bakes it (Dockerfile): the marker Nextcloud 34 checks, with the content its installer writes.
+        (self.webroot / "data" / ".ncdata").write_text("# Nextcloud data directory\n# Do not change this file")
 
     def env(self, **overrides: str | None) -> dict[str, str]:
         """Process environment with everything in it (as Apache has it after the entrypoint)."""
@@ -185,6 +186,10 @@ class Node:
             "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120",
             # The occ double's stand-in for install/upgrade time: long enough that concurrent starters overlap.
             "NEXTCLOUD_OCC_DOUBLE_DELAY": "0.5",
+            # Every probe sees the state as it is now (the image caches the verdict for 5 s).
+            "NEXTCLOUD_READYZ_CACHE_SECONDS": "0",
+            # Nextcloud's own verdict: the stand-in's status.php, served by this node's web server.
+            "NEXTCLOUD_STATUS_URL": f"http://127.0.0.1:{self.http_port or 9}/status.php",
         }
 
     # -- running the image's scripts ---------------------------------------------------------------
@@ -214,6 +219,8 @@ class Node:
         runtime.chmod(0o600)
         self.http_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXTCLOUD_", "NC_", "PHP_INI"))}
+        # Several workers, as Apache has: /readyz asks this same server for status.php while it answers.
+        env["PHP_CLI_SERVER_WORKERS"] = "4"
         env.update(self.public_env)
         env.update(self.paths_env())
         env["NEXTCLOUD_RUNTIME_ENV_FILE"] = str(runtime)

@@ -10,6 +10,7 @@ is asserted on either base. The engine: Docker at DOCKER_HOST, else a private Po
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -110,8 +111,10 @@ def test_every_node_renders_its_config_from_the_environment(lane, nodes):
     pg, redis, s3 = lane.services.pg, lane.services.redis, lane.services.s3
     for node in nodes:
         c = node.effective_config()
-        assert (c["dbtype"], c["dbhost"], int(c["dbport"]), c["dbname"], c["dbuser"], c["dbpassword"]) == (
-            "pgsql", "127.0.0.1", pg.port, pg.dbname, pg.user, pg.password)
+        # The port rides in dbhost: the only place Nextcloud reads it from at run time (ConnectionFactory).
+        assert (c["dbtype"], c["dbhost"], c["dbname"], c["dbuser"], c["dbpassword"]) == (
+            "pgsql", f"127.0.0.1:{pg.port}", pg.dbname, pg.user, pg.password)
+        assert "dbport" not in c
         assert c["redis"]["host"] == "tls://localhost" and int(c["redis"]["port"]) == redis.port
         assert c["redis"]["password"] == redis.password
         assert c["redis"]["ssl_context"] == {"verify_peer": True, "verify_peer_name": True}
@@ -156,19 +159,89 @@ def test_a_file_uploaded_through_a_downloads_intact_through_b_and_lies_in_the_bu
     assert payload in stored.values(), f"no object of {lane.cluster.bucket} holds the file ({len(stored)} objects)"
 
 
-def test_background_jobs_run(lane, nodes):
-    if lane.standin:
-        pytest.skip(NEEDS_NEXTCLOUD.format(what="background jobs, cron.php"))
-    if not (CONTEXT / "bin" / "nextcloud-cron").is_file():
-        pytest.skip("this tree's image has no background-jobs runner yet (image/nextcloud/bin/nextcloud-cron)")
-    started = int(time.time())
-    rc, out = nodes[1].exec("nextcloud-cron")
-    assert rc == 0, out[-2000:]
-    ran = lane.services.pg.psql(f"SELECT count(*) FROM oc_jobs WHERE last_run >= {started}")
-    assert int(ran) > 0, out[-2000:]
-    lastcron = lane.services.pg.psql(
-        "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'lastcron'")
-    assert int(lastcron.strip() or 0) >= started
+def test_background_jobs_run_on_both_nodes(lane, nodes):
+    for node in nodes:
+        started = int(time.time())
+        rc, out = node.exec("nextcloud-cron")
+        assert rc == 0, (node.name, out[-2000:])
+        lastcron = lane.services.pg.psql(
+            "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'lastcron'")
+        assert int(lastcron.strip() or 0) >= started, node.name
+    if not lane.standin:
+        ran = lane.services.pg.psql(f"SELECT count(*) FROM oc_jobs WHERE last_run >= {started}")
+        assert int(ran) > 0
+
+
+# ---- conformance: the same assertions hold on the stand-in and on a real release (nextcloud.release) ----------
+def _status(node) -> tuple[int, dict]:
+    status, _, body = node.http("/status.php", timeout=60)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {"raw": body[:300].decode(errors="replace")}
+
+
+def test_both_nodes_serve_status_and_run_occ_on_a_non_default_database_port(lane, nodes):
+    assert lane.services.pg.port != 5432, "the lane's PostgreSQL must listen on a port other than the default"
+    for node in nodes:
+        status, body = _status(node)
+        assert status == 200 and body.get("installed") is True and body.get("maintenance") is False, (node.name, body)
+        assert body.get("needsDbUpgrade") is False, (node.name, body)
+        rc, out = node.exec("nextcloud-occ", "status", "--output=json")
+        assert rc == 0 and json.loads(out[out.index("{"):])["installed"] is True, (node.name, out[-1500:])
+
+
+def test_the_data_directory_is_denied_on_both_nodes(lane, nodes):
+    for node in nodes:
+        assert node.has_file("/usr/src/nextcloud/data/.ncdata"), node.name
+        for path in ("/data/.ncdata", "/data/", "/data/.ocdata"):
+            status, _, body = node.http(path, timeout=30)
+            assert status in (403, 404), (node.name, path, status, body[:200])
+
+
+def test_each_node_holds_its_own_serverid(lane, nodes):
+    ids = [node.effective_config().get("serverid") for node in nodes]
+    assert all(isinstance(i, int) and 1 <= i <= 511 for i in ids), ids
+    assert len(set(ids)) == len(ids), ids
+    rows = lane.services.pg.psql("SELECT serverid FROM nextcloud_cluster_nodes ORDER BY serverid").split()
+    assert sorted(map(int, rows)) == sorted(ids)
+
+
+def test_readiness_agrees_with_status_php_on_a_broken_node(lane, nodes):
+    node = nodes[1]
+    assert node.readyz()[0] == 200 and _status(node)[0] == 200
+    rc, out = node.exec("mv", "/usr/src/nextcloud/data/.ncdata", "/usr/src/nextcloud/data/.ncdata.away")
+    assert rc == 0, out
+    try:
+        status, body = _status(node)
+        assert status == 503 and "data directory is invalid" in body.get("raw", ""), (status, body)
+        rc, out = node.exec("nextcloud-occ", "status")
+        assert rc != 0 and "Environment not properly prepared" in out, out[-1500:]
+        deadline = time.monotonic() + 15  # the verdict is cached for up to 5 s
+        answer = node.readyz()
+        while answer[0] == 200 and time.monotonic() < deadline:
+            time.sleep(1)
+            answer = node.readyz()
+        assert answer[0] == 503 and answer[1].get("code") == "datadir_invalid", answer
+        rc, _ = node.exec("nextcloud-cron")
+        assert rc != 0, "the cron runner must not run on a node readiness calls broken"
+    finally:
+        node.exec("mv", "/usr/src/nextcloud/data/.ncdata.away", "/usr/src/nextcloud/data/.ncdata")
+    node.wait_ready(30)
+    assert _status(node)[0] == 200
+
+
+def test_the_installing_node_serves_again_after_its_container_is_replaced(lane, nodes):
+    installer = next(n for n in nodes if INSTALLED.search(n.logs()))
+    old_id = installer.effective_config()["serverid"]
+    installer.remove()
+    again = lane.cluster.start_node(installer.name, lane.image, installer.port, allow_install=True)
+    again.wait_ready(NODE_TIMEOUT_S)
+    status, body = _status(again)
+    assert status == 200 and body.get("installed") is True, body
+    assert not INSTALLED.search(again.logs()), "a restarted node must join, not install again"
+    ids = lane.services.pg.psql("SELECT serverid FROM nextcloud_cluster_nodes").split()
+    assert len(ids) == len(set(ids)) and str(again.effective_config()["serverid"]) in ids, (old_id, ids)
 
 
 def _previous_release(reference: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -77,8 +78,18 @@ def _same_code(node, pg, redis):
     node.set_code_version((34, 0, 3, 1))
 
 
+def _marker_away(node, pg, redis):
+    (node.webroot / "data" / ".ncdata").rename(node.webroot / "data" / ".ncdata.away")
+
+
+def _marker_back(node, pg, redis):
+    (node.webroot / "data" / ".ncdata.away").rename(node.webroot / "data" / ".ncdata")
+
+
 # (name, break, expected code, words the reason must contain, repair)
 CASES = [
+    ("data directory marker missing", _marker_away, "datadir_invalid",
+     ["has no .ncdata", "Your data directory is invalid"], _marker_back),
     ("maintenance", _maintenance_on, "maintenance", ["maintenance mode is on"], _maintenance_off),
     ("upgrade pending", _newer_code, "upgrade_pending",
      ["upgrade pending", "34.0.4.1", "newer than installed 34.0.3.1"], _same_code),
@@ -234,3 +245,46 @@ def test_instance_id_never_reaches_a_proxied_caller(make_node):
     assert status == 503 and IDENTITY["NEXTCLOUD_INSTANCEID"] in local["reason"], local  # the operator sees it
     status, body = stranger.readyz_http(headers={"X-Forwarded-For": "203.0.113.7"})
     assert (status, body) == (503, {"ready": False, "code": "identity_mismatch"})
+
+
+def test_not_ready_when_nextcloud_itself_does_not_answer(ready_node):
+    result = ready_node.readyz_cli(NEXTCLOUD_STATUS_URL=f"http://127.0.0.1:{free_port()}/status.php")
+    assert result["code"] == "nextcloud_unavailable" and "did not answer" in result["reason"], result
+
+
+def test_not_ready_when_nextcloud_refuses_to_serve(ready_node):
+    # Nextcloud's own verdict beats ours: the stand-in's status.php answers 503 as the real one does on a broken
+    # data directory; readiness reports Nextcloud's words whatever else it checked.
+    (ready_node.webroot / "data" / ".ncdata").unlink()
+    status, _, body = _get(ready_node, "/status.php")
+    assert status == 503 and "Your data directory is invalid" in body
+    assert ready_node.readyz_http()[1]["code"] == "datadir_invalid"
+
+
+def _get(node, path: str) -> tuple[int, dict, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}{path}", timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_joining_nodes_get_distinct_serverids_and_free_them_when_they_stop(ready_node, make_node, services):
+    pg, _ = services
+    second = make_node("web2")
+    second.start_container()
+    wait_for(second, 200)
+    ids = [ready_node.state()["serverid"], second.state()["serverid"]]
+    assert len(set(ids)) == 2 and all(1 <= i <= 511 for i in ids), ids
+    held = set(map(int, pg.psql("SELECT serverid FROM nextcloud_cluster_nodes").split()))
+    assert set(ids) <= held  # (the fixture's installer, a bare init run, holds one too)
+    second.stop()  # SIGTERM to the entrypoint: the node drains and releases its serverid
+    held = set(map(int, pg.psql("SELECT serverid FROM nextcloud_cluster_nodes").split()))
+    assert ids[0] in held and ids[1] not in held, (ids, held)
+
+
+def test_a_node_whose_serverid_lease_was_taken_is_not_ready(ready_node, services):
+    pg, _ = services
+    pg.psql("DELETE FROM nextcloud_cluster_nodes")
+    body = ready_node.readyz_http()[1]
+    assert body["code"] == "serverid_lost", body

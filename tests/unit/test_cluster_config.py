@@ -64,8 +64,9 @@ def test_cluster_settings_from_environment(tmp_path):
     c = config(tmp_path)
     assert (c["instanceid"], c["passwordsalt"], c["secret"]) == (
         "ocq1w2e3r4t5", "salt-value-1234567890", "secret-value-1234567890")
-    assert {k: c[k] for k in ("dbtype", "dbhost", "dbport", "dbname", "dbuser", "dbpassword", "dbtableprefix")} == {
-        "dbtype": "pgsql", "dbhost": "db.internal", "dbport": 5432, "dbname": "nextcloud", "dbuser": "nextcloud",
+    # Nextcloud reads the port only from dbhost at run time (ConnectionFactory::splitHostFromPortAndSocket).
+    assert {k: c.get(k) for k in ("dbtype", "dbhost", "dbport", "dbname", "dbuser", "dbpassword", "dbtableprefix")} == {
+        "dbtype": "pgsql", "dbhost": "db.internal:5432", "dbport": None, "dbname": "nextcloud", "dbuser": "nextcloud",
         "dbpassword": "db-pass", "dbtableprefix": "oc_"}
     assert c["setup_create_db_user"] is False
     assert c["memcache.local"] == "\\OC\\Memcache\\APCu"
@@ -215,3 +216,22 @@ def test_php_session_ini_for_redis(tmp_path, tls, password, expected_path):
     r = subprocess.run(["php", "-r", code], env={"PATH": "/usr/bin:/bin", "PHP_INI_SCAN_DIR": f":{tmp_path}/php"},
                        capture_output=True, text=True, check=True)
     assert json.loads(r.stdout) == ["redis", expected_path]
+
+
+@pytest.mark.parametrize(("host", "port", "expected"), [
+    ("db.internal", "55432", "db.internal:55432"),
+    ("10.0.2.2", "5433", "10.0.2.2:5433"),
+    ("fd00::5", "5432", "[fd00::5]:5432"),
+])
+def test_the_database_port_rides_in_dbhost(tmp_path, host, port, expected):
+    c = config(tmp_path, NEXTCLOUD_DB_HOST=host, NEXTCLOUD_DB_PORT=port)
+    assert c["dbhost"] == expected and "dbport" not in c
+
+
+def test_serverid_comes_from_the_cluster_state(tmp_path):
+    (tmp_path / "state").mkdir()
+    state = {"phase": "ready", "installed": True, "version": "34.0.1.2", "serverid": 17, "node": "web-1/ab"}
+    (tmp_path / "state" / "state.json").write_text(json.dumps(state))
+    assert config(tmp_path)["serverid"] == 17
+    (tmp_path / "state" / "state.json").write_text(json.dumps({**state, "serverid": None}))
+    assert "serverid" not in config(tmp_path), "no serverid of our own: Nextcloud would hash the host name"
