@@ -141,6 +141,13 @@ def test_the_readmes_first_commands_are_the_two_a_newcomer_runs():
     assert commands == FIRST_COMMANDS, f"README.md's first code block must be exactly {FIRST_COMMANDS}, not {commands}"
 
 
+def test_the_readmes_tasks_table_has_one_line_per_task():
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `inv ")]
+    listed = [re.match(r"\| `inv ([a-z0-9-]+)", row)[1] for row in rows]
+    assert sorted(listed) == sorted(TASKS), (
+        f"README.md's tasks table lists {sorted(listed)}; `inv --list` has {sorted(TASKS)}: one line per task")
+
+
 # ---- links ------------------------------------------------------------------------------------------------------
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: link targets reduced to their text, lower case, punctuation dropped, spaces
