@@ -17,7 +17,7 @@ from render.settings import Settings, secret_ref_kind
 
 TEMPLATES = Path(__file__).parent / "templates"
 
-# ---- what the fingerprint covers (the one place that says it; README "The fingerprint" points here) ----------
+# ---- what the fingerprint covers (the one place that says it; docs/settings.md "The fingerprint" points here) -
 # The fingerprint is one sha256 that decides whether a bake would produce the same image: a scheduled rebuild whose
 # fingerprint matches an existing artifact reuses it. It covers exactly what reaches the artifact:
 #   1. IMAGE_UPLOAD: every file Packer uploads into the build VM (image/ without its READMEs; stage_image_upload()

@@ -1,7 +1,7 @@
 """What the operator sees: plans as tables, notes and warnings, and the progress of a refresh.
 
 On a terminal the progress is a live bar (percent complete, instances left, status, checkpoint pause, reason);
-anywhere else (CI logs, the README's recorded runs) one line per change, so a log shows the whole story.
+anywhere else (CI logs, the recorded runs in docs/operations.md) one line per change, so a log shows the whole story.
 """
 
 from __future__ import annotations

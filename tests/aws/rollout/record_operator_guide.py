@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Record the README's operator guide runs: real `inv` commands against the AWS emulator.
+"""Record the operations guide's runs (docs/operations.md): real `inv` commands against the AWS emulator.
 
     .venv/bin/python tests/aws/rollout/record_operator_guide.py > build/operator-guide.md
-    .venv/bin/python tests/aws/rollout/record_operator_guide.py --update-readme   # rewrite README.md's copy
+    .venv/bin/python tests/aws/rollout/record_operator_guide.py --update-docs   # rewrite docs/operations.md's copy
 
 Starts moto on loopback, the front door with its doubles in front of it (the instance refresh, SourceVersion,
 the Nextcloud cluster on the emulated instances: tests/aws/front_door.py), builds the `example` environment's
@@ -32,20 +32,20 @@ from rollout_fixtures import ALARM, build_fleet  # noqa: E402
 from infra.localtwin.instance import free_port  # noqa: E402
 
 REGION = "eu-central-1"
-README = ROOT / "README.md"
-# The recorded runs sit in README.md between these two lines (the first one's section is the first recorded).
+GUIDE = ROOT / "docs" / "operations.md"
+# The recorded runs sit in docs/operations.md between these two lines (the first one's section is the first recorded).
 BEGIN = "\n#### A rollout\n"
-END = "\n### How an instance comes up"
+END = "\n<!-- end of the recorded runs"
 
 
-def readme_copy(text: str) -> str:
-    """The recorded runs as README.md holds them."""
+def guide_copy(text: str) -> str:
+    """The recorded runs as docs/operations.md holds them."""
     start, end = text.index(BEGIN), text.index(END)
     return text[start:end].strip("\n") + "\n"
 
 
 def with_recording(text: str, recording: str) -> str:
-    """README.md's text with ``recording`` in place of its copy."""
+    """docs/operations.md's text with ``recording`` in place of its copy."""
     start, end = text.index(BEGIN), text.index(END)
     return text[:start] + "\n" + recording.strip("\n") + "\n" + text[end:]
 
@@ -67,14 +67,14 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--update-readme"]:
+    if sys.argv[1:] == ["--update-docs"]:
         import contextlib
         import io
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             record()
-        README.write_text(with_recording(README.read_text(), out.getvalue()))
+        GUIDE.write_text(with_recording(GUIDE.read_text(), out.getvalue()))
         return
     record()
 

@@ -1,4 +1,4 @@
-"""The README's operator guide shows the tool's real output: recorded again here, it must match but for the ids.
+"""docs/operations.md shows the tool's real output: recorded again here, it must match but for the ids.
 
 record_operator_guide.py runs the operator's `inv` commands against the emulator (and the doubles in front of
 it); what AWS hands out differs from run to run (AMI, instance, template and snapshot ids, refresh ids, ARN
@@ -18,7 +18,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from record_operator_guide import README, readme_copy  # noqa: E402
+from record_operator_guide import GUIDE, guide_copy  # noqa: E402
 
 ID = re.compile(
     r"(?P<aws>\b(?:ami|lt|i|snap|sg|subnet|vpc)-[0-9a-f]{8,17}\b)"
@@ -49,16 +49,16 @@ def normalised(text: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_shows_what_the_commands_print_now():
+def test_the_operations_guide_shows_what_the_commands_print_now():
     proc = subprocess.run([sys.executable, str(HERE / "record_operator_guide.py")], capture_output=True, text=True,
                           timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    recorded, shown = normalised(proc.stdout.strip("\n") + "\n"), normalised(readme_copy(README.read_text()))
-    diff = "\n".join(difflib.unified_diff(shown.splitlines(), recorded.splitlines(), "README.md", "recorded now",
-                                          lineterm=""))
+    recorded, shown = normalised(proc.stdout.strip("\n") + "\n"), normalised(guide_copy(GUIDE.read_text()))
+    diff = "\n".join(difflib.unified_diff(shown.splitlines(), recorded.splitlines(), "docs/operations.md",
+                                          "recorded now", lineterm=""))
     assert recorded == shown, (
-        "README.md's operator guide is not what the commands print now; re-record it with "
-        "`.venv/bin/python tests/aws/rollout/record_operator_guide.py --update-readme`:\n" + diff)
+        "docs/operations.md's recorded runs are not what the commands print now; re-record them with "
+        "`.venv/bin/python tests/aws/rollout/record_operator_guide.py --update-docs`:\n" + diff)
 
 
 def test_ids_are_replaced_by_kind_and_order_and_nothing_else_changes():

@@ -199,7 +199,7 @@ def test_the_emulator_creates_every_resource_type_and_says_which_it_created_itse
     assert instanceid == "oc" + stack_uuid.replace("-", "")
 
 
-# ---- the first deployment, as the README tells it ----------------------------------------------------------------
+# ---- the first deployment, as docs/stack.md tells it -------------------------------------------------------------
 class BootstrapInstanceDouble(threading.Thread):
     """Stands in for cloud-init on the bootstrap instance: runs the script and config from that instance's user
     data, as cloud-init's runcmd would, on this machine. The database endpoint in the config (RDS, unreachable
