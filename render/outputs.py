@@ -132,6 +132,7 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         "NEXTCLOUD_OVERWRITE_HOST": s.site.domain,
         "NEXTCLOUD_OVERWRITE_PROTOCOL": s.site.overwrite_protocol,
         "NEXTCLOUD_OVERWRITE_CLI_URL": f"{s.site.overwrite_protocol}://{s.site.domain}",
+        "NEXTCLOUD_HAS_INTERNET": "1" if s.site.internet else "0",
         "NEXTCLOUD_ADMIN_USER": s.cluster.admin_user,
         "NEXTCLOUD_LOGLEVEL": str(s.logs.nextcloud_loglevel),
         # Host side (the units read this file too): where the logs go and whom the liveness watchdog tells. An AWS

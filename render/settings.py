@@ -206,6 +206,11 @@ class Site(_Section):
     trusted_domains: list[str] = Field(default_factory=list)
     trusted_proxies: list[str] = Field(default_factory=list)
     overwrite_protocol: Literal["http", "https"] = "https"
+    internet: bool = Field(
+        default=True,
+        description="whether the nodes reach the internet (Nextcloud's has_internet_connection): false where they "
+        "cannot, or cron.php waits minutes on Nextcloud's update check at every run",
+    )
 
     @field_validator("domain")
     @classmethod

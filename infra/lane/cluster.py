@@ -189,7 +189,7 @@ class Cluster:
             "NEXTCLOUD_ALLOW_UPGRADE": "1" if allow_upgrade else "0",
             "NEXTCLOUD_INIT_WAIT_TIMEOUT": "0",
             # Offline, as every machine here: without it cron.php waits minutes on Nextcloud's update check.
-            "NC_has_internet_connection": "false",
+            "NEXTCLOUD_HAS_INTERNET": "0",
         }
 
     def runtime_env(self) -> dict[str, str]:

@@ -112,3 +112,22 @@ def test_config_not_owned_by_web_user(host, webroot):
     assert out.rc == 0, f"docker exec failed: {out.stderr.strip()}"
     owned = out.stdout.split()
     assert owned == [], f"owned by {WEB_USER} (can be made writable with chmod): {owned}"
+
+
+@pytest.mark.live
+def test_nextcloud_itself_serves_on_this_node(host):
+    # Nextcloud's own verdict, on every node (the one that installed and every one that joined): status.php 200 and
+    # occ working. A node without the data directory marker answers 503 here while the rest can look healthy.
+    out = host.run("curl -sS --max-time 60 -w '\\n%{http_code}' http://127.0.0.1/status.php")
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", f"status.php answered {code}: {body[:300]}"
+    status = json.loads(body)
+    assert status["installed"] is True and status["maintenance"] is False and status["needsDbUpgrade"] is False, status
+    occ = host.run(f"docker exec {CONTAINER} nextcloud-occ status --output=json")
+    assert occ.rc == 0, f"occ status failed on this node ({occ.rc}): {(occ.stdout + occ.stderr)[-800:]}"
+
+
+@pytest.mark.live
+def test_this_node_holds_a_serverid(host):
+    state = json.loads(host.check_output(f"docker exec {CONTAINER} cat /dev/shm/nextcloud-cluster/state.json"))
+    assert isinstance(state.get("serverid"), int) and 1 <= state["serverid"] <= 511, state

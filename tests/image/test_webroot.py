@@ -73,8 +73,16 @@ def test_code_is_read_only_for_the_web_server(host, webroot):
 
 
 def test_data_dir_is_writable_by_the_web_server(host, webroot):
-    out = host.run(f"docker exec -u {WEB_USER} {CONTAINER} test -w {webroot}/data -a -f {webroot}/data/.ocdata")
-    assert out.rc == 0, f"{webroot}/data is not a writable data directory with .ocdata for {WEB_USER}"
+    # .ncdata: the marker Nextcloud 30+ refuses to serve without (every node, not only the one that installed).
+    out = host.run(f"docker exec -u {WEB_USER} {CONTAINER} test -w {webroot}/data -a -f {webroot}/data/.ncdata")
+    assert out.rc == 0, f"{webroot}/data is not a writable data directory with .ncdata for {WEB_USER}"
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("path", ["/data/.ncdata", "/data/", "/data/.ocdata"])
+def test_the_data_directory_is_never_served(host, path):
+    code = host.run(f"curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' http://127.0.0.1{path}").stdout
+    assert code in ("403", "404"), f"GET {path} answered {code}: the data directory must be denied on every node"
 
 
 def test_apache_serves_the_webroot(host, webroot):

@@ -235,3 +235,9 @@ def test_serverid_comes_from_the_cluster_state(tmp_path):
     assert config(tmp_path)["serverid"] == 17
     (tmp_path / "state" / "state.json").write_text(json.dumps({**state, "serverid": None}))
     assert "serverid" not in config(tmp_path), "no serverid of our own: Nextcloud would hash the host name"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("1", True), ("0", False)])
+def test_offline_nodes_tell_nextcloud(tmp_path, value, expected):
+    # Nextcloud's has_internet_connection: false keeps cron.php from waiting minutes on the update check offline.
+    assert config(tmp_path, NEXTCLOUD_HAS_INTERNET=value)["has_internet_connection"] is expected

@@ -341,6 +341,32 @@ function readiness(): array {
 }
 
 
+/** readiness(), at most once per $ttl seconds per node under a web server (see readyz.php); fresh on the CLI. */
+function cachedReadiness(int $ttl): array {
+	if (PHP_SAPI === 'cli' || $ttl <= 0 || !function_exists('apcu_fetch') || !apcu_enabled()) {
+		return readiness();
+	}
+	$key = 'nextcloud-readyz-verdict';
+	$cached = apcu_fetch($key, $hit);
+	$now = microtime(true);
+	if ($hit && is_array($cached) && $now - $cached['at'] < $ttl) {
+		return $cached['result'];
+	}
+	if (!apcu_add("$key-computing", 1, $ttl + 10)) {
+		if ($hit && is_array($cached)) {
+			return $cached['result']; // another worker is computing the next one
+		}
+		return readiness();
+	}
+	try {
+		$result = readiness();
+		apcu_store($key, ['at' => microtime(true), 'result' => $result], $ttl * 4);
+		return $result;
+	} finally {
+		apcu_delete("$key-computing");
+	}
+}
+
 /**
  * The data directory as Nextcloud checks it before it serves anything (OC_Util::checkServer): an absolute path
  * holding the marker its installer writes (.ncdata from Nextcloud 30 on, .ocdata before), readable and writable.

@@ -90,6 +90,7 @@ $CONFIG = (static function (): array {
 	if ($overwriteProtocol !== null && !in_array($overwriteProtocol, ['http', 'https'], true)) {
 		$problems[] = 'NEXTCLOUD_OVERWRITE_PROTOCOL must be http or https';
 	}
+	$internet = $flag('NEXTCLOUD_HAS_INTERNET') || $env('NEXTCLOUD_HAS_INTERNET') === null;
 	$loglevel = $env('NEXTCLOUD_LOGLEVEL', '2');
 	if (!in_array($loglevel, ['0', '1', '2', '3', '4'], true)) {
 		$problems[] = "NEXTCLOUD_LOGLEVEL must be 0 (debug) to 4 (fatal), got '" . substr($loglevel, 0, 20) . "'";
@@ -152,6 +153,9 @@ $CONFIG = (static function (): array {
 		'log_type' => 'syslog',
 		'syslog_tag' => 'nextcloud-app',
 		'loglevel' => (int)$loglevel,
+		// Offline nodes (NEXTCLOUD_HAS_INTERNET=0): Nextcloud skips what needs the internet, such as the update
+		// check cron.php otherwise waits minutes on.
+		'has_internet_connection' => $internet,
 	];
 	foreach (['overwritehost' => 'NEXTCLOUD_OVERWRITE_HOST', 'overwriteprotocol' => 'NEXTCLOUD_OVERWRITE_PROTOCOL',
 		'overwrite.cli.url' => 'NEXTCLOUD_OVERWRITE_CLI_URL'] as $key => $name) {

@@ -14,12 +14,8 @@ require_once dirname(__DIR__) . '/lib.php';
 
 // One verdict per NEXTCLOUD_READYZ_CACHE_SECONDS (5) for all of Apache's workers (APCu, shared): every load
 // balancer node probes every target, and each verdict costs a database and a Redis session and a status.php run, so
-// the probe traffic to the shared services grows with the number of nodes, not the number of probes. apcu_entry
-// computes under APCu's lock: concurrent probes wait for one check instead of all running it.
-$ttl = (int)\NextcloudCluster\envOr('NEXTCLOUD_READYZ_CACHE_SECONDS', '5');
-if (PHP_SAPI !== 'cli' && $ttl > 0 && function_exists('apcu_entry') && apcu_enabled()) {
-	$result = apcu_entry('nextcloud-readyz-verdict', static fn () => \NextcloudCluster\readiness(), $ttl);
-} else {
-	$result = \NextcloudCluster\readiness();
-}
+// the probe traffic to the shared services grows with the number of nodes, not the number of probes. One worker
+// computes (apcu_add claims it); probes that arrive meanwhile get the previous verdict. Not apcu_entry: it holds
+// APCu's lock while computing, and the status.php request the verdict makes needs APCu in another worker.
+$result = \NextcloudCluster\cachedReadiness((int)\NextcloudCluster\envOr('NEXTCLOUD_READYZ_CACHE_SECONDS', '5'));
 \NextcloudCluster\respondHealth('ready', $result, $result['ready']);

@@ -16,6 +16,11 @@ require ROOT . '/lib/standin.php';
 
 try {
 	$config = loadConfig();
+	// Like the real bootstrap, which reads its local cache (memcache.local: APCu) on every request: a caller that
+	// holds APCu's lock while it waits for this page would wait for ever here too.
+	if (function_exists('apcu_fetch') && apcu_enabled()) {
+		apcu_fetch('nextcloud-standin-status');
+	}
 	if (($errors = serverErrors($config)) !== []) {
 		http_response_code(503);
 		header('Content-Type: text/html; charset=utf-8');
