@@ -26,7 +26,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from infra.release import REFUSED, VERIFIED, VERIFIED_WITH_MISSING, BadInput, UnsafeArchive, cli, verify_release
+from infra.release import (
+    REFUSED,
+    VERIFIED,
+    VERIFIED_WITH_MISSING,
+    BadInput,
+    ReleaseReport,
+    UnsafeArchive,
+    cli,
+    verify_release,
+)
 from infra.release import signature as release_signature
 from infra.release.archive import unpack_release
 from infra.release.signature import php_json_encode
@@ -227,6 +236,31 @@ def test_a_signed_file_given_another_signed_files_content_is_invalid(release):
     assert [f.path for f in report.scopes[0].invalid] == ["lib/private/Security.php"]
 
 
+def test_the_hashes_are_sorted_before_the_signature_is_checked_as_php_ksort_does(release):
+    path = release.root / "apps/notes/appinfo/signature.json"
+    document = json.loads(path.read_text())
+    document["hashes"] = dict(reversed(document["hashes"].items()))
+    path.write_text(json.dumps(document))
+    assert release.verify().verdict == VERIFIED
+
+
+def test_core_signed_updater_entries_are_dropped_as_nextcloud_does(release, authority):
+    signed_with_updater = release.root / "core/signature.json"
+    sign(release.root, signed_with_updater, authority.leaf("core"), authority.leaf_key, core=True)
+    document = json.loads(signed_with_updater.read_text())
+    assert "updater/index.php" not in document["hashes"]
+    document["hashes"]["updater/index.php"] = hashlib.sha512(b"<?php\n").hexdigest()
+    hashes_ = dict(sorted(document["hashes"].items()))
+    message = json.dumps(hashes_, separators=(",", ":")).replace("/", "\\/").encode()
+    document["signature"] = base64.b64encode(authority.leaf_key.sign(
+        message, padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=0), hashes.SHA1())).decode()
+    document["hashes"] = hashes_
+    signed_with_updater.write_text(json.dumps(document))
+    (release.root / "updater/index.php").unlink()
+    report = release.verify()
+    assert report.verdict == VERIFIED and report.scopes[0].signed == 11
+
+
 def test_files_nextcloud_ignores_by_name_are_ignored(release):
     release.write("lib/.DS_Store", "junk")
     release.write("apps/notes/Thumbs.db", "junk")
@@ -286,12 +320,21 @@ def test_a_root_crl_signed_by_someone_else_is_refused(release, stranger):
     assert "root.crl is not signed by a pinned" in release.verify().trust_error
 
 
-def test_an_unsigned_app_folder_and_a_stray_apps_file_are_refused(release):
+def test_an_unsigned_app_folder_is_refused(release):
     release.write("apps/backdoor/lib/x.php", "<?php\n")
+    report = release.verify()
+    assert report.unsigned_apps == ["backdoor"] and report.verdict == REFUSED
+    assert report.problems == ["UNSIGNED app apps/backdoor/ (no appinfo/signature.json)"]
+
+
+def test_a_file_directly_in_apps_belongs_to_no_signature_and_is_refused(release):
     release.write("apps/loose.php", "<?php\n")
     report = release.verify()
-    assert report.unsigned_apps == ["backdoor"] and report.stray_files == ["apps/loose.php"]
-    assert report.verdict == REFUSED
+    assert report.problems == ["EXTRA apps/loose.php (in apps/ but in no app)"] and report.verdict == REFUSED
+
+
+def test_a_report_without_any_verified_scope_is_never_verified():
+    assert ReleaseReport(Path("nextcloud"), "34.0.1").verdict == REFUSED
 
 
 def test_a_shipped_app_that_is_absent_is_missing(release):
