@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(Verdict(REFUSED, f"unsafe archive: {exc}", 1).line())
         return 1
     if report.archive:
-        print(f"archive {report.archive}, unpacked to {args.unpack_to or 'a temporary folder (removed)'}")
+        print(f"archive {report.archive}, unpacked in {report.unpack_seconds:.1f} s to "
+              f"{args.unpack_to or 'a temporary folder (removed)'}")
     if report.scopes:
         console.print(scope_table(report, args.all))
     if report.uncovered:

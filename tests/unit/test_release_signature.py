@@ -333,6 +333,16 @@ def test_a_file_directly_in_apps_belongs_to_no_signature_and_is_refused(release)
     assert report.problems == ["EXTRA apps/loose.php (in apps/ but in no app)"] and report.verdict == REFUSED
 
 
+def test_files_in_folders_only_a_running_instance_makes_are_refused(release):
+    release.write("data/owncloud.log", "{}\n")
+    release.write("assets/x.php", "<?php\n")
+    release.write("config/config.php", "<?php\n$CONFIG = [];\n")  # config/ is outside every signature, as in NC
+    report = release.verify()
+    assert sorted(report.problems) == ["EXTRA assets/x.php (a release has no assets/ folder)",
+                                       "EXTRA data/owncloud.log (a release has no data/ folder)"]
+    assert report.uncovered["config"] == 2
+
+
 def test_a_report_without_any_verified_scope_is_never_verified():
     assert ReleaseReport(Path("nextcloud"), "34.0.1").verdict == REFUSED
 
@@ -409,6 +419,7 @@ def test_a_signed_archive_verifies_unpacked_into_a_temporary_or_given_folder(rel
     assert verify_release(archive, pins=release.authority.pins()).verdict == VERIFIED
     report = verify_release(archive, unpack_to=tmp_path / "kept", pins=release.authority.pins())
     assert report.verdict == VERIFIED and report.tree == tmp_path / "kept/nextcloud" and report.archive == archive
+    assert report.unpack_seconds > 0 and (tmp_path / "kept/nextcloud/lib/base.php").is_file()
     zipped = tmp_path / "nextcloud-34.0.1.zip"
     with zipfile.ZipFile(zipped, "w") as out:
         for path in sorted(release.root.rglob("*")):
