@@ -315,6 +315,15 @@ def test_a_root_crt_with_one_more_certificate_is_refused(release, stranger):
     assert "not pinned: " in release.verify().trust_error
 
 
+def test_pinned_certificates_that_do_not_chain_are_refused(release, stranger):
+    """root.crt must be a chain: an intermediate of another root next to our root is refused even when pinned."""
+    mixed = [stranger.intermediate, release.authority.root]
+    release.write_bytes("resources/codesigning/root.crt",
+                        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mixed))
+    report = verify_release(release.root, pins=frozenset(c.fingerprint(hashes.SHA256()).hex() for c in mixed))
+    assert "Stranger Intermediate" in report.trust_error and "is not issued by any pinned" in report.trust_error
+
+
 def test_a_root_crl_signed_by_someone_else_is_refused(release, stranger):
     release.write_bytes("resources/codesigning/root.crl", stranger.crl())
     assert "root.crl is not signed by a pinned" in release.verify().trust_error
