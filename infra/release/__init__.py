@@ -16,6 +16,7 @@ certificate, or a root.crt other than the pinned one).
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from infra.release.archive import is_archive, unpack_release
@@ -38,12 +39,12 @@ def verify_release(path: Path | str, *, unpack_to: Path | None = None,
     """
     path = Path(path)
     if path.is_file() and is_archive(path):
-        if unpack_to is not None:
-            report = verify_tree(unpack_release(path, unpack_to), pins=pins)
-        else:
-            with tempfile.TemporaryDirectory(prefix="nextcloud-release-") as scratch:
-                report = verify_tree(unpack_release(path, Path(scratch) / "unpacked"), pins=pins)
-        report.archive = path
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="nextcloud-release-") as scratch:
+            tree = unpack_release(path, unpack_to if unpack_to is not None else Path(scratch) / "unpacked")
+            unpacked = time.monotonic() - started
+            report = verify_tree(tree, pins=pins)
+        report.archive, report.unpack_seconds = path, unpacked
         return report
     if path.is_file():
         raise BadInput(f"{path}: not a release archive (expected a name ending in "

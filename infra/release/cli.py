@@ -14,6 +14,7 @@ from pathlib import Path
 
 from infra.release import REFUSED, BadInput, ReleaseReport, UnsafeArchive, verify_release
 from infra.release.signature import ScopeResult
+from infra.verdict import Verdict
 
 LIST_LIMIT = 50
 
@@ -63,15 +64,16 @@ def _limited(lines: list[str]) -> list[str]:
     return shown
 
 
-def verdict_line(report: ReleaseReport) -> str:
+def release_verdict(report: ReleaseReport) -> Verdict:
+    """The report's verdict word, a one-line detail and the exit code (1 for refused)."""
     if report.verdict == REFUSED:
         count = len(report.problems)
-        return f"verdict: {REFUSED} - Nextcloud {report.version}: {count} problem{'s' * (count != 1)} (listed above)"
+        return Verdict(REFUSED, f"Nextcloud {report.version}: {count} problem{'s' * (count != 1)} (listed above)", 1)
     missing = len(report.missing_files)
     checked = sum(s.checked for s in report.scopes)
     detail = f"; {missing} signed file{'s' * (missing != 1)} missing (listed above)" if missing else ""
-    return (f"verdict: {report.verdict} - Nextcloud {report.version}: {checked} files in {len(report.scopes)} "
-            f"signature scopes match{detail}")
+    return Verdict(report.verdict, f"Nextcloud {report.version}: {checked} files in {len(report.scopes)} "
+                                   f"signature scopes match{detail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,10 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except UnsafeArchive as exc:
         print(f"refused archive {args.path}: {exc}")
-        print(f"verdict: {REFUSED} - unsafe archive: {exc}")
+        print(Verdict(REFUSED, f"unsafe archive: {exc}", 1).line())
         return 1
     if report.archive:
-        print(f"archive {report.archive}, unpacked to {args.unpack_to or 'a temporary folder (removed)'}")
+        print(f"archive {report.archive}, unpacked in {report.unpack_seconds:.1f} s to "
+              f"{args.unpack_to or 'a temporary folder (removed)'}")
     if report.scopes:
         console.print(scope_table(report, args.all))
     if report.uncovered:
@@ -107,5 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(_limited(report.problems)))
     files = sum(s.checked for s in report.scopes)
     console.print(f"{files} files hashed in {report.seconds:.1f} s")
-    print(verdict_line(report))
-    return 1 if report.verdict == REFUSED else 0
+    verdict = release_verdict(report)
+    print(verdict.line())
+    return verdict.exit_code

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +234,6 @@ def verify_scope(
     excluded_folders: Iterable[str] = (),
     unchecked_prefixes: tuple[str, ...] = (),
     htaccess_rule: bool = False,
-    hasher: Callable[[Path, bool], str] = hash_file,
     executor: Executor | None = None,
 ) -> ScopeResult:
     """Check one scope: its signature (nothing else is read if that fails), then every file against it."""
@@ -256,7 +255,7 @@ def verify_scope(
 
     def one(rel: str) -> tuple[str, str]:
         try:
-            return rel, hasher(directory / rel, htaccess_rule and rel == ".htaccess")
+            return rel, hash_file(directory / rel, htaccess_rule and rel == ".htaccess")
         except OSError as exc:
             return rel, f"unreadable: {exc.strerror or exc}"
 

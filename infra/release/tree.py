@@ -18,8 +18,11 @@ from infra.release.signature import CORE_EXCLUDED_FOLDERS, ScopeResult, TrustErr
 VERSION_STRING = re.compile(r"""^\s*\$OC_VersionString\s*=\s*'([0-9A-Za-z.+ -]+)'\s*;""", re.MULTILINE)
 CORE_SIGNATURE = "core/signature.json"
 APP_SIGNATURE = "appinfo/signature.json"
-# Folders of the server root no signature covers, as in Nextcloud (counted and shown, never verified).
+# Folders of the server root outside core's scope that a release ships: no signature covers them, as in Nextcloud
+# (counted and shown, never verified). The other folders outside core's scope (data, assets, lost+found,
+# _oc_upgrade) are made by a running instance: a release with files there is refused.
 UNCOVERED = ("themes", "config", "updater")
+NOT_IN_A_RELEASE = tuple(f for f in CORE_EXCLUDED_FOLDERS if f not in UNCOVERED and f != "apps")
 
 VERIFIED = "verified"
 VERIFIED_WITH_MISSING = "verified_with_missing"
@@ -36,10 +39,12 @@ class ReleaseReport:
     unsigned_apps: list[str] = field(default_factory=list)
     missing_apps: list[str] = field(default_factory=list)
     stray_files: list[str] = field(default_factory=list)  # in the server root's apps/ but in no app folder
+    instance_files: list[str] = field(default_factory=list)  # in data/, assets/, ... which no release has
     uncovered: dict[str, int] = field(default_factory=dict)
     trust_error: str | None = None
     seconds: float = 0.0
     archive: Path | None = None
+    unpack_seconds: float = 0.0
 
     @property
     def missing_files(self) -> list[str]:
@@ -59,6 +64,7 @@ class ReleaseReport:
             lines += [f"UNSAFE {_tree_path(scope, rel)}" for rel in scope.unsafe]
         lines += [f"UNSIGNED app apps/{app}/ (no {APP_SIGNATURE})" for app in self.unsigned_apps]
         lines += [f"EXTRA {rel} (in apps/ but in no app)" for rel in self.stray_files]
+        lines += [f"EXTRA {rel} (a release has no {rel.split('/')[0]}/ folder)" for rel in self.instance_files]
         return lines
 
     @property
@@ -124,6 +130,15 @@ def _count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder)) if folder.is_dir() else 0
 
 
+def _files_below(tree: Path, folder: str) -> list[str]:
+    """Every entry but folders below tree/folder (links and special files included), relative to the tree."""
+    found = []
+    for base, dirs, files in os.walk(tree / folder):
+        links = [d for d in dirs if os.path.islink(os.path.join(base, d))]
+        found += [Path(base, name).relative_to(tree).as_posix() for name in files + links]
+    return sorted(found)
+
+
 def verify_tree(path: Path, *, pins: frozenset[str] | None = None, workers: int | None = None) -> ReleaseReport:
     """Verify every scope of the release tree at ``path`` (the server root or its parent)."""
     started = time.monotonic()
@@ -140,12 +155,13 @@ def verify_tree(path: Path, *, pins: frozenset[str] | None = None, workers: int 
     report.unsigned_apps = [app for app in folders if app not in signed_apps]
     report.missing_apps = sorted(set(shipped_apps(tree)) - set(folders))
     report.uncovered = {name: _count_files(tree / name) for name in UNCOVERED if (tree / name).exists()}
+    report.instance_files = [rel for folder in NOT_IN_A_RELEASE for rel in _files_below(tree, folder)]
     # hashlib releases the GIL on large buffers: threads overlap reading and hashing.
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         report.scopes.append(signature.verify_scope(
             "core", tree, tree / CORE_SIGNATURE, trust,
             excluded_folders=CORE_EXCLUDED_FOLDERS, unchecked_prefixes=("updater/",), htaccess_rule=True,
-             executor=pool))
+            executor=pool))
         for app in signed_apps:
             folder = tree / "apps" / app
             report.scopes.append(signature.verify_scope(app, folder, folder / APP_SIGNATURE, trust, executor=pool))

@@ -26,7 +26,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from infra.release import REFUSED, VERIFIED, VERIFIED_WITH_MISSING, BadInput, UnsafeArchive, cli, verify_release
+from infra.release import (
+    REFUSED,
+    VERIFIED,
+    VERIFIED_WITH_MISSING,
+    BadInput,
+    ReleaseReport,
+    UnsafeArchive,
+    cli,
+    verify_release,
+)
 from infra.release import signature as release_signature
 from infra.release.archive import unpack_release
 from infra.release.signature import php_json_encode
@@ -227,6 +236,31 @@ def test_a_signed_file_given_another_signed_files_content_is_invalid(release):
     assert [f.path for f in report.scopes[0].invalid] == ["lib/private/Security.php"]
 
 
+def test_the_hashes_are_sorted_before_the_signature_is_checked_as_php_ksort_does(release):
+    path = release.root / "apps/notes/appinfo/signature.json"
+    document = json.loads(path.read_text())
+    document["hashes"] = dict(reversed(document["hashes"].items()))
+    path.write_text(json.dumps(document))
+    assert release.verify().verdict == VERIFIED
+
+
+def test_core_signed_updater_entries_are_dropped_as_nextcloud_does(release, authority):
+    signed_with_updater = release.root / "core/signature.json"
+    sign(release.root, signed_with_updater, authority.leaf("core"), authority.leaf_key, core=True)
+    document = json.loads(signed_with_updater.read_text())
+    assert "updater/index.php" not in document["hashes"]
+    document["hashes"]["updater/index.php"] = hashlib.sha512(b"<?php\n").hexdigest()
+    hashes_ = dict(sorted(document["hashes"].items()))
+    message = json.dumps(hashes_, separators=(",", ":")).replace("/", "\\/").encode()
+    document["signature"] = base64.b64encode(authority.leaf_key.sign(
+        message, padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=0), hashes.SHA1())).decode()
+    document["hashes"] = hashes_
+    signed_with_updater.write_text(json.dumps(document))
+    (release.root / "updater/index.php").unlink()
+    report = release.verify()
+    assert report.verdict == VERIFIED and report.scopes[0].signed == 11
+
+
 def test_files_nextcloud_ignores_by_name_are_ignored(release):
     release.write("lib/.DS_Store", "junk")
     release.write("apps/notes/Thumbs.db", "junk")
@@ -281,17 +315,45 @@ def test_a_root_crt_with_one_more_certificate_is_refused(release, stranger):
     assert "not pinned: " in release.verify().trust_error
 
 
+def test_pinned_certificates_that_do_not_chain_are_refused(release, stranger):
+    """root.crt must be a chain: an intermediate of another root next to our root is refused even when pinned."""
+    mixed = [stranger.intermediate, release.authority.root]
+    release.write_bytes("resources/codesigning/root.crt",
+                        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in mixed))
+    report = verify_release(release.root, pins=frozenset(c.fingerprint(hashes.SHA256()).hex() for c in mixed))
+    assert "Stranger Intermediate" in report.trust_error and "is not issued by any pinned" in report.trust_error
+
+
 def test_a_root_crl_signed_by_someone_else_is_refused(release, stranger):
     release.write_bytes("resources/codesigning/root.crl", stranger.crl())
     assert "root.crl is not signed by a pinned" in release.verify().trust_error
 
 
-def test_an_unsigned_app_folder_and_a_stray_apps_file_are_refused(release):
+def test_an_unsigned_app_folder_is_refused(release):
     release.write("apps/backdoor/lib/x.php", "<?php\n")
+    report = release.verify()
+    assert report.unsigned_apps == ["backdoor"] and report.verdict == REFUSED
+    assert report.problems == ["UNSIGNED app apps/backdoor/ (no appinfo/signature.json)"]
+
+
+def test_a_file_directly_in_apps_belongs_to_no_signature_and_is_refused(release):
     release.write("apps/loose.php", "<?php\n")
     report = release.verify()
-    assert report.unsigned_apps == ["backdoor"] and report.stray_files == ["apps/loose.php"]
-    assert report.verdict == REFUSED
+    assert report.problems == ["EXTRA apps/loose.php (in apps/ but in no app)"] and report.verdict == REFUSED
+
+
+def test_files_in_folders_only_a_running_instance_makes_are_refused(release):
+    release.write("data/owncloud.log", "{}\n")
+    release.write("assets/x.php", "<?php\n")
+    release.write("config/config.php", "<?php\n$CONFIG = [];\n")  # config/ is outside every signature, as in NC
+    report = release.verify()
+    assert sorted(report.problems) == ["EXTRA assets/x.php (a release has no assets/ folder)",
+                                       "EXTRA data/owncloud.log (a release has no data/ folder)"]
+    assert report.uncovered["config"] == 2
+
+
+def test_a_report_without_any_verified_scope_is_never_verified():
+    assert ReleaseReport(Path("nextcloud"), "34.0.1").verdict == REFUSED
 
 
 def test_a_shipped_app_that_is_absent_is_missing(release):
@@ -366,6 +428,7 @@ def test_a_signed_archive_verifies_unpacked_into_a_temporary_or_given_folder(rel
     assert verify_release(archive, pins=release.authority.pins()).verdict == VERIFIED
     report = verify_release(archive, unpack_to=tmp_path / "kept", pins=release.authority.pins())
     assert report.verdict == VERIFIED and report.tree == tmp_path / "kept/nextcloud" and report.archive == archive
+    assert report.unpack_seconds > 0 and (tmp_path / "kept/nextcloud/lib/base.php").is_file()
     zipped = tmp_path / "nextcloud-34.0.1.zip"
     with zipfile.ZipFile(zipped, "w") as out:
         for path in sorted(release.root.rglob("*")):
