@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -22,8 +23,10 @@ README = ROOT / "README.md"
 PAGES = sorted(DOCS_DIR.rglob("*.md"))
 DOCS = [README, *PAGES, *sorted((ROOT / ".ci").glob("*")), *sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
 # Markdown the link check reads: the README, docs/ and the READMEs next to the code (never generated or vendored).
-SKIP_DIRS = {".git", ".venv", "build", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
-MARKDOWN = sorted(p for p in ROOT.rglob("*.md") if not SKIP_DIRS & set(p.relative_to(ROOT).parts))
+# The project's own Markdown: what git tracks or would add (never build/, .venv or a bake's root filesystem).
+MARKDOWN = sorted(ROOT / line for line in subprocess.run(
+    ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"], cwd=ROOT, capture_output=True,
+    text=True, check=True).stdout.splitlines() if (ROOT / line).is_file())
 README_MAX_LINES = 150
 FIRST_COMMANDS = [
     "bash .ci/setup && .venv/bin/inv build-ami test-ami",
