@@ -95,8 +95,9 @@ def test_the_boot_script_and_the_renderer_agree_everywhere_in_between(tmp_path):
 
 def test_rendered_values_are_ceilings_the_machine_can_only_lower(tmp_path):
     # Rendered for a t3.large (61, 512M), booted on a t3.small's 2048 MiB: the machine's 10 and 256M win.
-    assert parsed(run_script(tmp_path, 2048 * 1024, {"NEXTCLOUD_APACHE_MAX_WORKERS": "61", "PHP_MEMORY_LIMIT": "512M"})) \
-        == {"NEXTCLOUD_APACHE_MAX_WORKERS": "10", "PHP_MEMORY_LIMIT": "256M"}
+    rendered = {"NEXTCLOUD_APACHE_MAX_WORKERS": "61", "PHP_MEMORY_LIMIT": "512M"}
+    assert parsed(run_script(tmp_path, 2048 * 1024, rendered)) == {
+        "NEXTCLOUD_APACHE_MAX_WORKERS": "10", "PHP_MEMORY_LIMIT": "256M"}
     # Lower rendered values win over a larger machine; PHP's shorthand in G, K and bytes; -1 is no ceiling.
     cases = [({"NEXTCLOUD_APACHE_MAX_WORKERS": "12", "PHP_MEMORY_LIMIT": "256M"}, ("12", "256M")),
              ({"PHP_MEMORY_LIMIT": "1G"}, ("30", "512M")),
@@ -289,3 +290,28 @@ def test_the_refusal_reaches_the_front_door_with_a_non_zero_exit(tmp_path):
                           env={k: v for k, v in os.environ.items() if not k.startswith("NCIMAGE_")})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "stack.max_size:" in proc.stderr and "stack.database.instance_class" in proc.stderr
+
+
+APACHE = Path("/usr/sbin/apache2")
+
+
+@pytest.mark.skipif(not APACHE.exists(), reason="Debian's apache2-bin is not installed")
+def test_apache_reads_the_worker_count_from_the_environment(tmp_path):
+    # Debian's mpm_prefork.conf comes first (mods-enabled), ours after it (conf-enabled), as in the image.
+    conf = tmp_path / "httpd.conf"
+    conf.write_text(
+        f"ServerRoot {tmp_path}\nServerName localhost\nPidFile {tmp_path}/httpd.pid\nErrorLog {tmp_path}/error.log\n"
+        "Listen 127.0.0.1:18099\nLoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so\n"
+        "<IfModule mpm_prefork_module>\n  MaxRequestWorkers 150\n</IfModule>\n"
+        f"Include {ROOT / 'image' / 'nextcloud' / 'apache' / 'mpm-workers.conf'}\n")
+
+    def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if k != "NEXTCLOUD_APACHE_MAX_WORKERS"}
+        return subprocess.run([str(APACHE), "-f", str(conf), "-t"], env=base | env, capture_output=True, text=True,
+                              timeout=30)
+
+    good = check({"NEXTCLOUD_APACHE_MAX_WORKERS": "28"})
+    assert good.returncode == 0 and "Syntax OK" in good.stderr and "AH00111" not in good.stderr, good.stderr
+    # Unset, Apache only warns and runs ONE worker: the entrypoint must always export the script's output.
+    unset = check({})
+    assert "AH00111" in unset.stderr and "MaxRequestWorkers of 0 not allowed" in unset.stderr
