@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from render import capacity
 from render.secret_refs import SECRET_VARIABLES, render_contract
 from render.settings import Settings, secret_ref_kind
 
@@ -135,6 +136,7 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         "NEXTCLOUD_HAS_INTERNET": "1" if s.site.internet else "0",
         "NEXTCLOUD_ADMIN_USER": s.cluster.admin_user,
         "NEXTCLOUD_LOGLEVEL": str(s.logs.nextcloud_loglevel),
+        **web_tier_environment(s),
         # Host side (the units read this file too): where the logs go and whom the liveness watchdog tells. An AWS
         # instance belongs to an Auto Scaling group and ships its journal to the environment's log group; the local
         # twin has neither, so its logs stay in the journal and its watchdog only logs.
@@ -147,6 +149,23 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         if "\n" in value:  # pragma: no cover - validators already refuse these
             raise ValueError(f"{name} contains a newline")
     return sorted(variables.items())
+
+
+def web_tier_environment(s: Settings) -> dict[str, str]:
+    """Apache workers and PHP's memory_limit for the settings' instance type (render/capacity.py).
+
+    They are ceilings: at boot nextcloud-size-workers takes the smaller of each and what the machine's own memory
+    holds, so an image baked for a larger type never overcommits a smaller one. For a type whose memory the table
+    does not know, the ceilings are web.max_workers (or capacity.MAX_WORKERS) and the image's own 512M.
+    """
+    sizing = capacity.instance_sizing(s)
+    workers = sizing.workers if sizing else (s.web.max_workers or capacity.MAX_WORKERS)
+    limit = sizing.php_memory_limit if sizing else f"{capacity.PHP_MEMORY_LIMIT_CEILING_MIB}M"
+    return {
+        "NEXTCLOUD_APACHE_MAX_WORKERS": str(workers),
+        "NEXTCLOUD_WORKER_MEMORY_MB": str(s.web.worker_memory_mb),
+        "PHP_MEMORY_LIMIT": limit,
+    }
 
 
 def instance_document(s: Settings) -> dict[str, object]:

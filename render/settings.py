@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from render import nextcloud_releases
+from render import capacity, nextcloud_releases
 from render.rules import (
     S3_NAMING_RULES,
     image_version_problem,
@@ -366,6 +366,20 @@ class Logs(_Section):
         return self.group_name or f"/nextcloud/{environment}"
 
 
+class Web(_Section):
+    """Each instance's web tier: Apache prefork workers and PHP's memory_limit, sized from the instance's memory
+    (render/capacity.py at render, nextcloud-size-workers at boot; docs/capacity.md)."""
+
+    worker_memory_mb: int = Field(
+        default=capacity.WORKER_MEMORY_MIB, ge=32, le=2048,
+        description="memory one busy Apache worker (a Nextcloud request in mod_php) holds; workers = pool / this",
+    )
+    max_workers: int | None = Field(
+        default=None, ge=capacity.MIN_WORKERS, le=capacity.MAX_WORKERS,
+        description="at most this many Apache workers per instance (unset: as many as the memory holds)",
+    )
+
+
 class LaunchTemplate(_Section):
     name: str | None = None
 
@@ -613,6 +627,7 @@ class Settings(_Section):
     secrets: Secrets
     cluster: Cluster = Cluster()
     logs: Logs = Logs()
+    web: Web = Web()
     launch_template: LaunchTemplate = LaunchTemplate()
     autoscaling: Autoscaling = Autoscaling()
     rollout: Rollout = Rollout()
@@ -724,6 +739,15 @@ class Settings(_Section):
             problems.append(("launch_template.name", "required for AWS: the launch template the rollout versions"))
         if not self.autoscaling.group_name:
             problems.append(("autoscaling.group_name", "required for AWS: the Auto Scaling group to refresh"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _connection_budget(self) -> Settings:
+        # The fleet at its largest must fit the database's max_connections (render/capacity.py); only AWS
+        # environments have a stack whose group and database these settings size.
+        problems = capacity.budget_problems(self) if self.builder == "aws" else []
         if problems:
             raise FieldProblems(problems)
         return self

@@ -53,6 +53,9 @@ class Feed:
 # Output (infra/stack/nextcloud.yaml) → dotted settings key. The names match the template's Outputs section.
 MAPPING: tuple[Feed, ...] = (
     Feed("DatabaseAddress", "database.host"),
+    # With stack.database.proxy the stack also has this output, and the instances connect through the proxy: later
+    # feeds win (DatabaseAddress stays the database's own, which inv bootstrap-db uses).
+    Feed("DatabaseProxyAddress", "database.host"),
     Feed("DatabasePort", "database.port", _int),
     Feed("CacheAddress", "redis.host"),
     Feed("CachePort", "redis.port", _int),

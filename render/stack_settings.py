@@ -33,6 +33,11 @@ class StackDatabase(_Part):
     max_allocated_storage_gb: int = Field(default=200, ge=20, le=65536)
     multi_az: bool = True
     backup_retention_days: int = Field(default=14, ge=1, le=35)
+    max_connections: int | None = Field(
+        default=None, ge=25, le=5000,
+        description="max_connections the stack sets (unset: RDS's formula for the class; render/capacity.py)",
+    )
+    proxy: bool = Field(default=False, description="RDS Proxy between the instances and the database (TLS required)")
 
     @model_validator(mode="after")
     def _storage(self) -> StackDatabase:

@@ -9,6 +9,7 @@ from typing import Any
 
 from cfnlint.decode import cfn_yaml
 
+from render import capacity
 from render.settings import Settings
 
 TEMPLATE = Path(__file__).with_name("nextcloud.yaml")
@@ -47,6 +48,10 @@ def template_body(path: Path = TEMPLATE) -> str:
     doc.pop("Metadata", None)
     for resource in doc["Resources"].values():
         resource.pop("Metadata", None)
+    # A parameter's or output's Description only labels it in the console; the resources' own stay.
+    for section in ("Parameters", "Outputs"):
+        for entry in doc.get(section, {}).values():
+            entry.pop("Description", None)
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -55,6 +60,11 @@ def stack_parameters(s: Settings, *, image_id: str, user_data: str) -> dict[str,
     st = s.stack
     db = st.database
     free_storage_alarm = db.allocated_storage_gb * 1024**3 // 10  # 10% of the allocated storage
+    # The connection budget's figures (render/capacity.py), so the database and the check agree.
+    max_connections = capacity.planned_max_connections(s)
+    if max_connections is None:
+        raise ValueError(f"stack.database.instance_class {db.instance_class!r} has no known memory: set "
+                         "stack.database.max_connections")
     params = {
         "EnvironmentName": s.name,
         "Production": _bool(st.production),
@@ -78,6 +88,7 @@ def stack_parameters(s: Settings, *, image_id: str, user_data: str) -> dict[str,
         "HealthCheckGracePeriod": str(st.health_check_grace_seconds),
         "InstanceWarmup": str(s.rollout.instance_warmup_seconds),
         "TargetCpuUtilization": str(st.target_cpu_percent),
+        "InstanceMaxHealthyPercentage": str(capacity.MAINTENANCE_MAX_HEALTHY_PERCENTAGE),
         "DatabaseName": s.database.name,
         "DatabaseEngineVersion": db.engine_version,
         "DatabaseInstanceClass": db.instance_class,
@@ -86,6 +97,10 @@ def stack_parameters(s: Settings, *, image_id: str, user_data: str) -> dict[str,
         "DatabaseMultiAz": _bool(db.multi_az),
         "DatabaseBackupRetentionDays": str(db.backup_retention_days),
         "DatabaseFreeStorageAlarmBytes": str(free_storage_alarm),
+        "DatabaseUser": s.database.user,
+        "DatabaseMaxConnections": str(max_connections),
+        "DatabaseProxyEnabled": _bool(db.proxy),
+        "DatabaseProxyMaxConnectionsPercent": str(capacity.proxy_max_connections_percent(max_connections)),
         "CacheEngine": st.cache.engine,
         "CacheEngineVersion": st.cache.engine_version,
         "CacheNodeType": st.cache.node_type,

@@ -24,6 +24,7 @@ from infra.stack.template import (
     template_body,
 )
 from render import tags
+from render.capacity import MAINTENANCE_MAX_HEALTHY_PERCENTAGE
 from render.settings import has_setting, load_settings
 from render.stack_outputs import AWAITED, MAPPING
 
@@ -114,7 +115,10 @@ def test_the_group_follows_liveness_and_the_load_balancer_follows_readiness():
     group = props("Group")
     assert group["HealthCheckType"] == "EC2", "ELB health checks would replace the fleet on a database outage"
     # A replacement (the watchdog's Unhealthy, rebalancing) launches before the broken instance is terminated.
-    assert group["InstanceMaintenancePolicy"] == {"MinHealthyPercentage": 100, "MaxHealthyPercentage": 200}
+    # The ceiling is the connection budget's (render/capacity.py), passed as a parameter: one number, one place.
+    assert group["InstanceMaintenancePolicy"] == {"MinHealthyPercentage": 100,
+                                                  "MaxHealthyPercentage": {"Ref": "InstanceMaxHealthyPercentage"}}
+    assert _example_parameters()["InstanceMaxHealthyPercentage"] == str(MAINTENANCE_MAX_HEALTHY_PERCENTAGE) == "200"
     assert group["VPCZoneIdentifier"]["Fn::If"][1] == [{"Ref": f"PrivateSubnet{n}"} for n in (1, 2, 3)]
     assert R["Group"]["Condition"] == "HasImage"
     tg = props("TargetGroup")
@@ -178,6 +182,9 @@ def test_security_groups_are_chained_and_allow_nothing_else():
         ("in", "DatabaseSecurityGroup", 5432, 5432, "InstanceSecurityGroup"),
         ("in", "DatabaseSecurityGroup", 5432, 5432, "BootstrapSecurityGroup"),
         ("out", "DatabaseSecurityGroup", -1, -1, NO_EGRESS),
+        # stack.database.proxy: the proxy sits in the database's group and reaches the database, nothing else
+        ("out", "DatabaseSecurityGroup", 5432, 5432, "DatabaseSecurityGroup"),
+        ("in", "DatabaseSecurityGroup", 5432, 5432, "DatabaseSecurityGroup"),
         ("in", "CacheSecurityGroup", 6379, 6379, "InstanceSecurityGroup"),
         ("out", "CacheSecurityGroup", -1, -1, NO_EGRESS),
         ("out", "BootstrapSecurityGroup", 443, 443, "0.0.0.0/0"),
@@ -230,7 +237,10 @@ def _list(v):
 def test_data_bearing_resources_are_retained_or_snapshotted():
     # The cache holds sessions and locks only: replacing it is refused, but nothing to keep once it is gone.
     kept = DATA_BEARING_TYPES - {"AWS::ElastiCache::ReplicationGroup"}
-    data = {k: v for k, v in R.items() if v["Type"] in kept}
+    # The proxy's login is a copy of the application's password in RDS Proxy's JSON form, rebuilt at every deploy.
+    derived = props("DatabaseProxySecret")["SecretString"]["Fn::Sub"]
+    assert "{{resolve:secretsmanager:${DatabasePasswordSecret}:SecretString}}" in derived
+    data = {k: v for k, v in R.items() if v["Type"] in kept and k != "DatabaseProxySecret"}
     assert len(data) == 9  # key, bucket, database, six secrets
     for name, res in data.items():
         assert res.get("DeletionPolicy") in ("Retain", "Snapshot"), name

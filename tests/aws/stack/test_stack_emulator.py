@@ -101,6 +101,8 @@ certificate_arn = "{cert}"
 min_size = 2
 desired_capacity = 2
 max_size = 6
+[web]
+max_workers = 24                # 12 instances x (24 + 2) + 9 = 321 <= 390 on db.t4g.medium (docs/capacity.md)
 """)
     return root
 
