@@ -138,7 +138,9 @@ def _tree_entries(tree: ReleaseTree) -> Iterator[tuple[tarfile.TarInfo, object]]
     yield info("usr", tarfile.DIRTYPE, 0o755, owner=root_owner), None
     yield info("usr/src", tarfile.DIRTYPE, 0o755, owner=root_owner), None
     yield info("usr/src/nextcloud", tarfile.DIRTYPE, 0o755), None
-    paths = sorted(p for p in tree.root.rglob("*") if p.relative_to(tree.root).parts[0] not in ("data", "custom_apps"))
+    # As the official image unpacks it: without updater/ (it removes it; nodes never update themselves).
+    paths = sorted(p for p in tree.root.rglob("*")
+                   if p.relative_to(tree.root).parts[0] not in ("data", "custom_apps", "updater"))
     for path in paths:
         rel = path.relative_to(tree.root).as_posix()
         name = f"usr/src/nextcloud/{rel}"

@@ -252,7 +252,27 @@ class Node:
     def livez_http(self, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         return self.readyz_http("/livez", headers)
 
+    def ensure_web_server(self) -> None:
+        """A node that only ran its init has no web server; readiness asks the node's status.php, so serve it."""
+        if self.http_port is not None:
+            return
+        self.http_port = free_port()
+        log = self._log("web")
+        with log.open("w") as out:
+            p = subprocess.Popen(["php", "-S", f"127.0.0.1:{self.http_port}", str(ROUTER)],
+                                 env={**self.env(), "PHP_CLI_SERVER_WORKERS": "2"}, text=True, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+
     def readyz_cli(self, **overrides: str | None) -> dict[str, Any]:
+        self.ensure_web_server()
         r = subprocess.run(["php", str(READYZ)], env=self.env(**overrides), text=True, capture_output=True, timeout=20)
         result = json.loads(r.stdout)
         assert (r.returncode == 0) == result["ready"], r

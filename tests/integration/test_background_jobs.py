@@ -20,6 +20,7 @@ CRON = ENTRYPOINT.parent / "nextcloud-cron"
 
 
 def run_cron(node, **overrides: str) -> subprocess.CompletedProcess[str]:
+    node.ensure_web_server()  # the runner asks readiness, which asks the node's status.php
     return subprocess.run([str(CRON)], env=node.env(**overrides), capture_output=True, text=True, timeout=60)
 
 

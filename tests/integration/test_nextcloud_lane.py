@@ -10,6 +10,7 @@ is asserted on either base. The engine: Docker at DOCKER_HOST, else a private Po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -281,6 +282,42 @@ def test_readiness_probes_cost_one_check_per_node_every_few_seconds(lane, nodes)
     # One verdict per 5 s for all of Apache's workers: at most one status.php run (and one database and Redis
     # check) per started 5 s, however many probes arrive.
     assert after - before <= int(elapsed // 5) + 1, (after - before, f"{elapsed:.1f}s")
+
+
+
+def _address_apache_logged(node, path: str) -> str:
+    """The client address in the access-log line of ``path`` (%h: what mod_remoteip made REMOTE_ADDR, for PHP too)."""
+    lines = [line for line in node.logs().splitlines() if f"GET {path} " in line]
+    assert lines, f"no access-log line for {path}"
+    return lines[-1].split(" ", 1)[0]
+
+
+def _forge(node, path: str) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(node.url + path, headers={
+        "X-Real-IP": "203.0.113.66", "X-Forwarded-For": "203.0.113.77, 198.51.100.9"})
+    with contextlib.suppress(OSError):  # any answer will do: the access log records the address
+        urllib.request.urlopen(req, timeout=30).close()  # noqa: S310 - loopback only
+
+
+def test_a_client_cannot_choose_its_address(lane, nodes):
+    # From a peer that is not a listed proxy, neither header is believed: Apache and PHP see the TCP peer.
+    node = nodes[0]
+    path = f"/robots.txt?untrusted-{secrets.token_hex(3)}"
+    _forge(node, path)
+    assert _address_apache_logged(node, path) == "127.0.0.1"
+    # From a listed proxy (the load balancer's subnet), only the address it appended to X-Forwarded-For counts;
+    # X-Real-IP, which a client can pass through the load balancer, never does.
+    proxied = lane.cluster.start_node("proxied", lane.image, _free_port(), allow_install=False,
+                                      extra_env={"NEXTCLOUD_TRUSTED_PROXIES": "127.0.0.1/32"})
+    try:
+        proxied.wait_ready(NODE_TIMEOUT_S)
+        path = f"/robots.txt?proxied-{secrets.token_hex(3)}"
+        _forge(proxied, path)
+        assert _address_apache_logged(proxied, path) == "198.51.100.9"
+    finally:
+        proxied.remove()
 
 
 # Last: it replaces one of the two nodes the tests above share.

@@ -341,6 +341,12 @@ def image_config(version: str, layers: list[dict[str, object]]) -> dict[str, obj
                 "PHP_INI_SCAN_DIR=:/usr/local/etc/php/conf.d",
                 "APACHE_CONFDIR=/etc/apache2",
                 "APACHE_ENVVARS=/etc/apache2/envvars",
+                # The official image's defaults, read by its PHP ini and Apache config (rootfs/ carries both):
+                # nextcloud/docker's Dockerfile-debian.template.
+                "PHP_MEMORY_LIMIT=512M",
+                "PHP_UPLOAD_LIMIT=512M",
+                "PHP_OPCACHE_MEMORY_CONSUMPTION=128",
+                "APACHE_BODY_LIMIT=1073741824",
                 f"NEXTCLOUD_VERSION={version}",
             ],
             "Entrypoint": ["/entrypoint.sh"],

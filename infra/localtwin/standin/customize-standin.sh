@@ -29,7 +29,7 @@ done
 
 # Apache: modules the official image enables, logs to the container's stdout/stderr.
 chroot "${root}" a2enmod -q rewrite headers env dir mime remoteip
-chroot "${root}" a2enconf -q docker-php
+chroot "${root}" a2enconf -q docker-php remoteip apache-limits
 for log in access other_vhosts_access; do
   ln -sfT /dev/stdout "${root}/var/log/apache2/${log}.log"
 done
