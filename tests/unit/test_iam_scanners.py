@@ -394,6 +394,16 @@ def test_the_boundary_holds_what_the_stacks_roles_are_granted():
     assert granted <= boundary, f"granted outside the boundary: {sorted(granted - boundary)}"
 
 
+def test_service_principals_assume_the_stacks_roles_only_for_this_account():
+    for name, role in load_template()["Resources"].items():
+        if role["Type"] != "AWS::IAM::Role":
+            continue
+        for statement in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            service = statement["Principal"]["Service"]
+            if service != "ec2.amazonaws.com":  # EC2 hands a role only to instances launched in this account
+                assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}, name
+
+
 def test_destructive_image_actions_need_the_projects_tags():
     for name in ("bake.json", "rollout.json"):
         for s in _statements(IAM / name):
