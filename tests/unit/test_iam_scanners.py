@@ -499,6 +499,18 @@ def test_service_principals_assume_the_stacks_roles_only_for_this_account():
                 assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}, name
 
 
+def test_what_the_rollout_conditions_on_carries_the_tags():
+    """The rollout's launch template and upgrade conditions read tags CloudFormation must put there: the launch
+    template is not taggable through stack tags, so the template tags it itself."""
+    (spec,) = load_template()["Resources"]["LaunchTemplate"]["Properties"]["TagSpecifications"]
+    tags = {t["Key"]: t["Value"] for t in spec["Tags"]}
+    assert spec["ResourceType"] == "launch-template"
+    assert tags == {"nextcloud-image:managed": "true", "nextcloud-image:environment": {"Ref": "EnvironmentName"}}
+    versions = next(s for s in _statements(IAM / "rollout.json") if "ec2:CreateLaunchTemplateVersion" in s["Action"])
+    assert set(versions["Condition"]["StringEquals"]) == {
+        "aws:ResourceTag/nextcloud-image:managed", "aws:ResourceTag/nextcloud-image:environment"}
+
+
 def test_destructive_image_actions_need_the_projects_tags():
     """The project's images and snapshots only of the caller's environment; besides, for the bake alone, images and
     snapshots that carry no project tag at all: the intermediate AMI Packer's encrypt_boot registers and removes
