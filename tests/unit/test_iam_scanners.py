@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cfnlint.data.schemas
 import pytest
 import yaml
 
@@ -509,6 +510,26 @@ def test_what_the_rollout_conditions_on_carries_the_tags():
     versions = next(s for s in _statements(IAM / "rollout.json") if "ec2:CreateLaunchTemplateVersion" in s["Action"])
     assert set(versions["Condition"]["StringEquals"]) == {
         "aws:ResourceTag/nextcloud-image:managed", "aws:ResourceTag/nextcloud-image:environment"}
+
+
+# Resource types whose stack-propagated tags (managed, environment: deploy-stack tags the stack) a policy condition
+# reads: the service role (KMS key, cache) and the CI roles (subnets, the group).
+TAGGED_BY_THE_STACK = ["AWS::EC2::Subnet", "AWS::AutoScaling::AutoScalingGroup", "AWS::KMS::Key",
+                       "AWS::ElastiCache::ReplicationGroup"]
+
+
+@pytest.mark.parametrize("rtype", TAGGED_BY_THE_STACK)
+def test_cloudformation_propagates_the_stack_tags_the_conditions_read(rtype):
+    """CloudFormation puts stack-level tags only on resource types its registry schema marks taggable (cfn-lint
+    ships those schemas); the launch template is not, which is why the template tags it itself."""
+    schemas = Path(cfnlint.data.schemas.__file__).parent
+    index = json.loads((schemas / "providers" / "us-east-1.json").read_text())
+    schema = json.loads((schemas / "resources" / f"{index[rtype]}.json").read_text())
+    assert schema["tagging"]["taggable"] is True and schema["tagging"]["tagOnCreate"] is True, rtype
+    template_types = {r["Type"] for r in load_template()["Resources"].values()}
+    assert rtype in template_types
+    launch_template = json.loads((schemas / "resources" / f"{index['AWS::EC2::LaunchTemplate']}.json").read_text())
+    assert launch_template["tagging"]["taggable"] is False
 
 
 def test_destructive_image_actions_need_the_projects_tags():
