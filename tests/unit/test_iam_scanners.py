@@ -532,6 +532,28 @@ def test_cloudformation_propagates_the_stack_tags_the_conditions_read(rtype):
     assert launch_template["tagging"]["taggable"] is False
 
 
+def test_ci_cannot_retag_another_environments_images_into_its_own():
+    """Tagging is the way around tag conditions: the bake role tags only untagged (new) images and snapshots, as its
+    own environment's, and retags only its own environment's, never to another environment."""
+    tagging = [s for s in _statements(IAM / "bake.json") if s["Effect"] == "Allow"
+               and set(_list(s["Action"])) & {"ec2:CreateTags", "ec2:DeleteTags"}
+               and any("::image/" in r or "::snapshot/" in r for r in _list(s["Resource"]))]
+    assert tagging
+    env = "${aws:PrincipalTag/nextcloud-image:environment}"
+    for s in tagging:
+        c = s["Condition"]
+        if "Null" in c:
+            assert c["Null"] == {"aws:ResourceTag/nextcloud-image:managed": "true"}
+            assert c["StringEquals"]["aws:RequestTag/nextcloud-image:environment"] == env
+        else:
+            assert c["StringEquals"]["aws:ResourceTag/nextcloud-image:environment"] == env
+            assert c["StringEqualsIfExists"] == {"aws:RequestTag/nextcloud-image:environment": env}
+    for name in ("bake.json", "rollout.json", "preflight.json"):
+        actions = {a for s in _statements(IAM / name) if s["Effect"] == "Allow" for a in _list(s["Action"])}
+        assert not {a for a in actions if a.startswith(("iam:", "sts:"))} - {"iam:PassRole", "sts:GetCallerIdentity"}, (
+            f"{name}: a CI role that could change its own tags or policies would undo every condition here")
+
+
 def test_destructive_image_actions_need_the_projects_tags():
     """The project's images and snapshots only of the caller's environment; besides, for the bake alone, images and
     snapshots that carry no project tag at all: the intermediate AMI Packer's encrypt_boot registers and removes
