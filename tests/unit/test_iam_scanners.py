@@ -571,6 +571,21 @@ def test_destructive_image_actions_need_the_projects_tags():
             assert tags["aws:ResourceTag/nextcloud-image:environment"].startswith("${aws:PrincipalTag/"), name
 
 
+def test_ci_removes_only_its_environments_throwaway_resources():
+    """Never a member of the fleet (purpose=member) or another environment's canary."""
+    removes = {"ec2:StopInstances", "ec2:TerminateInstances", "ec2:DeleteVolume", "ec2:DeleteKeyPair",
+               "ec2:DeleteSecurityGroup"}
+    seen = set()
+    for s in _statements(IAM / "bake.json"):
+        if s["Effect"] == "Allow" and set(_list(s["Action"])) & removes:
+            seen |= set(_list(s["Action"])) & removes
+            assert s["Condition"]["StringEquals"] == {
+                "aws:ResourceTag/nextcloud-image:managed": "true",
+                "aws:ResourceTag/nextcloud-image:environment": "${aws:PrincipalTag/nextcloud-image:environment}",
+                "aws:ResourceTag/nextcloud-image:purpose": ["bake", "canary"]}, s["Sid"]
+    assert seen == removes
+
+
 def test_start_session_only_with_the_document_check_to_bake_and_canary_instances():
     starts = [s for s in _statements(IAM / "bake.json") if "ssm:StartSession" in _list(s["Action"])]
     assert starts
