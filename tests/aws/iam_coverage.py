@@ -44,6 +44,8 @@ def load_statements(policy_dir: Path = POLICY_DIR) -> list[dict]:
     for path in sorted(policy_dir.glob("*.json")):
         doc = json.loads(path.read_text())
         for st in doc.get("Statement", []):
+            if "Principal" in st:  # a trust policy (github-oidc-trust.json) grants no action to the role itself
+                continue
             statements.append({**st, "_file": path.name})
     return statements
 

@@ -9,6 +9,7 @@ one PyPI wheel that bundles a binary is a personal fork.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -102,3 +103,47 @@ def test_the_rebuild_is_scheduled_staged_and_gated():
         rollout_step = next(s for s in job["steps"] if ".ci/rebuild rollout" in s.get("run", ""))
         # A failed canary fails the job, so the rollout (no `if: always()`) never runs after it.
         assert "always()" not in str(rollout_step.get("if", "")) and "continue-on-error" not in test_step
+
+
+def _step_index(steps: list[dict], predicate) -> int:
+    found = [i for i, s in enumerate(steps) if predicate(s)]
+    assert len(found) == 1, f"expected one such step, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("job", ["staging", "production"])
+def test_aws_credentials_only_after_setup_and_only_on_main(job):
+    steps = load("rebuild.yml")["jobs"][job]["steps"]
+    setup = _step_index(steps, lambda s: "bash .ci/setup" in s.get("run", ""))
+    creds = _step_index(steps, lambda s: "configure-aws-credentials" in s.get("uses", ""))
+    guard = _step_index(steps, lambda s: "refs/heads/main" in s.get("run", ""))
+    assert setup < creds, f"{job}: AWS credentials are configured before .ci/setup installs packages"
+    assert guard == 0, f"{job}: the main-only guard must run first, before checkout and credentials"
+    # Nothing but the guard, git and the checkout may run before setup; nothing before the credentials uses AWS.
+    before = [s.get("run", "") for s in steps[:creds]]
+    assert not any(".ci/rebuild" in r or "aws " in r for r in before), f"{job}: AWS used before credentials"
+
+
+@pytest.mark.parametrize(("ref", "code"), [("refs/heads/main", 0), ("refs/heads/feature", 1),
+                                           ("refs/tags/v1", 1), ("refs/pull/3/merge", 1)])
+def test_the_main_only_guard_stops_other_refs(ref, code, tmp_path):
+    for job in ("staging", "production"):
+        guard = load("rebuild.yml")["jobs"][job]["steps"][0]["run"]
+        script = tmp_path / "guard.sh"
+        script.write_text("set -o errexit -o nounset -o pipefail\n" + guard)
+        proc = subprocess.run(["bash", str(script)], env={"GITHUB_REF": ref, "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True)
+        assert proc.returncode == code, (job, ref, proc.stderr)
+        if code:
+            assert "main only" in proc.stderr and ref in proc.stderr
+
+
+def test_the_roles_trust_names_this_workflow_file():
+    """The OIDC trust pins job_workflow_ref to .github/workflows/rebuild.yml on main: renaming the workflow without
+    updating the trust would lock CI out, so the two are checked together."""
+    trust = json.loads((ROOT / "infra" / "iam" / "github-oidc-trust.json").read_text())
+    sub = trust["Statement"][0]["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
+    assert sub.endswith("/.github/workflows/rebuild.yml@refs/heads/main")
+    assert (ROOT / ".github" / "workflows" / "rebuild.yml").exists()
+    environments = {job["environment"] for job in load("rebuild.yml")["jobs"].values()}
+    assert environments == {"staging", "production"}, "one trust per GitHub environment (README: infra/iam)"
