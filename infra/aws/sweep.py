@@ -328,4 +328,8 @@ def sweep_environment(settings: Any, *, older_than: str, remove: bool, dry_run: 
         return Verdict("listed", f"{len(leftovers)} leftover(s) older than {older_than}; {how}")
     if removal.failed:
         return Verdict("incomplete", f"{summary(removal)}; see above", exit_code=1)
-    return Verdict("swept", f"{summary(removal)} of {len(leftovers)} leftover(s) older than {older_than}")
+    # Removal counts an AMI's snapshots one by one; so must the total it is compared with.
+    total = sum(1 + len(item.snapshots) for item in leftovers)
+    what = f"{total} leftover(s)" if total == len(leftovers) else \
+        f"{total} resource(s) ({len(leftovers)} leftover(s) and their AMIs' snapshots)"
+    return Verdict("swept", f"{summary(removal)} of {what} older than {older_than}")

@@ -123,6 +123,8 @@ def test_sweep_removes_exactly_what_the_dead_runs_left(aws, tmp_path):
     lines: list[str] = []
     verdict = sweep_environment(settings, older_than="0s", remove=True, log=lines.append)
     assert verdict.word == "swept" and verdict.ok, (verdict.line(), lines)
+    # The count removed and the count it is "of" are the same resources: an AMI's snapshots are counted in both.
+    assert f"removed {len(expected_gone)} of {len(expected_gone)} " in verdict.detail, verdict.line()
     after = live(emulator_state(aws))
     assert all_ids(before) - all_ids(after) == expected_gone
     survivors = all_ids(after)
