@@ -390,7 +390,10 @@ def prune_amis(c, env=None, set_=None, keep=None, yes=False, dry_run=False):
     try:
         count = int(keep) if keep is not None else None
     except ValueError:
-        raise Exit(f"--keep {keep!r}: must be a whole number such as 3", code=2) from None
+        from infra.verdict import Verdict
+
+        _say(Verdict("refused", f"--keep {keep!r}: must be a whole number such as 3; nothing was changed", 2).line())
+        raise Exit(code=2) from None
     _rollout_task(c, env, set_, lambda s, report: prune(s, keep=count, yes=yes, dry_run=dry_run, report=report))
 
 
