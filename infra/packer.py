@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from infra.errors import PipelineError
+
 Log = Callable[[str], None]
 
 # Terminal colour codes in the scripts' output (docker build colours stderr).
@@ -30,7 +32,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNESCAPE = (("%!(PACKER_COMMA)", ","), ("\\n", "\n"), ("\\r", "\r"))
 
 
-class PackerError(RuntimeError):
+class PackerError(PipelineError, RuntimeError):
     """Packer failed, or its manifest does not say what was built."""
 
 

@@ -16,6 +16,7 @@ and only those that carry this project's and environment's tags and no remaining
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,13 +189,17 @@ def execute(aws: Aws, settings: Any, plan: PrunePlan, report: Reporter) -> tuple
     return deregistered, deleted, kept
 
 
-def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: Reporter) -> Verdict:
+def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: Reporter,
+          confirm: Callable[[str], bool] | None = None) -> Verdict:
+    """Plan, and delete what the plan deletes: ``yes`` (--yes) without asking, else when ``confirm`` says yes;
+    without either (no terminal to ask on) or in a dry run, the plan is the result."""
     require_aws_environment(settings, "prune-amis")
     keep = settings.ami.retention if keep is None else keep
     if keep < 1:
         return Verdict("refused", "--keep must be at least 1 (the image the group runs is kept anyway); nothing was "
                                   "changed", REFUSED)
-    aws = Aws.for_settings(settings, dry_run=dry_run or not yes)  # a plan cannot delete anything, even by mistake
+    may_delete = not dry_run and (yes or confirm is not None)
+    aws = Aws.for_settings(settings, dry_run=not may_delete)  # a plan cannot delete anything, even by mistake
     aws.preflight()
     plan = plan_prune(aws, settings, keep)
     rows = [[a.id, a.region, a.nextcloud_version or "?", a.build_time, f"keep: {why}"] for a, why in plan.keep]
@@ -204,9 +209,11 @@ def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: 
                  ["AMI", "region", "Nextcloud", "built", "decision"], rows)
     if not plan.delete:
         return Verdict("nothing to prune", f"{len(plan.keep)} AMI(s) kept, none to delete; nothing was changed", OK)
-    if dry_run or not yes:
+    if not may_delete:
         return Verdict("planned", f"would deregister {len(plan.delete)} AMI(s) and delete their snapshots; pass --yes "
                                   "to do it; nothing was changed", OK)
+    if not yes and not (confirm and confirm(f"deregister {len(plan.delete)} AMI(s) and delete their snapshots?")):
+        return Verdict("not confirmed", "nothing was changed", REFUSED)
     amis, snaps, kept = execute(aws, settings, plan, report)
     for line in kept:
         report.info(f"  kept snapshot {line}")

@@ -1,9 +1,9 @@
 """Every `inv …` command the README, the runbook and the CI scripts show exists: its task names and every flag
-they use are checked against the real tasks (tasks.py's collection), so the docs cannot drift from the tool."""
+they use are checked against the real tasks (the tasks package's collection), so the docs cannot drift from the tool."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
 from pathlib import Path
 
@@ -18,11 +18,7 @@ MENTION = re.compile(r"(?:^|[\s`(])(?:\.venv/bin/)?inv\s+([^`#|;&>]+)")
 
 
 def _collection():
-    spec = importlib.util.spec_from_file_location("tasks_under_test", ROOT / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module.ns
+    return importlib.import_module("tasks").ns
 
 
 def _flags(task) -> set[str]:

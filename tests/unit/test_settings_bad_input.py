@@ -316,7 +316,7 @@ CASES += FILE_AND_PARSER + OVERRIDES + OTHER_VALUES
 def make_project(root: Path) -> Path:
     """A copy of the project's front door with its own environments/ and build/, so bad files touch nothing real."""
     root.mkdir(parents=True)
-    shutil.copy(ROOT / "tasks.py", root / "tasks.py")
+    shutil.copytree(ROOT / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     for tree in ("render", "image", "packer", "infra"):
         if (ROOT / tree).exists():
             (root / tree).symlink_to(ROOT / tree)

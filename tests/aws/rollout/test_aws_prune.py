@@ -197,6 +197,22 @@ def test_an_image_a_refresh_to_a_mixed_instances_policy_launches_is_kept(fleet, 
     assert {old, overridden} <= set(amis(fleet)), report.text
 
 
+def test_without_yes_prune_asks_on_a_terminal_and_only_a_yes_deletes(fleet, report, aws):
+    """--yes skips the question; without it a terminal is asked (no: nothing changes, exit 2), and without a
+    terminal (no ``confirm``) the plan is the result."""
+    old = fleet.bake(built="2020-01-01T00:00:00Z")
+    [fleet.bake() for _ in range(2)]
+    settings = fleet.settings()
+    before = fleet.state()
+    questions: list[str] = []
+    verdict = prune(settings, keep=2, yes=False, dry_run=False, report=report,
+                    confirm=lambda q: questions.append(q) or False)
+    assert (verdict.word, verdict.exit_code) == ("not confirmed", outcome.REFUSED), verdict.line()
+    assert questions == ["deregister 1 AMI(s) and delete their snapshots?"] and fleet.state() == before
+    verdict = prune(settings, keep=2, yes=False, dry_run=False, report=report, confirm=lambda _q: True)
+    assert verdict.word == "pruned" and old not in amis(fleet), verdict.line()
+
+
 def test_keep_must_be_at_least_one(fleet, report):
     verdict = pruned(fleet, report, keep=0)
     assert verdict.exit_code == outcome.REFUSED and "--keep" in verdict.detail
