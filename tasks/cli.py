@@ -15,6 +15,7 @@ prints.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import re
 import sys
@@ -176,14 +177,18 @@ def pipeline_task(
     types = types or {}
 
     def decorate(body: Callable[..., Verdict | None]) -> Any:
+        signature = inspect.signature(body)
+
         @functools.wraps(body)
         def run(c: Context, *args: Any, **kwargs: Any) -> None:
-            to_stderr = bool(kwargs.get("json"))  # with --json stdout is one document; the verdict goes aside
+            call = signature.bind(c, *args, **kwargs)
+            call.apply_defaults()  # a default such as older_than="6h" is parsed like a value given on the line
+            to_stderr = bool(call.arguments.get("json"))  # with --json stdout is one document: the verdict goes aside
             try:
                 for name, kind in types.items():
-                    if kwargs.get(name) is not None:
-                        kwargs[name] = kind.parse("--" + name.replace("_", "-"), kwargs[name])
-                verdict = body(c, *args, **kwargs)
+                    if call.arguments.get(name) is not None:
+                        call.arguments[name] = kind.parse("--" + name.replace("_", "-"), call.arguments[name])
+                verdict = body(*call.args, **call.kwargs)
             except PipelineError as exc:
                 verdict = Verdict(exc.word, str(exc), exc.exit_code)
             except KeyboardInterrupt:

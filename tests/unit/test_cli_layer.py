@@ -75,6 +75,11 @@ def test_typed_flags_reach_the_task_parsed_and_bad_ones_never_reach_it(capsys):
         return Verdict("done", "ok")
 
     assert end_of(body, capsys, count="3", wait="30m")[0] == 0 and seen == {"count": 3, "wait": 1800.0}
+
+    def with_defaults(c, count="2", wait="1h", json=False):
+        seen.update(count=count, wait=wait)
+
+    assert end_of(with_defaults, capsys)[0] == 0 and seen == {"count": 2, "wait": 3600.0}, "defaults are typed too"
     seen.clear()
     code, out, _ = end_of(body, capsys, count="3.5")
     assert code == 2 and "verdict: refused - --count '3.5': must be a whole number from 1 to 5" in out
