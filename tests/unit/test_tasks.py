@@ -25,14 +25,35 @@ def test_list_shows_the_whole_front_door_with_help():
         assert line and len(line.split(None, 1)[1]) > 10, f"{name} has no one-line help in:\n{out}"
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_every_flag_has_help(name):
-    out = inv(name, "--help").stdout
+def inv_here(capsys, *args) -> tuple[int, str, str]:
+    """`inv ARGS` in this process: invoke's own Program parses the line and runs the task, as `inv` does, without
+    a second interpreter's start (exit code, stdout, stderr)."""
+    from invoke import Program
+
+    import tasks
+
+    try:
+        Program(namespace=tasks.ns, version="test").run(["inv", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name", TASKS + ["drill"])
+def test_every_flag_has_help(capsys, name):
+    code, out, _ = inv_here(capsys, name, "--help")
     options = out.split("Options:", 1)[1] if "Options:" in out else ""
     flags = [ln for ln in options.splitlines() if ln.strip().startswith("-")]
-    assert flags, out
+    assert code == 0 and flags, out
     for ln in flags:
         assert len(ln.split("  ")) > 1 and ln.split("  ")[-1].strip(), f"{name}: flag without help: {ln!r}"
+
+
+def test_help_through_the_real_command_line_too():
+    out = inv("sweep", "--help").stdout
+    assert "Exit codes:" in out and "--older-than=STRING" in out and "skip the confirmation question" in out
 
 
 @pytest.mark.parametrize("name", ["rollout", "rollback", "upgrade", "prune-amis", "status"])
@@ -78,10 +99,17 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("args, named", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
-def test_a_bad_number_or_duration_exits_2_naming_the_flag(args, named):
-    proc = inv(*args)
+def test_a_bad_number_or_duration_exits_2_naming_the_flag(capsys, args, named):
+    code, out, err = inv_here(capsys, *args)
+    assert code == 2, out + err
+    assert out.strip().splitlines()[-1].startswith(f"verdict: refused - {named}: must be "), out
+    assert "Traceback" not in out + err
+
+
+def test_a_bad_timeout_through_the_real_command_line_exits_2_without_a_traceback():
+    proc = inv("bootstrap-db", "--env", "example", "--timeout", "abc")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith(f"verdict: refused - {named}: must be "), proc.stdout
+    assert proc.stdout.startswith("verdict: refused - --timeout 'abc': must be a duration"), proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
