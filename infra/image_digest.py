@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from infra.errors import PipelineError
+
 _PINNED = re.compile(r".+@sha256:[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-class DigestError(RuntimeError):
+class DigestError(PipelineError, RuntimeError):
     """The digest of an unpinned image reference could not be found; the message says why and what to do."""
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from infra.errors import PipelineError
+
 Log = Callable[[str], None]
 
 # Terminal colour codes in the scripts' output (docker build colours stderr).
@@ -30,7 +32,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNESCAPE = (("%!(PACKER_COMMA)", ","), ("\\n", "\n"), ("\\r", "\r"))
 
 
-class PackerError(RuntimeError):
+class PackerError(PipelineError, RuntimeError):
     """Packer failed, or its manifest does not say what was built."""
 
 
@@ -244,6 +246,9 @@ def run_packer_build(
             elapsed = _fmt_elapsed(time.monotonic() - timer.started)
             if rec.type == "ui" and rec.data:
                 level, text = rec.data[0], _ANSI.sub("", ",".join(rec.data[1:]))
+                if level == "error":
+                    # One entry per message, on one line: a reason spread over lines (a filter dump) stays whole.
+                    errors.append(" ".join(text.split()))
                 for line in text.splitlines() or [""]:
                     message = line.strip()
                     if level == "say" and message.startswith("==> "):
@@ -255,16 +260,14 @@ def run_packer_build(
                     elif level == "error" and message.startswith("==> "):
                         # A remote script's stderr: output, not necessarily a failure.
                         _, _, rest = message.partition(": ")
-                        errors.append(rest)
                         log(f"[{elapsed}]     {rest}")
                     elif level == "error":
-                        errors.append(message)
                         log(f"[{elapsed}] ERROR {message}")
                     elif message:
                         _, sep, rest = message.partition(": ")
                         log(f"[{elapsed}]     {rest if sep else message}")
             elif rec.type == "error" and rec.data:
-                errors.append(",".join(rec.data))
+                errors.append(" ".join(",".join(rec.data).split()))
         rc = proc.wait()
     except BaseException:
         proc.terminate()
@@ -283,9 +286,16 @@ def run_packer_build(
     timings_path.parent.mkdir(parents=True, exist_ok=True)
     timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     if rc != 0 or entry is None:
-        detail = "\n".join(errors[-5:]) or "see the output above"
+        detail = "\n".join(_failure_reasons(errors)) or "see the output above"
         raise PackerError(f"packer build -only={only} failed (exit {rc}):\n{detail}")
     return PackerResult(entry=entry, timings=timings, timings_path=timings_path)
+
+
+def _failure_reasons(errors: list[str]) -> list[str]:
+    """Packer ends a failed run with one "--> <build>: <reason>" per failed build: those are the reasons. Without
+    that summary (Packer stopped earlier), the last error messages."""
+    summary = [e.removeprefix("--> ") for e in errors if e.startswith("--> ")]
+    return list(dict.fromkeys(summary or [e for e in errors[-3:] if e]))
 
 
 def validate_template(root: Path, var_file: Path, packer: str = "packer") -> tuple[bool, str]:

@@ -19,6 +19,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from infra.errors import PipelineError
+
 DOCKER_HUB = "registry-1.docker.io"
 # The manifest media types a multi-arch tag (an index) or a single-platform one may answer with; the digest of
 # what the registry answers is the digest `docker pull` records as RepoDigests.
@@ -31,7 +33,7 @@ MANIFEST_TYPES = ", ".join([
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PipelineError, RuntimeError):
     """The registry could not be read; the message names the registry, what failed and what to check."""
 
 

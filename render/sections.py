@@ -66,10 +66,24 @@ class Section(BaseModel):
         annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
         if any(isinstance(a, type) and issubclass(a, BaseModel) for a in (annotation, *get_args(annotation))):
             return value  # a section (or an optional one) checks its own fields, so each problem names its own key
+        if isinstance(value, dict):
+            # A table of free keys (tags): a bad value is named by its own dotted key, tags.owner, not by the table.
+            problems = [(dotted_key(key), f"{problem}; {_NO_CONTROL}") for key, child in value.items()
+                        if isinstance(key, str) and not control_character(key)
+                        and (problem := _control_character_problem(child))]
+            if problems:
+                raise FieldProblems(problems[:1])
         problem = _control_character_problem(value)
         if problem:
-            raise ValueError(
-                f"{problem}; a setting never holds control characters (line breaks, tabs, NUL, escape codes): "
-                "remove it (a trailing newline often comes from `$(cat FILE)` or a multi-line string)"
-            )
+            raise ValueError(f"{problem}; {_NO_CONTROL}")
         return value
+
+
+_NO_CONTROL = ("a setting never holds control characters (line breaks, tabs, NUL, escape codes): remove it (a "
+               "trailing newline often comes from `$(cat FILE)` or a multi-line string)")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dotted_key(key: str) -> str:
+    """A table key as it is written after the table's name in a dotted path: owner, or "cost center" quoted."""
+    return key if _BARE_KEY.fullmatch(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'

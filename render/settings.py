@@ -47,7 +47,7 @@ from render.rules import (
 )
 from render.secret_refs import FORMS_HELP, MAY_BE_EMPTY, InvalidReference, classify
 from render.secret_refs import REGION as _REGION_PATTERN
-from render.sections import FieldProblems, matching
+from render.sections import FieldProblems, dotted_key, matching
 from render.sections import Section as _Section
 from render.stack_outputs import StackOutputsError, outputs_path, read_outputs, stack_layer
 from render.stack_settings import Stack
@@ -674,7 +674,8 @@ class Settings(_Section):
             if key.lower().startswith("aws:"):
                 raise ValueError(f"tag key {key!r} uses the reserved 'aws:' prefix; rename it")
             if len(value) > 256:
-                raise ValueError(f"the value of tag {key!r} is {len(value)} characters; EC2 allows 256: shorten it")
+                raise FieldProblems([(dotted_key(key), f"{len(value)} characters; EC2 allows 256 in a tag value: "
+                                                       "shorten it")])
         return v
 
     @model_validator(mode="after")

@@ -279,5 +279,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return describe_client_error(exc)
     if isinstance(exc, (PackerError, AwsError, BotoCoreError)):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # One line for the verdict, but all of it: Packer's reason follows "failed (exit 1):" on the next lines.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if not lines:
+            return type(exc).__name__
+        head, rest = lines[0], lines[1:]
+        return f"{head.rstrip(':')}: {'; '.join(rest)}" if rest else head
     return f"{type(exc).__name__}: {exc}"

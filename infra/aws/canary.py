@@ -37,6 +37,7 @@ from infra.aws.bake import MANIFEST
 from infra.aws.canary_access import AccessFactory, AccessFailed, InstanceAccess, SshAccess, Target
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run
+from infra.errors import PipelineError
 from infra.verdict import Verdict
 from render import tags as T
 
@@ -179,7 +180,7 @@ class CanaryReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class CanaryFailed(Exception):
+class CanaryFailed(PipelineError):
     """The AMI did not pass: the canary did not boot, get ready or pass the suite."""
 
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from infra.errors import PipelineError
+
 SSH_USER = "admin"  # Debian's EC2 images
 
 
-class AccessFailed(Exception):
+class AccessFailed(PipelineError):
     """The canary could not be reached (SSH never answered)."""
 
 

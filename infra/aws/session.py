@@ -27,6 +27,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from infra.errors import PipelineError
+
 # Operation-name prefixes that never change anything (IAM calls these the List/Read access levels).
 READ_ONLY_PREFIXES = ("Describe", "List", "Get", "Head", "Lookup", "Search", "Validate", "Estimate", "Detect")
 
@@ -41,12 +43,11 @@ _CREDENTIAL_ERRORS = {
 _ACCOUNT = re.compile(r"^\d{12}$")
 
 
-class AwsError(RuntimeError):
-    """An AWS operation cannot go on; the message says what is wrong and how to fix it."""
+class AwsError(PipelineError, RuntimeError):
+    """An AWS operation cannot go on; the message says what is wrong and how to fix it (exit 2 unless told)."""
 
     def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
+        super().__init__(message, exit_code=exit_code)
 
 
 class DryRunViolation(AwsError):

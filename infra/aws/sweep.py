@@ -309,8 +309,10 @@ def summary(removal: Removal | None) -> str:
     return ", ".join(parts)
 
 
-def sweep_environment(settings: Any, *, older_than: str, remove: bool, dry_run: bool = False, log: Log = print):
-    """``inv sweep``: preflight, list, and (``remove`` without ``dry_run``) remove; returns the verdict."""
+def sweep_environment(settings: Any, *, older_than: str, remove: bool, dry_run: bool = False, log: Log = print,
+                      confirm: Callable[[str], bool] | None = None):
+    """``inv sweep``: preflight, list, and remove (``remove``: --yes, without asking; else when ``confirm`` says
+    yes; never in a dry run); returns the verdict."""
     from infra.verdict import Verdict
 
     try:
@@ -320,12 +322,19 @@ def sweep_environment(settings: Any, *, older_than: str, remove: bool, dry_run: 
     aws = Aws.for_settings(settings, dry_run=dry_run)
     identity = aws.preflight()
     log(f"aws: account {identity.account}, environment {settings.name}" + (" (dry run)" if dry_run else ""))
-    leftovers, removal = sweep(aws, settings, older_than=age, remove=remove and not dry_run, log=log)
+    leftovers, _ = sweep(aws, settings, older_than=age, remove=False, log=log)
     if not leftovers:
         return Verdict("clean", f"nothing of {settings.name} older than {older_than} is left behind")
-    if removal is None:
-        how = "run again with --yes to remove them" if not dry_run or not remove else "a dry run removes nothing"
+    if dry_run or not (remove or confirm):
+        how = "a dry run removes nothing" if dry_run else "run again with --yes to remove them"
         return Verdict("listed", f"{len(leftovers)} leftover(s) older than {older_than}; {how}")
+    if not remove and not (confirm and confirm(f"remove these {len(leftovers)} leftover(s) of {settings.name}?")):
+        return Verdict("not confirmed", f"{len(leftovers)} leftover(s) listed; nothing was removed", 2)
+    removal = remove_leftovers(aws, leftovers, log)
     if removal.failed:
         return Verdict("incomplete", f"{summary(removal)}; see above", exit_code=1)
-    return Verdict("swept", f"{summary(removal)} of {len(leftovers)} leftover(s) older than {older_than}")
+    # Removal counts an AMI's snapshots one by one; so must the total it is compared with.
+    total = sum(1 + len(item.snapshots) for item in leftovers)
+    what = f"{total} leftover(s)" if total == len(leftovers) else \
+        f"{total} resource(s) ({len(leftovers)} leftover(s) and their AMIs' snapshots)"
+    return Verdict("swept", f"{summary(removal)} of {what} older than {older_than}")

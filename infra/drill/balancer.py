@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra import processes
+from infra.errors import PipelineError
 from infra.localtwin.instance import free_port
 from render.haproxy import TargetGroupHealth, render_haproxy_cfg
 
@@ -33,7 +34,7 @@ BACKEND = "nextcloud"
 _PR_SET_PDEATHSIG = 1
 
 
-class BalancerError(RuntimeError):
+class BalancerError(PipelineError, RuntimeError):
     """HAProxy did not start or refused a runtime command; the message carries its answer."""
 
 

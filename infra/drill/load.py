@@ -21,12 +21,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from infra.errors import Refusal
+
 LOOPBACK = "127.0.0.1"
 _PATH = re.compile(r"/(?!/)[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*")
 _TARGET = re.compile(r"127\.0\.0\.1:(\d{1,5})")
 
 
-class LoadError(ValueError):
+class LoadError(Refusal, ValueError):
     """A load setting is wrong; the message names it, says why and what to pass instead."""
 
 

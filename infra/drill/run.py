@@ -12,12 +12,13 @@ from typing import Any
 from infra.drill.fleet import Fleet
 from infra.drill.results import document, machine, table, write
 from infra.drill.scenarios import SCENARIOS, Options, ScenarioResult
+from infra.errors import Refusal
 from infra.localtwin.instance import sigterm_raises
 
 RESULTS = Path("build") / "drill" / "results.json"
 
 
-class DrillUsageError(ValueError):
+class DrillUsageError(Refusal, ValueError):
     """A drill option is wrong; the message names it and the fix."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.errors import PipelineError
 from infra.lane.admin_socket import CONTAINER_DIR as ADMIN_SOCKET_DIR
 from infra.lane.admin_socket import AdminPasswordSocket
 from infra.lane.services import S3_KEY, S3_REGION, LaneServices
@@ -36,7 +37,7 @@ STATE_FILE = "/dev/shm/nextcloud-cluster/state.json"
 LABEL = "nextcloud-image.lane"
 
 
-class LaneError(RuntimeError):
+class LaneError(PipelineError, RuntimeError):
     """A node did not come up or a step of the lane failed; the message carries the node's last log lines."""
 
 

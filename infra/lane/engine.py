@@ -21,12 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from infra.errors import PipelineError
+
 Log = Callable[[str], None]
 START_TIMEOUT_S = 60.0
 NPROC_LIMIT = 32768
 
 
-class EngineError(RuntimeError):
+class EngineError(PipelineError, RuntimeError):
     """The engine could not be reached or refused a step; the message says what and what to do."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.errors import Refusal
 from infra.lane.cluster import Cluster
 from infra.lane.engine import (
     EngineError,
@@ -141,7 +142,7 @@ TEST_FILE = REPO_ROOT / "tests" / "integration" / "test_nextcloud_lane.py"
 _REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?")
 
 
-class LaneUsageError(ValueError):
+class LaneUsageError(Refusal, ValueError):
     """A bad --base/--upgrade-from; the message names the flag and the fix."""
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from infra.errors import PipelineError
 from infra.localtwin import base_disk, standin
 from infra.localtwin.accel import choose_accelerator
 from infra.localtwin.registry import GUEST_REGISTRY, LoopbackRegistry, RegistryError
@@ -49,7 +50,7 @@ RENDERED = ("packer-vars.json", "nextcloud.env", "secret-references.json", "fing
 Log = Callable[[str], None]
 
 
-class BuildError(RuntimeError):
+class BuildError(PipelineError, RuntimeError):
     """The local image cannot be built; the message says why and what to do."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from infra import processes
+from infra.errors import PipelineError
 from infra.localtwin.accel import choose_accelerator
 
 SSH_USER = "admin"  # the default user of the base disk, as on Debian's EC2 images
@@ -37,7 +38,7 @@ KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 _PR_SET_PDEATHSIG = 1
 
 
-class InstanceError(RuntimeError):
+class InstanceError(PipelineError, RuntimeError):
     """The instance could not be started or did not become ready; the message carries the serial log tail."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import processes
+from infra.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = REPO_ROOT / "build" / "cache" / "registry"
@@ -35,7 +36,7 @@ GUEST_REGISTRY = f"10.0.2.2:{REGISTRY_PORT}"
 START_TIMEOUT_S = 30.0
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PipelineError, RuntimeError):
     """The registry could not be started or an image could not be pushed; the message says why and what to do."""
 
 

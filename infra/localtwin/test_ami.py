@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.errors import PipelineError
 from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.drills import DrillError, run_drills
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
@@ -44,7 +45,7 @@ NOT_SECRET = frozenset({"NEXTCLOUD_INSTANCEID"})
 Log = Callable[[str], None]
 
 
-class TestAmiError(RuntimeError):
+class TestAmiError(PipelineError, RuntimeError):
     """The local test-ami run failed; the message says where."""
 
 

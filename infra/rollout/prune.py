@@ -16,6 +16,7 @@ and only those that carry this project's and environment's tags and no remaining
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +38,19 @@ class PrunePlan:
     delete: list[Ami] = field(default_factory=list)
 
 
-def _spec_of(group: dict[str, Any]) -> dict[str, Any] | None:
-    return group.get("LaunchTemplate") or ((group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}).get(
-        "LaunchTemplateSpecification")
+def launch_specs(config: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Every launch template a group (or a refresh's DesiredConfiguration, the same shape) may launch from, with
+    where it is named: its LaunchTemplate, or its MixedInstancesPolicy's template and each override's own template
+    (AWS launches that instance type from the override's template)."""
+    specs = [(config["LaunchTemplate"], "")] if config.get("LaunchTemplate") else []
+    mixed = (config.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
+    if mixed.get("LaunchTemplateSpecification"):
+        specs.append((mixed["LaunchTemplateSpecification"], " (mixed instances policy)"))
+    for override in mixed.get("Overrides") or []:
+        if override.get("LaunchTemplateSpecification"):
+            what = override.get("InstanceType") or "an instance requirement"
+            specs.append((override["LaunchTemplateSpecification"], f" (mixed instances override for {what})"))
+    return specs
 
 
 def in_use(aws: Aws, settings: Any, region: str, candidates: list[Ami]) -> dict[str, str]:
@@ -47,23 +58,27 @@ def in_use(aws: Aws, settings: Any, region: str, candidates: list[Ami]) -> dict[
     reasons: dict[str, str] = {}
     ec2, asg = aws.client("ec2", region), aws.client("autoscaling", region)
     specs: dict[tuple[str, str], str] = {}  # (template id, version as named) -> who names it
+    ids_by_name: dict[str, str] = {}
     for page in ec2.get_paginator("describe_launch_templates").paginate():
         for lt in page["LaunchTemplates"]:
+            ids_by_name[lt["LaunchTemplateName"]] = lt["LaunchTemplateId"]
             specs.setdefault((lt["LaunchTemplateId"], "$Default"), f"{lt['LaunchTemplateName']} $Default")
             specs.setdefault((lt["LaunchTemplateId"], "$Latest"), f"{lt['LaunchTemplateName']} $Latest")
+
+    def named(spec: dict[str, Any], who: str) -> None:
+        template_id = spec.get("LaunchTemplateId") or ids_by_name.get(spec.get("LaunchTemplateName") or "")
+        if template_id:  # AWS launches $Default when a specification names no version
+            specs.setdefault((template_id, str(spec.get("Version") or "$Default")), who)
+
     for page in asg.get_paginator("describe_auto_scaling_groups").paginate():
         for group in page["AutoScalingGroups"]:
             name = group["AutoScalingGroupName"]
-            spec = _spec_of(group)
-            if spec and spec.get("LaunchTemplateId"):
-                version = spec.get("Version") or "$Default"
-                specs.setdefault((spec["LaunchTemplateId"], version), f"group {name}'s version")
+            for spec, where in launch_specs(group):
+                named(spec, f"group {name}'s version{where}")
             for r in refresh.refreshes(aws, name, region=region):
-                lt = (r.get("DesiredConfiguration") or {}).get("LaunchTemplate") or {}
-                if lt.get("LaunchTemplateId") and lt.get("Version"):
-                    state = "running" if r["Status"] in refresh.ACTIVE else "recent"
-                    specs.setdefault((lt["LaunchTemplateId"], lt["Version"]),
-                                     f"pinned by {state} refresh {r['InstanceRefreshId']}")
+                state = "running" if r["Status"] in refresh.ACTIVE else "recent"
+                for spec, where in launch_specs(r.get("DesiredConfiguration") or {}):
+                    named(spec, f"pinned by {state} refresh {r['InstanceRefreshId']}{where}")
     for (template_id, version), who in specs.items():
         try:
             found = ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=[version])
@@ -174,13 +189,17 @@ def execute(aws: Aws, settings: Any, plan: PrunePlan, report: Reporter) -> tuple
     return deregistered, deleted, kept
 
 
-def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: Reporter) -> Verdict:
+def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: Reporter,
+          confirm: Callable[[str], bool] | None = None) -> Verdict:
+    """Plan, and delete what the plan deletes: ``yes`` (--yes) without asking, else when ``confirm`` says yes;
+    without either (no terminal to ask on) or in a dry run, the plan is the result."""
     require_aws_environment(settings, "prune-amis")
     keep = settings.ami.retention if keep is None else keep
     if keep < 1:
         return Verdict("refused", "--keep must be at least 1 (the image the group runs is kept anyway); nothing was "
                                   "changed", REFUSED)
-    aws = Aws.for_settings(settings, dry_run=dry_run or not yes)  # a plan cannot delete anything, even by mistake
+    may_delete = not dry_run and (yes or confirm is not None)
+    aws = Aws.for_settings(settings, dry_run=not may_delete)  # a plan cannot delete anything, even by mistake
     aws.preflight()
     plan = plan_prune(aws, settings, keep)
     rows = [[a.id, a.region, a.nextcloud_version or "?", a.build_time, f"keep: {why}"] for a, why in plan.keep]
@@ -190,9 +209,11 @@ def prune(settings: Any, *, keep: int | None, yes: bool, dry_run: bool, report: 
                  ["AMI", "region", "Nextcloud", "built", "decision"], rows)
     if not plan.delete:
         return Verdict("nothing to prune", f"{len(plan.keep)} AMI(s) kept, none to delete; nothing was changed", OK)
-    if dry_run or not yes:
+    if not may_delete:
         return Verdict("planned", f"would deregister {len(plan.delete)} AMI(s) and delete their snapshots; pass --yes "
                                   "to do it; nothing was changed", OK)
+    if not yes and not (confirm and confirm(f"deregister {len(plan.delete)} AMI(s) and delete their snapshots?")):
+        return Verdict("not confirmed", "nothing was changed", REFUSED)
     amis, snaps, kept = execute(aws, settings, plan, report)
     for line in kept:
         report.info(f"  kept snapshot {line}")

@@ -110,7 +110,7 @@ def follow(aws: Aws, group: str, refresh_id: str, *, poll_seconds: float, timeou
 def verdict(refresh: dict[str, Any], *, asked: str = "rollout") -> Verdict:
     """The verdict of a refresh that ended (or of the wait for it). ``asked="rollback"``: a rollback was wanted."""
     status = refresh["Status"]
-    reason = refresh.get("StatusReason") or ""
+    reason = (refresh.get("StatusReason") or "").rstrip(".")  # AWS writes sentences; the verdict goes on after ";"
     why = ((refresh.get("RollbackDetails") or {}).get("RollbackReason") or reason or "no reason given").rstrip(".")
     if status == "Successful":
         return Verdict("rolled out" if asked == "rollout" else "rolled back", "the refresh succeeded", outcome.OK)

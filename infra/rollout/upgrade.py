@@ -34,6 +34,7 @@ from typing import Any
 import botocore.exceptions
 
 from infra.aws.session import Aws
+from infra.errors import PipelineError
 from infra.rollout import maintenance, records, refresh, upgrade_instance, versions
 from infra.rollout.amis import check_candidate, describe_amis, manifest_ami
 from infra.rollout.group import describe_group, launch_of
@@ -52,9 +53,9 @@ NOT_STARTED = {"db_unreachable", "redis_unreachable", "lock_wait", "not_installe
 TERMINAL_BEFORE = {"config_error", "identity_mismatch", "foreign_install", "code_older", "install_interrupted"}
 
 
-class UpgradeFailed(Exception):
+class UpgradeFailed(PipelineError):
     def __init__(self, verdict: Verdict):
-        super().__init__(verdict.detail)
+        super().__init__(verdict.detail, exit_code=verdict.exit_code)
         self.verdict = verdict
 
 

@@ -150,7 +150,9 @@ def test_a_failing_packer_run_removes_what_the_run_created(aws, tmp_path):
     with pytest.raises(AwsError, match="the bake failed") as failure:
         build_aws_image(ROOT, settings, build_root=tmp_path, log=lines.append, resolve_image=source_disappears)
     assert "removed 2" in str(failure.value), lines
-    assert any("No AMI was found" in line for line in lines) or "No AMI" in str(failure.value), lines
+    # The verdict carries Packer's own reason, not just "packer build ... failed (exit 1):" (issue 25).
+    assert "No AMI was found" in str(failure.value), "\n".join(lines)
+    assert "\n" not in str(failure.value) and ":;" not in str(failure.value), str(failure.value)
     assert emulator_state(aws) == before
     assert any(line.startswith("  removed key-pair") for line in lines)
     assert any(line.startswith("  removed security-group") for line in lines)

@@ -123,6 +123,8 @@ def test_sweep_removes_exactly_what_the_dead_runs_left(aws, tmp_path):
     lines: list[str] = []
     verdict = sweep_environment(settings, older_than="0s", remove=True, log=lines.append)
     assert verdict.word == "swept" and verdict.ok, (verdict.line(), lines)
+    # The count removed and the count it is "of" are the same resources: an AMI's snapshots are counted in both.
+    assert f"removed {len(expected_gone)} of {len(expected_gone)} " in verdict.detail, verdict.line()
     after = live(emulator_state(aws))
     assert all_ids(before) - all_ids(after) == expected_gone
     survivors = all_ids(after)
@@ -166,6 +168,26 @@ def test_sweep_refuses_a_bad_age_and_a_dry_run_removes_nothing(aws):
     verdict = sweep_environment(settings, older_than="0s", remove=True, dry_run=True, log=lambda _m: None)
     assert verdict.word == "listed" and "dry run" in verdict.detail
     assert emulator_state(aws) == before
+
+
+def test_without_yes_sweep_asks_on_a_terminal_and_only_a_yes_removes(aws):
+    """--yes skips the question; without it, a terminal is asked (no: nothing removed, exit 2) and without a
+    terminal (no ``confirm``) sweep only lists."""
+    settings = settings_for(aws)
+    vpc = aws.client("ec2").describe_subnets(SubnetIds=[settings.bake.subnet_id])["Subnets"][0]["VpcId"]
+    throwaway.create_security_group(Aws(region=REGION), settings, vpc_id=vpc, run_id=throwaway.new_run_id(),
+                                    purpose="bake", ssh_cidrs=[], created=throwaway.Created(), log=lambda _m: None)
+    before = emulator_state(aws)
+    listed = sweep_environment(settings, older_than="0s", remove=False, log=lambda _m: None)
+    assert (listed.word, listed.exit_code) == ("listed", 0) and "--yes" in listed.detail
+    questions: list[str] = []
+    declined = sweep_environment(settings, older_than="0s", remove=False, log=lambda _m: None,
+                                 confirm=lambda q: questions.append(q) or False)
+    assert (declined.word, declined.exit_code) == ("not confirmed", 2) and emulator_state(aws) == before
+    assert questions == ["remove these 1 leftover(s) of example?"]
+    swept = sweep_environment(settings, older_than="0s", remove=False, log=lambda _m: None, confirm=lambda _q: True)
+    assert swept.word == "swept" and "removed 1 of 1 leftover(s)" in swept.detail, swept.line()
+    assert emulator_state(aws) != before
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("6h", 21600), ("90m", 5400), ("2d", 172800), ("1w", 604800),

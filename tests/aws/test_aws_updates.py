@@ -196,7 +196,7 @@ def test_the_task_prints_json_for_a_workflow_and_exits_with_its_code(aws, tmp_pa
 def test_the_local_twin_is_refused_with_the_reason():
     proc = subprocess.run([sys.executable, "-m", "invoke", "check-updates"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2 and "for AWS environments" in proc.stderr
+    assert proc.returncode == 2 and "verdict: refused - check-updates is for AWS environments" in proc.stdout
 
 
 def _rebuild(step: str, out: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,7 @@
 """The documentation cannot drift from the tool or from itself.
 
 - Every `inv …` command the README, every page under docs/ and the CI scripts show exists: its task names and every
-  flag they use are checked against the real tasks (tasks.py's collection).
+  flag they use are checked against the real tasks (the tasks package's collection).
 - The README stays a map: at most 150 lines, and its first two commands are the two a newcomer runs.
 - Every relative link in the project's Markdown points to a file that exists and, with a `#fragment`, to a heading
   that file has (GitHub's anchors); every page under docs/ is reachable from docs/README.md.
@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
 import subprocess
 from pathlib import Path
@@ -41,11 +41,7 @@ CODE_SPAN = re.compile(r"(`+).*?\1")
 
 
 def _collection():
-    spec = importlib.util.spec_from_file_location("tasks_under_test", ROOT / "tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module.ns
+    return importlib.import_module("tasks").ns
 
 
 def _flags(task) -> set[str]:

@@ -84,3 +84,17 @@ def test_rollout_and_upgrade_settings_refuse_bad_values_naming_the_key(key, valu
     with pytest.raises(SettingsError) as err:
         settings(**{key: value})
     assert key.split(".")[0] in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("status, reason, word", [
+    ("Failed", "An instance failed to launch.", "failed"),
+    ("Cancelled", "Cancelled due to user request.", "cancelled"),
+    ("RollbackFailed", "Rollback failed.", "rollback failed"),
+    ("RollbackSuccessful", "Automatic rollback triggered.", "rolled back"),
+])
+def test_a_refresh_verdict_reads_as_one_sentence_whatever_punctuation_aws_ends_its_reason_with(status, reason, word):
+    from infra.rollout.refresh import verdict
+
+    v = verdict({"Status": status, "StatusReason": reason})
+    assert v.word == word and reason.rstrip(".") in v.detail, v.line()
+    assert ".;" not in v.line() and "..;" not in v.line(), v.line()

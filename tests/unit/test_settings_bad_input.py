@@ -1,5 +1,10 @@
 """Bad environment files: each one is refused with a message naming the field and the fix, a non-zero exit,
-and nothing written under build/. Runs the real `inv render` front door in a scratch copy of the project."""
+and nothing written under build/.
+
+Every case is checked in-process, through render.settings.load_settings, the function `inv render` calls first and
+whose SettingsError is the refusal (3 ms a case instead of a second's interpreter start). A handful, one of each
+way a bad value comes in (file, bytes, NCIMAGE_* variable, --set flag, parser depth), also run through the real
+`inv render` in a scratch copy of the project: the same message, the verdict line, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from render.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = (ROOT / "environments" / "example.toml").read_text()
@@ -144,7 +152,9 @@ CONTROL_CHARACTERS = [
      "site.domain", "line feed"),
     ("carriage-return-in-host", aws('.euc1.cache.amazonaws.com"', '.euc1.cache.amazonaws.com\\r"'), {}, [],
      "redis.host", "carriage return"),
-    ("tab-in-tag-value", aws('owner = "platform-team"', 'owner = "platform\\tteam"'), {}, [], "tags", "'owner'"),
+    ("tab-in-tag-value", aws('owner = "platform-team"', 'owner = "platform\\tteam"'), {}, [], "tags.owner:", "tab"),
+    ("newline-in-spaced-tag-value", aws('owner = "platform-team"', '"cost center" = "a\\nb"'), {}, [],
+     'tags."cost center":', "line feed"),
     ("escape-in-db-user", aws('user = "nextcloud"', 'user = "nextcloud\\u001b[31m"'), {}, [], "database.user",
      "escape"),
     ("nul-escape-in-domain", aws('domain = "cloud.example.com"', 'domain = "cloud\\u0000.example.com"'), {}, [],
@@ -296,7 +306,7 @@ OTHER_VALUES = [
                                         'trusted_domains = ["cloud.example.com:99999"]'), {}, [],
      "site.trusted_domains", "port 1-65535"),
     ("empty-tag-key", aws('project = "nextcloud"', '"" = "nextcloud"'), {}, [], "tags", "1 to 128"),
-    ("tag-value-too-long", aws('project = "nextcloud"', f'project = "{"x" * 300}"'), {}, [], "tags",
+    ("tag-value-too-long", aws('project = "nextcloud"', f'project = "{"x" * 300}"'), {}, [], "tags.project:",
      "shorten it"),
     ("region-listed-twice", aws("regions = []", 'regions = ["eu-west-1", "eu-west-1"]'), {}, [], "ami.regions",
      "list each region once"),
@@ -314,7 +324,7 @@ CASES += FILE_AND_PARSER + OVERRIDES + OTHER_VALUES
 def make_project(root: Path) -> Path:
     """A copy of the project's front door with its own environments/ and build/, so bad files touch nothing real."""
     root.mkdir(parents=True)
-    shutil.copy(ROOT / "tasks.py", root / "tasks.py")
+    shutil.copytree(ROOT / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     for tree in ("render", "image", "packer", "infra"):
         if (ROOT / tree).exists():
             (root / tree).symlink_to(ROOT / tree)
@@ -327,20 +337,34 @@ def scratch_project(tmp_path_factory) -> Path:
     return make_project(tmp_path_factory.mktemp("scratch") / "project")
 
 
+def content_of(case: tuple) -> str | bytes:
+    name, content = case[:2]
+    return content.encode("latin-1") if name == "not-utf8" else content
+
+
 @pytest.fixture(scope="module")
-def refusals(tmp_path_factory) -> dict[str, Rendered]:
-    """Every case through `inv render`, each in its own scratch project, a few at a time (it is mostly the
-    interpreter starting: the cores are the limit)."""
+def refusals(scratch_project) -> dict[str, Rendered]:
+    """Every case in-process, one after another in one scratch project."""
+    return {case[0]: load_in(scratch_project, content_of(case), case[2], case[3]) for case in CASES}
+
+
+# One of each way a bad value arrives, through the real command line.
+THROUGH_INV = ["port-not-int", "not-utf8", "env-var-bad-port", "flag-bad-cidr", "tab-in-tag-value",
+               "deeply-nested-flag"]
+
+
+@pytest.fixture(scope="module")
+def inv_refusals(tmp_path_factory) -> dict[str, Rendered]:
+    """THROUGH_INV via `inv render`, each in its own scratch project, side by side (it is mostly the interpreter
+    starting)."""
     base = tmp_path_factory.mktemp("cases")
+    cases = [c for c in CASES if c[0] in THROUGH_INV]
 
     def run(case: tuple) -> tuple[str, Rendered]:
-        name, content, environ, sets = case[:4]
-        if name == "not-utf8":
-            content = content.encode("latin-1")
-        return name, render_in(make_project(base / name), content, environ, sets)
+        return case[0], render_in(make_project(base / case[0]), content_of(case), case[2], case[3])
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return dict(pool.map(run, CASES))
+        return dict(pool.map(run, cases))
 
 
 def test_there_are_cases_of_every_class():
@@ -349,6 +373,7 @@ def test_there_are_cases_of_every_class():
     for group in (CONTROL_CHARACTERS, S3_BUCKET_NAMES, TRUSTED_PROXIES, SECRET_REFERENCES, IMAGE_AND_VERSION,
                   FILE_AND_PARSER, OVERRIDES, OTHER_VALUES):
         assert len(group) >= 5
+    assert set(THROUGH_INV) <= {c[0] for c in CASES}
 
 
 @dataclass
@@ -358,13 +383,35 @@ class Rendered:
     wrote: bool
 
 
-def render_in(project: Path, content: str | bytes, environ: dict[str, str], sets: list[str]) -> Rendered:
-    """Write ``content`` as the environment file and run `inv render` on it the way a user would; whatever it
-    wrote is recorded, then removed, so one accepted case cannot spoil the next."""
+def _write_environment(project: Path, content: str | bytes) -> tuple[str, Path]:
     is_local = content is LOCAL or (isinstance(content, str) and 'builder = "local"' in content)
     env_name = "local" if is_local else "example"
     env_file = project / "environments" / f"{env_name}.toml"
     env_file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return env_name, env_file
+
+
+def load_in(project: Path, content: str | bytes, environ: dict[str, str], sets: list[str]) -> Rendered:
+    """``content`` as the environment file, loaded in-process as `inv render` loads it: a SettingsError is the
+    refusal (exit 2 at the front door); any other exception would be a traceback there, so it is reported as one."""
+    env_name, env_file = _write_environment(project, content)
+    try:
+        load_settings(project, env_name, environ=environ, sets=sets)
+        result = Rendered(0, "", False)
+    except SettingsError as exc:
+        result = Rendered(2, str(exc), False)
+    except Exception:  # any other error would be a traceback at the front door: shown as one
+        result = Rendered(1, traceback.format_exc(), False)
+    finally:
+        env_file.unlink()
+    result.wrote = (project / "build").exists()
+    return result
+
+
+def render_in(project: Path, content: str | bytes, environ: dict[str, str], sets: list[str]) -> Rendered:
+    """Write ``content`` as the environment file and run `inv render` on it the way a user would; whatever it
+    wrote is recorded, then removed, so one accepted case cannot spoil the next."""
+    env_name, env_file = _write_environment(project, content)
     cmd = [sys.executable, "-m", "invoke", "render", "--env", env_name]
     for item in sets:
         cmd += ["--set", item]
@@ -382,7 +429,7 @@ def render_in(project: Path, content: str | bytes, environ: dict[str, str], sets
 def test_bad_environment_is_refused(refusals, case, field, fix):
     result = refusals[case]
     message = result.message
-    assert result.returncode != 0, message
+    assert result.returncode == 2, message
     assert field in message, message
     assert fix in message, message
     assert "Traceback" not in message, message
@@ -390,15 +437,24 @@ def test_bad_environment_is_refused(refusals, case, field, fix):
     assert not result.wrote, "a refused environment must not write anything"
 
 
+@pytest.mark.parametrize("case", THROUGH_INV)
+def test_inv_render_refuses_with_the_same_message_a_verdict_line_and_exit_2(refusals, inv_refusals, case):
+    result = inv_refusals[case]
+    assert result.returncode == 2, result.message
+    assert f"verdict: refused - {refusals[case].message}" in result.message, result.message
+    assert "Nothing was written." in result.message and "Traceback" not in result.message
+    assert not result.wrote, "a refused environment must not write anything"
+
+
 def test_a_digest_pinned_reference_without_a_tag_is_not_called_unpinned(scratch_project):
-    result = render_in(scratch_project, aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud" + DIGEST), {}, [])
+    result = load_in(scratch_project, aws("nextcloud:34.0.3-apache" + DIGEST, "nextcloud" + DIGEST), {}, [])
     assert result.returncode != 0
     assert "not pinned by digest" not in result.message
     assert "nextcloud:34.0.3-apache" + DIGEST in result.message, "the fix is the reference to write"
 
 
 def test_a_bom_is_named_as_such(scratch_project):
-    result = render_in(scratch_project, "\ufeff" + EXAMPLE, {}, [])
+    result = load_in(scratch_project, "\ufeff" + EXAMPLE, {}, [])
     assert result.returncode != 0
     assert "byte-order mark (BOM)" in result.message and "Invalid statement" not in result.message
 
@@ -408,12 +464,16 @@ def test_refusals_never_echo_a_secret_value(scratch_project, secret):
     content = aws('instanceid = "ssm:/nextcloud/example/instanceid"', f"instanceid = {json.dumps(secret)}")
     for environ, sets in (({}, []), ({"NCIMAGE_SECRETS__ADMIN_PASSWORD": secret}, []),
                           ({}, [f"secrets.passwordsalt={secret}"])):
-        result = render_in(scratch_project, content, environ, sets)
+        result = load_in(scratch_project, content, environ, sets)
         assert result.returncode != 0 and "secrets.instanceid" in result.message, result.message
         assert "hunter2" not in result.message, result.message
+    # And through the front door, whose output adds nothing of the value either.
+    result = render_in(scratch_project, content, {"NCIMAGE_SECRETS__ADMIN_PASSWORD": secret}, [])
+    assert result.returncode == 2 and "secrets.instanceid" in result.message, result.message
+    assert "hunter2" not in result.message, result.message
 
 
 def test_a_duplicate_key_names_its_line_and_key(scratch_project):
     content = aws("port = 5432", "port = 5432\nport = 5433")
     line = next(i for i, text in enumerate(content.splitlines(), start=1) if text.startswith("port = 5433"))
-    assert f"line {line}" in render_in(scratch_project, content, {}, []).message
+    assert f"line {line}" in load_in(scratch_project, content, {}, []).message

@@ -140,6 +140,79 @@ def test_every_way_an_old_image_may_still_launch_keeps_it(fleet, report, how):
     assert old in amis(fleet), f"{how} did not keep {old}:\n{report.text}"
 
 
+def _pinned_then_superseded(fleet, image: str) -> str:
+    """A launch template version holding ``image`` that is neither $Default nor $Latest: only what names it by
+    number may launch it."""
+    ec2 = fleet.client("ec2")
+    version = str(ec2.create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                                     LaunchTemplateData={"ImageId": image})[
+        "LaunchTemplateVersion"]["VersionNumber"])
+    ec2.create_launch_template_version(LaunchTemplateId=fleet.template_id, SourceVersion="1",
+                                       LaunchTemplateData={"ImageId": fleet.images()[0]})
+    return version
+
+
+@pytest.mark.parametrize("by", ["LaunchTemplateId", "LaunchTemplateName"])
+def test_an_image_a_mixed_instances_override_launches_is_kept(fleet, report, by):
+    """AWS launches an override's instance type from the override's own LaunchTemplateSpecification."""
+    old = fleet.bake()
+    [fleet.bake() for _ in range(2)]
+    version = _pinned_then_superseded(fleet, old)
+    template = {"LaunchTemplateId": fleet.template_id} if by == "LaunchTemplateId" else \
+        {"LaunchTemplateName": fleet.template()["LaunchTemplateName"]}
+    fleet.client("autoscaling").create_auto_scaling_group(
+        AutoScalingGroupName="nextcloud-example-mixed", MinSize=0, MaxSize=2, DesiredCapacity=0,
+        VPCZoneIdentifier=",".join(fleet.subnets), MixedInstancesPolicy={"LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateId": fleet.template_id, "Version": "$Latest"},
+            "Overrides": [{"InstanceType": "t3.medium"}, {
+                "InstanceType": "m6g.large", "LaunchTemplateSpecification": {**template, "Version": version}}],
+        }})
+    pruned(fleet, report, keep=1)
+    assert old in amis(fleet), f"the override's version {version} launches {old}:\n{report.text}"
+    assert "mixed instances override for m6g.large" in report.text, report.text
+
+
+def test_an_image_a_refresh_to_a_mixed_instances_policy_launches_is_kept(fleet, report, monkeypatch):
+    """A refresh's DesiredConfiguration may be a MixedInstancesPolicy (the refresh double takes a LaunchTemplate
+    only, so DescribeInstanceRefreshes' answer is given here, in the shape botocore's model defines)."""
+    import botocore.session
+
+    from infra.rollout import refresh
+
+    old, overridden = fleet.bake(), fleet.bake()
+    [fleet.bake() for _ in range(2)]
+    top = _pinned_then_superseded(fleet, old)
+    override = _pinned_then_superseded(fleet, overridden)
+    answer = {"InstanceRefreshId": "0f6ea6a0-5e63-4b1a-9d5b-6f1c2a0e7d11", "AutoScalingGroupName": GROUP,
+              "Status": "InProgress", "DesiredConfiguration": {"MixedInstancesPolicy": {"LaunchTemplate": {
+                  "LaunchTemplateSpecification": {"LaunchTemplateId": fleet.template_id, "Version": top},
+                  "Overrides": [{"InstanceType": "m6g.large", "LaunchTemplateSpecification": {
+                      "LaunchTemplateId": fleet.template_id, "Version": override}}]}}}}
+    shape = botocore.session.get_session().get_service_model("autoscaling").shape_for("InstanceRefresh")
+    mixed = shape.members["DesiredConfiguration"].members["MixedInstancesPolicy"].members["LaunchTemplate"]
+    assert {"LaunchTemplateSpecification", "Overrides"} <= set(mixed.members)
+    assert "LaunchTemplateSpecification" in mixed.members["Overrides"].member.members
+    monkeypatch.setattr(refresh, "refreshes", lambda aws, name, region=None: [answer] if name == GROUP else [])
+    pruned(fleet, report, keep=1)
+    assert {old, overridden} <= set(amis(fleet)), report.text
+
+
+def test_without_yes_prune_asks_on_a_terminal_and_only_a_yes_deletes(fleet, report, aws):
+    """--yes skips the question; without it a terminal is asked (no: nothing changes, exit 2), and without a
+    terminal (no ``confirm``) the plan is the result."""
+    old = fleet.bake(built="2020-01-01T00:00:00Z")
+    [fleet.bake() for _ in range(2)]
+    settings = fleet.settings()
+    before = fleet.state()
+    questions: list[str] = []
+    verdict = prune(settings, keep=2, yes=False, dry_run=False, report=report,
+                    confirm=lambda q: questions.append(q) or False)
+    assert (verdict.word, verdict.exit_code) == ("not confirmed", outcome.REFUSED), verdict.line()
+    assert questions == ["deregister 1 AMI(s) and delete their snapshots?"] and fleet.state() == before
+    verdict = prune(settings, keep=2, yes=False, dry_run=False, report=report, confirm=lambda _q: True)
+    assert verdict.word == "pruned" and old not in amis(fleet), verdict.line()
+
+
 def test_keep_must_be_at_least_one(fleet, report):
     verdict = pruned(fleet, report, keep=0)
     assert verdict.exit_code == outcome.REFUSED and "--keep" in verdict.detail

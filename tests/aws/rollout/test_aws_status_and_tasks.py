@@ -104,16 +104,23 @@ def test_inv_status_json_is_one_document_and_the_verdict_goes_to_stderr(fleet, c
     assert json.loads(out)["group"]["name"] == GROUP and err.startswith("verdict: status")
 
 
-def test_inv_prune_amis_rejects_a_keep_that_is_not_a_number(fleet):
-    with pytest.raises(Exit, match="--keep 'many': must be a whole number"):
+def test_inv_prune_amis_rejects_a_keep_that_is_not_a_number_with_the_verdict_line_of_every_refusal(fleet, capsys):
+    before = fleet.state()
+    with pytest.raises(Exit) as exited:
         tasks.prune_amis(Context(), env="example", set_=sets(fleet), keep="many")
+    assert exited.value.code == 2
+    out = capsys.readouterr()
+    assert "verdict: refused - --keep 'many': must be a whole number" in out.out, out
+    assert "Traceback" not in out.out + out.err and fleet.state() == before
 
 
-def test_confirmation_is_required_when_stdin_is_not_a_terminal(fleet, monkeypatch):
+def test_confirmation_is_required_when_stdin_is_not_a_terminal(fleet, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     image = fleet.bake()
     before = fleet.state()
-    with pytest.raises(Exit, match="pass --yes") as exited:
+    with pytest.raises(Exit) as exited:
         tasks.rollout(Context(), env="example", set_=sets(fleet), ami=image)
     assert exited.value.code == 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("verdict: refused - rollout ") and "not confirmed" in last and "pass --yes" in last, last
     assert fleet.state() == before
