@@ -7,12 +7,12 @@ from invoke import Collection
 
 from tasks.cli import DEFAULTS
 from tasks.fleet import rollback, rollout, status, upgrade
-from tasks.image import build_ami, check_updates, prune_amis, render, sweep, test_ami, validate
+from tasks.image import build_ami, check_updates, prune_amis, render, sweep, test_ami, validate, verify_release
 from tasks.stack import bootstrap_db, deploy_stack
 from tasks.twin import bench, drill, lane
 
 ns = Collection(
-    render, validate, build_ami, test_ami, check_updates, sweep, prune_amis,  # image
+    render, validate, verify_release, build_ami, test_ami, check_updates, sweep, prune_amis,  # image
     deploy_stack, bootstrap_db,  # stack
     rollout, rollback, upgrade, status,  # fleet
     bench, lane, drill,  # twin

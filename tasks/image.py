@@ -206,3 +206,28 @@ def prune_amis(c, env=None, set_=None, keep=None, yes=False, dry_run=False):
 
     return rollout_call(c, env, set_, lambda s, report: prune(
         s, keep=keep, yes=yes, dry_run=dry_run, report=report, confirm=None if yes or dry_run else ask_on_terminal()))
+
+
+@pipeline_task(
+    help={
+        "release": "a Nextcloud release archive (.tar.bz2, .tar.gz, .zip) or unpacked tree (default: the "
+                   "environment's nextcloud.release)",
+        "env": ENV_HELP,
+        "set": SET_HELP,
+        "all": "list every signature scope, not only those with findings",
+    },
+    exit_codes={1: "refused: a file differs, an extra or unsigned file, or a bad signature or certificate"},
+)
+def verify_release(c, release=None, env=None, set_=None, all_=False):
+    """Check a Nextcloud release against its code signatures, pinned to Nextcloud's root (what the twin does first)."""
+    from pathlib import Path
+
+    from infra.release.cli import check
+
+    path = release
+    if path is None:
+        path = load(c, env, set_).settings.nextcloud.release
+    if not path:
+        raise Refusal("no release to check: give --release PATH (an archive or an unpacked tree) or set "
+                      "nextcloud.release (NCIMAGE_NEXTCLOUD__RELEASE)")
+    return check(Path(path), show_all=all_, console=console)

@@ -76,29 +76,25 @@ def release_verdict(report: ReleaseReport) -> Verdict:
                                    f"signature scopes match{detail}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Verify the release named on the command line; the exit code is the verdict (0, 1) or bad input (2)."""
+def check(path: Path, unpack_to: Path | None = None, show_all: bool = False, console=None) -> Verdict:
+    """Verify ``path``, print the table and the lists, return the verdict (bad input: exit 2)."""
     from rich.console import Console
 
-    args = _parser().parse_args(argv)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     try:
-        report = verify_release(args.path, unpack_to=args.unpack_to)
+        report = verify_release(path, unpack_to=unpack_to)
     except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return Verdict("refused", str(exc), 2)
     except OSError as exc:
-        print(f"error: {args.path}: cannot be read ({exc})", file=sys.stderr)
-        return 2
+        return Verdict("refused", f"{path}: cannot be read ({exc})", 2)
     except UnsafeArchive as exc:
-        print(f"refused archive {args.path}: {exc}")
-        print(Verdict(REFUSED, f"unsafe archive: {exc}", 1).line())
-        return 1
+        print(f"refused archive {path}: {exc}")
+        return Verdict(REFUSED, f"unsafe archive: {exc}", 1)
     if report.archive:
         print(f"archive {report.archive}, unpacked in {report.unpack_seconds:.1f} s to "
-              f"{args.unpack_to or 'a temporary folder (removed)'}")
+              f"{unpack_to or 'a temporary folder (removed)'}")
     if report.scopes:
-        console.print(scope_table(report, args.all))
+        console.print(scope_table(report, show_all))
     if report.uncovered:
         folders = ", ".join(f"{name}/ {count} files" for name, count in report.uncovered.items())
         console.print(f"not covered by any signature (as in Nextcloud; never verified): {folders}")
@@ -110,6 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(_limited(report.problems)))
     files = sum(s.checked for s in report.scopes)
     console.print(f"{files} files hashed in {report.seconds:.1f} s")
-    verdict = release_verdict(report)
+    return release_verdict(report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Verify the release named on the command line; the exit code is the verdict (0, 1) or bad input (2)."""
+    args = _parser().parse_args(argv)
+    verdict = check(args.path, args.unpack_to, args.all)
+    if verdict.exit_code == 2:
+        print(f"error: {verdict.detail}", file=sys.stderr)
+        return 2
     print(verdict.line())
     return verdict.exit_code

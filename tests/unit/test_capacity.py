@@ -288,8 +288,9 @@ def test_the_refusal_reaches_the_front_door_with_a_non_zero_exit(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "invoke", "render", "--env", "example", "--set", "stack.max_size=100"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if not k.startswith("NCIMAGE_")})
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "stack.max_size:" in proc.stderr and "stack.database.instance_class" in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert "stack.max_size:" in out and "stack.database.instance_class" in out and "verdict: refused" in out
 
 
 APACHE = Path("/usr/sbin/apache2")

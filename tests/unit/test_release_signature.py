@@ -527,3 +527,19 @@ def test_the_real_release_verifies_with_exactly_the_files_known_to_be_missing():
     print(f"{report.version}: {len(report.scopes)} scopes, {sum(s.signed for s in report.scopes)} signed, "
           f"{sum(s.checked for s in report.scopes)} checked, {len(report.missing_files)} missing, "
           f"{report.seconds:.1f} s")
+
+
+def test_the_verify_release_task_refuses_an_extra_file_with_exit_1(release, monkeypatch, capsys):
+    from invoke import Context, Exit
+
+    from tasks.image import verify_release as task
+
+    monkeypatch.setattr(release_signature, "PINNED_ROOT_SHA256", release.authority.pins())
+    task(Context(), release=str(release.root))
+    assert capsys.readouterr().out.splitlines()[-1].startswith("verdict: verified - Nextcloud 34.0.1")
+    release.write("lib/versioncheck.php", "<?php /* a copy that sends the environment away */\n")
+    with pytest.raises(Exit) as ended:
+        task(Context(), release=str(release.root))
+    out = capsys.readouterr().out
+    assert ended.value.code == 1 and "EXTRA lib/versioncheck.php" in out
+    assert out.splitlines()[-1].startswith("verdict: refused - Nextcloud 34.0.1: 1 problem")
