@@ -64,3 +64,16 @@ def test_host_keys_are_modern_types_only(host):
         if name.startswith("ssh_host_") and name.endswith("_key")
     )
     assert found == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"], f"SSH host keys: {found}"
+
+
+@pytest.mark.live
+def test_a_client_cannot_choose_the_address_nextcloud_sees(host):
+    # The official image believes X-Real-IP from any private-range peer; this one believes X-Forwarded-For only from
+    # the load balancer's subnets. Loopback is not one of them: both forged headers must be ignored, and the access
+    # log (%h: what mod_remoteip made REMOTE_ADDR, the address PHP and Nextcloud see) shows the TCP peer.
+    marker = "forged-address-probe"
+    host.run(f"curl -sS --max-time 20 -o /dev/null -H 'X-Real-IP: 203.0.113.66' "
+             f"-H 'X-Forwarded-For: 203.0.113.77, 198.51.100.9' 'http://127.0.0.1/robots.txt?{marker}'")
+    logged = host.run(f"journalctl -b --no-pager -o cat -u nextcloud.service | grep -F '{marker}' | tail -n 1")
+    assert logged.stdout.strip(), "the probe's access-log line is not in the journal"
+    assert logged.stdout.split(" ", 1)[0] == "127.0.0.1", f"Apache saw a client-chosen address: {logged.stdout}"
