@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,11 +31,17 @@ def settings(env="local", **kw):
 
 
 def test_inv_render_twice_gives_identical_bytes(tmp_path):
+    # In a copy of the project's front door: a test never writes into the user's build/<env>/ (an offline render
+    # there would replace the fingerprint a bake of theirs recorded).
+    shutil.copytree(ROOT / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for tree in ("render", "image", "packer", "infra", "environments"):
+        (tmp_path / tree).symlink_to(ROOT / tree)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCIMAGE_")}
     outputs = []
     for _ in range(2):
-        subprocess.run([sys.executable, "-m", "invoke", "render", "--env", "local"], cwd=ROOT, check=True,
-                       capture_output=True)
-        outputs.append({p.name: p.read_bytes() for p in sorted((ROOT / "build" / "local").iterdir())
+        subprocess.run([sys.executable, "-m", "invoke", "render", "--env", "local"], cwd=tmp_path, check=True,
+                       capture_output=True, env=env)
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / "build" / "local").iterdir())
                         if p.name in {USER_DATA, PACKER_VARS, NEXTCLOUD_ENV, FINGERPRINT}})
     assert set(outputs[0]) == {USER_DATA, PACKER_VARS, NEXTCLOUD_ENV, FINGERPRINT}
     assert outputs[0] == outputs[1]
