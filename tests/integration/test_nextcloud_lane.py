@@ -243,33 +243,6 @@ def _previous_release(reference: str) -> str | None:
     return f"{repo}:{m.group(1)}.{m.group(2)}.{int(m.group(3)) - 1}{m.group(4) or ''}"
 
 
-def test_an_upgrade_from_the_previous_release_runs_exactly_once(lane, nodes):
-    if lane.standin:
-        pytest.skip(NEEDS_NEXTCLOUD.format(what="occ upgrade"))
-    previous = os.environ.get("LANE_UPGRADE_FROM") or (
-        None if "/nextcloud-release:" in lane.base else _previous_release(lane.base))
-    if previous is None and "/nextcloud-release:" in lane.base:
-        pytest.skip("the base is one release (nextcloud.release): set LANE_UPGRADE_FROM to an image of an older one")
-    if previous is None:
-        pytest.skip(f"{lane.base} has no previous release of its major.minor (set LANE_UPGRADE_FROM)")
-    old = lane.build(previous, f"nextcloud-lane-previous:{secrets.token_hex(4)}", log=print)
-    cluster = lane.new_cluster()
-    first = cluster.start_node("old", old, _free_port(), allow_install=True)
-    first.wait_ready(NODE_TIMEOUT_S)
-    old_version = _row(lane)["version"]
-    first.remove()
-    a = cluster.start_node("new-a", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
-    b = cluster.start_node("new-b", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
-    a.wait_ready(NODE_TIMEOUT_S)
-    b.wait_ready(NODE_TIMEOUT_S)
-    upgrades = [len(UPGRADED.findall(n.logs())) for n in (a, b)]
-    assert sorted(upgrades) == [0, 1], f"upgrade lines per node: {upgrades}"
-    row = _row(lane)
-    assert row["state"] == "installed" and row["version"] != old_version
-    assert row["version"].startswith(_code_version(lane) + ".")
-
-
-
 def test_readiness_probes_cost_one_check_per_node_every_few_seconds(lane, nodes):
     node = nodes[0]
     node.wait_ready(60)
@@ -320,7 +293,7 @@ def test_a_client_cannot_choose_its_address(lane, nodes):
         proxied.remove()
 
 
-# Last: it replaces one of the two nodes the tests above share.
+# It replaces one of the two nodes the tests above share.
 def test_the_installing_node_serves_again_after_its_container_is_replaced(lane, nodes):
     installer = next(n for n in nodes if INSTALLED.search(n.logs()))
     old_id = installer.effective_config()["serverid"]
@@ -332,3 +305,56 @@ def test_the_installing_node_serves_again_after_its_container_is_replaced(lane, 
     assert not INSTALLED.search(again.logs()), "a restarted node must join, not install again"
     ids = lane.services.pg.psql("SELECT serverid FROM nextcloud_cluster_nodes").split()
     assert len(ids) == len(set(ids)) and str(again.effective_config()["serverid"]) in ids, (old_id, ids)
+
+
+# Last: the upgrade tests start clusters of their own (the shared nodes above are gone after them).
+def test_an_upgrade_runs_exactly_once_when_the_code_is_newer_than_the_cluster(lane, nodes):
+    # On either base, with one release at hand: the cluster is installed, then its recorded version is set back
+    # (what a cluster installed by the previous patch release records), and two nodes that may upgrade start at
+    # once. Exactly one runs occ upgrade (real Nextcloud's Updater, or the stand-in's double), the other joins.
+    cluster = lane.new_cluster()
+    first = cluster.start_node("installer", lane.image, _free_port(), allow_install=True)
+    first.wait_ready(NODE_TIMEOUT_S)
+    code = _row(lane)["version"]
+    major, minor = code.split(".")[:2]
+    older = f"{major}.{minor}.0.0"
+    first.remove()
+    lane.services.pg.psql(
+        f"UPDATE nextcloud_cluster_state SET version = '{older}', versionstring = '{major}.{minor}.0'")
+    a = cluster.start_node("up-a", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    b = cluster.start_node("up-b", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    a.wait_ready(NODE_TIMEOUT_S)
+    b.wait_ready(NODE_TIMEOUT_S)
+    upgrades = [len(UPGRADED.findall(n.logs())) for n in (a, b)]
+    assert sorted(upgrades) == [0, 1], f"upgrade lines per node: {upgrades}"
+    row = _row(lane)
+    assert row["state"] == "installed" and row["version"] == code, row
+    for node in (a, b):
+        status, body = _status(node)
+        assert status == 200 and body.get("needsDbUpgrade") is False, (node.name, body)
+
+
+def test_an_upgrade_from_the_previous_release_runs_exactly_once(lane, nodes):
+    if lane.standin:
+        pytest.skip(NEEDS_NEXTCLOUD.format(what="occ upgrade"))
+    previous = os.environ.get("LANE_UPGRADE_FROM") or (
+        None if "/nextcloud-release:" in lane.base else _previous_release(lane.base))
+    if previous is None and "/nextcloud-release:" in lane.base:
+        pytest.skip("the base is one release (nextcloud.release): set LANE_UPGRADE_FROM to an image of an older one")
+    if previous is None:
+        pytest.skip(f"{lane.base} has no previous release of its major.minor (set LANE_UPGRADE_FROM)")
+    old = lane.build(previous, f"nextcloud-lane-previous:{secrets.token_hex(4)}", log=print)
+    cluster = lane.new_cluster()
+    first = cluster.start_node("old", old, _free_port(), allow_install=True)
+    first.wait_ready(NODE_TIMEOUT_S)
+    old_version = _row(lane)["version"]
+    first.remove()
+    a = cluster.start_node("new-a", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    b = cluster.start_node("new-b", lane.image, _free_port(), allow_install=False, allow_upgrade=True)
+    a.wait_ready(NODE_TIMEOUT_S)
+    b.wait_ready(NODE_TIMEOUT_S)
+    upgrades = [len(UPGRADED.findall(n.logs())) for n in (a, b)]
+    assert sorted(upgrades) == [0, 1], f"upgrade lines per node: {upgrades}"
+    row = _row(lane)
+    assert row["state"] == "installed" and row["version"] != old_version
+    assert row["version"].startswith(_code_version(lane) + ".")
