@@ -112,6 +112,15 @@ def test_a_slow_phase_of_the_host_moves_pooled_medians_but_not_the_pairs():
     assert noisy["ratios"] == calm["ratios"] and (noisy["ci95"], noisy["verdict"]) == ([1.03, 1.11], "met")
 
 
+@pytest.mark.parametrize(("n", "is_range"), [(2, True), (3, True), (4, True), (5, True), (6, False), (7, False)])
+def test_up_to_five_pairs_the_interval_is_their_range(n, is_range):
+    # P(a resample's median is the smallest of n): 4 pairs 4 x (1/4)^3 x 3/4 + (1/4)^4 = 5.1 %, 5 pairs 5.8 %, both
+    # above 2.5 %; 6 pairs 0.9 % (4+ of 6 draws), so from 6 on the extremes fall outside the 95 % interval.
+    ratios = [1.0 + i / 100 for i in range(n)]
+    low, high = stats.bootstrap_median_interval(ratios)
+    assert ((low, high) == (ratios[0], ratios[-1])) is is_range, (low, high)
+
+
 def test_the_bootstrap_is_seeded_so_the_same_boots_give_the_same_interval():
     ratios = [1.02, 1.19, 1.08, 1.13, 1.31, 1.05, 1.16, 1.11, 1.24]
     first = stats.bootstrap_median_interval(ratios)
