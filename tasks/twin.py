@@ -13,26 +13,41 @@ TORN_DOWN = "stopped by Ctrl-C; everything was torn down"
     iterable=["only"],
     help={
         "env": ENV_HELP,
-        "runs": "boots per readiness measurement (default 3)",
+        "runs": "boots of each kind (bare and baked take turns) and no-op rebuilds (default 3); the paired boot "
+                "verdict needs 3 joining pairs, so --runs 4 at least (the first baked boot installs the cluster)",
         "only": "run just this measurement (repeatable): bare, baked, seed, noop, bake, footprint",
         "full_bake": "also time a fresh forced bake instead of reading the last bake's record",
         "seed_runs": "boots for the seed-style measurement (default: --runs; each takes about 10 minutes)",
-        "timeout": "how long one boot may take before it counts as failed: seconds or 40m (default 2400)",
+        "timeout": "how long one boot may take before it counts as failed: seconds or 40m (default 40m)",
+        "quiet_wait": "how long each boot waits for other QEMU processes to end before it starts anyway (the sample "
+                      "records them): seconds or 10m (default 30m)",
+        "port_wait": "how long to wait for the PostgreSQL/Redis ports while another run (test-ami) holds them: "
+                     "seconds or 10m (default 30m)",
+        "show": "measure nothing: print the table of the last build/bench/results.json",
+        "markdown": "measure nothing: print the last results as Markdown (for docs/benchmarks.md)",
     },
     types={"runs": Number(1, 100, whole=True), "seed_runs": Number(1, 100, whole=True),
-           "timeout": Duration(1, 86400)},
+           "timeout": Duration(1, 86400), "quiet_wait": Duration(0, 86400), "port_wait": Duration(0, 86400)},
+    exit_codes={0: "measured (or shown); the verdict line says whether the boot target was met, missed or is "
+                   "undecided: a missed target is reported, not a failure"},
     interrupted=TORN_DOWN,
 )
-def bench(c, env=None, runs=None, only=None, full_bake=False, seed_runs=None, timeout=None):
+def bench(c, env=None, runs=None, only=None, full_bake=False, seed_runs=None, timeout=None, quiet_wait=None,
+          port_wait=None, show=False, markdown=False):
     """Measure readiness after boot (bare, baked, seed-style), no-op rebuild, bake steps and footprint."""
-    from infra.bench import run_bench
+    from infra.bench import run
+    from infra.bench.table import headline
 
+    if show or markdown:
+        run.show(ROOT, markdown=markdown)
+        return None
     loaded = load(c, env, None)
     if loaded.settings.builder != "local":
         raise Refusal(f"bench measures the local twin; {loaded.settings.name} is {loaded.settings.builder}")
-    extra = {"timeout_s": timeout} if timeout else {}
-    run_bench(ROOT, loaded.settings, runs=runs or int(c.config.pipeline.bench_runs), only=only or None,
-              full_bake=full_bake, seed_runs=seed_runs, **extra)
+    waits = {"timeout_s": timeout, "quiet_wait_s": quiet_wait, "port_wait_s": port_wait}
+    doc = run.run_bench(ROOT, loaded.settings, runs=runs or int(c.config.pipeline.bench_runs), only=only or None,
+                        full_bake=full_bake, seed_runs=seed_runs, **{k: v for k, v in waits.items() if v is not None})
+    return Verdict("measured", headline(doc))
 
 
 @pipeline_task(

@@ -52,7 +52,7 @@ def test_bake_records_the_artifact(baked):
 
 
 def test_unchanged_inputs_reuse_the_artifact_without_a_vm(baked):
-    from infra.bench import watch_process_tree
+    from infra.bench.procwatch import watch_process_tree
 
     before = sha256(Path(baked["artifact_id"]))
     run = watch_process_tree([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], ROOT)

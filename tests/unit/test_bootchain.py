@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from infra import bootchain
+from infra.bench import bootchain
 
 SHOW = """Id=cloud-init.service
 InactiveExitTimestampMonotonic=9123456

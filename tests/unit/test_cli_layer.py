@@ -111,14 +111,31 @@ def test_a_duration_is_shown_in_its_largest_whole_unit(seconds, text):
 
 
 def test_errors_of_modules_not_yet_on_the_base_still_end_as_a_failed_verdict(capsys):
-    """infra.bench and infra.localservices are being split elsewhere; until their errors derive from
-    PipelineError the layer still ends them as a verdict, never a traceback."""
-    from infra.bench import BenchError
+    """infra.localservices is being split elsewhere; until its error derives from PipelineError the layer still ends
+    it as a verdict, never a traceback."""
     from infra.localservices import ServiceError
 
-    for error in (BenchError, ServiceError):
-        def body(c, count=None, wait=None, json=False, error=error):
-            raise error("PostgreSQL did not start on 127.0.0.1:5433")
+    def body(c, count=None, wait=None, json=False):
+        raise ServiceError("PostgreSQL did not start on 127.0.0.1:5433")
 
-        code, out, _ = end_of(body, capsys)
-        assert code == 1 and out.startswith("verdict: failed - PostgreSQL did not start"), out
+    code, out, _ = end_of(body, capsys)
+    assert code == 1 and out.startswith("verdict: failed - PostgreSQL did not start"), out
+
+
+def test_the_benchmarks_errors_are_pipeline_errors_a_bad_choice_refused(capsys):
+    from infra.bench import BenchError
+    from infra.bench.run import select_measurements
+
+    assert issubclass(BenchError, PipelineError) and issubclass(BenchError, RuntimeError)
+
+    def body(c, count=None, wait=None, json=False):
+        raise BenchError("footprint: dumpe2fs failed")
+
+    code, out, _ = end_of(body, capsys)
+    assert code == 1 and out.startswith("verdict: failed - footprint: dumpe2fs failed"), out
+
+    def refused(c, count=None, wait=None, json=False):
+        select_measurements(["bared"])
+
+    code, out, _ = end_of(refused, capsys)
+    assert code == 2 and out.startswith("verdict: refused - --only 'bared': unknown measurement"), out
