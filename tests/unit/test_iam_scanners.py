@@ -320,7 +320,8 @@ PASSABLE = {  # the roles each policy may hand to a service: never the bootstrap
                   "arn:aws:iam::*:role/nextcloud-${aws:PrincipalTag/nextcloud-image:environment}-InstanceRole-*"},
     "rollout.json": {"arn:aws:iam::*:role/nextcloud-${aws:PrincipalTag/nextcloud-image:environment}-InstanceRole-*"},
     "stack.json": {"arn:aws:iam::*:role/cloudformation-nextcloud", "arn:aws:iam::*:role/nextcloud-*-BootstrapRole-*"},
-    "service-role.json": {"arn:aws:iam::*:role/nextcloud-*Role-*"},
+    "service-role.json": {"arn:aws:iam::*:role/nextcloud-*Role-*",
+                          "arn:aws:iam::*:role/nextcloud-*-DatabaseProxyRole-*"},  # the proxy's, to RDS alone
 }
 
 
@@ -428,6 +429,11 @@ SERVICE_ROLE_NEEDS = {
     "AWS::RDS::DBInstance": ["rds:CreateDBInstance", "rds:ModifyDBInstance", "rds:DeleteDBInstance",
                              "rds:CreateDBSnapshot", "rds:AddTagsToResource", "kms:CreateGrant",
                              "secretsmanager:CreateSecret", "iam:PassRole"],
+    "AWS::RDS::DBProxy": ["rds:CreateDBProxy", "rds:ModifyDBProxy", "rds:DeleteDBProxy", "rds:DescribeDBProxies",
+                          "rds:AddTagsToResource", "rds:RemoveTagsFromResource", "iam:PassRole"],
+    "AWS::RDS::DBProxyTargetGroup": ["rds:DescribeDBProxyTargetGroups", "rds:DescribeDBProxyTargets",
+                                     "rds:ModifyDBProxyTargetGroup", "rds:RegisterDBProxyTargets",
+                                     "rds:DeregisterDBProxyTargets", "rds:AddTagsToResource"],
     "AWS::RDS::DBParameterGroup": ["rds:CreateDBParameterGroup", "rds:ModifyDBParameterGroup",
                                    "rds:DeleteDBParameterGroup"],
     "AWS::RDS::DBSubnetGroup": ["rds:CreateDBSubnetGroup", "rds:ModifyDBSubnetGroup", "rds:DeleteDBSubnetGroup"],
@@ -513,9 +519,9 @@ def test_what_the_rollout_conditions_on_carries_the_tags():
 
 
 # Resource types whose stack-propagated tags (managed, environment: deploy-stack tags the stack) a policy condition
-# reads: the service role (KMS key, cache) and the CI roles (subnets, the group).
+# reads: the service role (KMS key, cache, RDS Proxy) and the CI roles (subnets, the group).
 TAGGED_BY_THE_STACK = ["AWS::EC2::Subnet", "AWS::AutoScaling::AutoScalingGroup", "AWS::KMS::Key",
-                       "AWS::ElastiCache::ReplicationGroup"]
+                       "AWS::ElastiCache::ReplicationGroup", "AWS::RDS::DBProxy"]
 
 
 @pytest.mark.parametrize("rtype", TAGGED_BY_THE_STACK)
