@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cfnlint.decode import cfn_yaml
 
 from render import capacity
@@ -40,9 +41,13 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
 
 
 def template_body(path: Path = TEMPLATE) -> str:
-    """What CloudFormation receives: compact JSON without Metadata (console layout and checkov's skip reasons).
+    """What CloudFormation receives: the template without what only labels it, in compact YAML (short-form tags).
 
-    The YAML stays the readable source; the wire form keeps it under CloudFormation's TemplateBody limit.
+    Dropped: Metadata (console layout and checkov's skip reasons) and the parameters' and outputs' descriptions (console
+    labels); the resources' own descriptions stay. The rest goes out as YAML, a line per resource (parameter, output)
+    in flow style with the short intrinsic forms (``!Ref X`` for ``{"Ref": "X"}``), which CloudFormation reads as it
+    would read nextcloud.yaml: about 8% smaller than compact JSON, and what keeps the stack under TemplateBody's limit.
+    Refuses to return a body that does not read back as the same template.
     """
     doc = json.loads(json.dumps(load_template(path)))
     doc.pop("Metadata", None)
@@ -52,7 +57,79 @@ def template_body(path: Path = TEMPLATE) -> str:
     for section in ("Parameters", "Outputs"):
         for entry in doc.get(section, {}).values():
             entry.pop("Description", None)
-    return json.dumps(doc, separators=(",", ":"))
+    # Block style for the sections and their entries (a line each; a body that starts with "{" could be taken for
+    # JSON), flow style below.
+    wire = _Block({k: _Block({n: _short_forms(e) for n, e in v.items()}) if isinstance(v, dict) else v
+                   for k, v in doc.items()})
+    body = yaml.dump(wire, Dumper=_WireDumper, default_flow_style=True, sort_keys=False, width=float("inf"),
+                     allow_unicode=True)
+    if read_body(body) != doc:
+        raise RuntimeError(f"the wire form of {path} does not read back as the template: fix _short_forms")
+    return body
+
+
+def read_body(body: str) -> dict[str, Any]:
+    """A template body as CloudFormation reads it, short forms in their long form (as load_template gives them)."""
+    return json.loads(json.dumps(cfn_yaml.loads(body)))
+
+
+# Intrinsic functions written with their short-form tag on the wire. Only with a string or list argument: a tag
+# cannot carry another tag (``!Base64 !Ref X``), and moto (the stack tests' CloudFormation) reads a tag's mapping
+# argument wrongly. Fn::GetAtt only as ``!GetAtt Resource.Attribute`` with an attribute without dots (moto splits at
+# every dot); "Condition" stays long: it is also a resource attribute's name.
+_SHORT = {"Ref": "!Ref", "Fn::Sub": "!Sub", "Fn::If": "!If", "Fn::Join": "!Join", "Fn::Select": "!Select",
+          "Fn::Cidr": "!Cidr", "Fn::GetAZs": "!GetAZs", "Fn::Split": "!Split", "Fn::Base64": "!Base64",
+          "Fn::Equals": "!Equals", "Fn::Not": "!Not", "Fn::And": "!And", "Fn::Or": "!Or", "Fn::FindInMap": "!FindInMap",
+          "Fn::ImportValue": "!ImportValue", "Fn::GetAtt": "!GetAtt"}
+
+
+class _Tagged:
+    def __init__(self, tag: str, value: str | list[Any]) -> None:
+        self.tag, self.value = tag, value
+
+
+def _short_forms(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_short_forms(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        (fn, arg), = node.items()
+        if fn == "Fn::GetAtt":
+            if isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, str) for a in arg) and "." not in arg[1]:
+                return _Tagged("!GetAtt", f"{arg[0]}.{arg[1]}")
+        elif fn in _SHORT and isinstance(arg, (str, list)):
+            return _Tagged(_SHORT[fn], _short_forms(arg))
+    return {k: _short_forms(v) for k, v in node.items()}
+
+
+class _Block(dict):
+    """A mapping written in block style."""
+
+
+class _WireDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # an anchor would save nothing and moto reads none
+        return True
+
+    def choose_scalar_style(self) -> str:
+        # PyYAML quotes every scalar with an explicit tag; after a short-form tag, a plain one reads the same.
+        if self.analysis is None:
+            self.analysis = self.analyze_scalar(self.event.value)
+        if (self.event.tag in _SHORT.values() and not self.event.style and not self.analysis.empty
+                and self.analysis.allow_flow_plain):
+            return ""
+        return super().choose_scalar_style()
+
+
+def _represent_tagged(dumper: yaml.SafeDumper, node: _Tagged) -> yaml.Node:
+    if isinstance(node.value, list):
+        return dumper.represent_sequence(node.tag, node.value, flow_style=True)
+    return dumper.represent_scalar(node.tag, node.value)
+
+
+_WireDumper.add_representer(_Tagged, _represent_tagged)
+_WireDumper.add_representer(_Block, lambda dumper, node: dumper.represent_mapping(
+    "tag:yaml.org,2002:map", node, flow_style=False))
 
 
 def stack_parameters(s: Settings, *, image_id: str, user_data: str) -> dict[str, str]:

@@ -320,7 +320,8 @@ PASSABLE = {  # the roles each policy may hand to a service: never the bootstrap
                   "arn:aws:iam::*:role/nextcloud-${aws:PrincipalTag/nextcloud-image:environment}-InstanceRole-*"},
     "rollout.json": {"arn:aws:iam::*:role/nextcloud-${aws:PrincipalTag/nextcloud-image:environment}-InstanceRole-*"},
     "stack.json": {"arn:aws:iam::*:role/cloudformation-nextcloud", "arn:aws:iam::*:role/nextcloud-*-BootstrapRole-*"},
-    "service-role.json": {"arn:aws:iam::*:role/nextcloud-*Role-*"},
+    "service-role.json": {"arn:aws:iam::*:role/nextcloud-*Role-*",
+                          "arn:aws:iam::*:role/nextcloud-*-DatabaseProxyRole-*"},  # the proxy's, to RDS alone
 }
 
 
@@ -428,6 +429,13 @@ SERVICE_ROLE_NEEDS = {
     "AWS::RDS::DBInstance": ["rds:CreateDBInstance", "rds:ModifyDBInstance", "rds:DeleteDBInstance",
                              "rds:CreateDBSnapshot", "rds:AddTagsToResource", "kms:CreateGrant",
                              "secretsmanager:CreateSecret", "iam:PassRole"],
+    "AWS::RDS::DBProxy": ["rds:CreateDBProxy", "rds:ModifyDBProxy", "rds:DeleteDBProxy", "rds:DescribeDBProxies",
+                          "rds:AddTagsToResource", "rds:RemoveTagsFromResource", "rds:ListTagsForResource",
+                          "iam:PassRole"],
+    "AWS::RDS::DBProxyTargetGroup": ["rds:DescribeDBProxyTargetGroups", "rds:DescribeDBProxyTargets",
+                                     "rds:ModifyDBProxyTargetGroup", "rds:RegisterDBProxyTargets",
+                                     "rds:DeregisterDBProxyTargets", "rds:AddTagsToResource",
+                                     "rds:ListTagsForResource"],
     "AWS::RDS::DBParameterGroup": ["rds:CreateDBParameterGroup", "rds:ModifyDBParameterGroup",
                                    "rds:DeleteDBParameterGroup"],
     "AWS::RDS::DBSubnetGroup": ["rds:CreateDBSubnetGroup", "rds:ModifyDBSubnetGroup", "rds:DeleteDBSubnetGroup"],
@@ -462,6 +470,30 @@ def test_the_service_role_covers_every_resource_type_of_the_stack():
     gaps = {t: [a for a in SERVICE_ROLE_NEEDS[t] if not _allowed_by(statements, a)] for t in sorted(types)}
     gaps = {t: a for t, a in gaps.items() if a}
     assert not gaps, f"infra/stack/service-role.json does not allow what these resource types need: {gaps}"
+
+
+# The one RDS resource the service role reaches by neither name nor tag: the proxy's target group (an id RDS generates,
+# tagged by CloudFormation only after it has changed it). These, and nothing else, on it.
+TARGET_GROUP_ONLY = {"rds:ModifyDBProxyTargetGroup", "rds:RegisterDBProxyTargets", "rds:DeregisterDBProxyTargets"}
+
+
+def test_rds_writes_reach_the_stacks_resources_by_name_or_tag():
+    by_name = ("arn:aws:rds:*:*:db:nextcloud-*", "arn:aws:rds:*:*:subgrp:nextcloud-*", "arn:aws:rds:*:*:pg:nextcloud-*",
+               "arn:aws:rds:*:*:snapshot:nextcloud-*", "arn:aws:rds:*:*:og:default:*")
+    tags = {"aws:RequestTag/nextcloud-image:managed", "aws:ResourceTag/nextcloud-image:managed"}
+    for s in _statements(SERVICE_ROLE):
+        actions = set(_list(s["Action"]))
+        writes = {a for a in actions if a.startswith("rds:") and not a.startswith(("rds:Describe", "rds:List"))}
+        if s["Effect"] != "Allow" or not writes:
+            continue
+        if tags & set(s.get("Condition", {}).get("StringEquals", {})):
+            continue
+        for resource in _list(s["Resource"]):
+            if resource == "arn:aws:rds:*:*:target-group:*":
+                extra = sorted(writes - TARGET_GROUP_ONLY)
+                assert not extra, f"{s['Sid']}: {extra} on any target group"
+            else:
+                assert resource in by_name, f"{s['Sid']}: {resource} is neither named nor conditioned on a tag"
 
 
 def test_every_role_of_the_stack_carries_the_boundary():
@@ -513,9 +545,9 @@ def test_what_the_rollout_conditions_on_carries_the_tags():
 
 
 # Resource types whose stack-propagated tags (managed, environment: deploy-stack tags the stack) a policy condition
-# reads: the service role (KMS key, cache) and the CI roles (subnets, the group).
+# reads: the service role (KMS key, cache, RDS Proxy) and the CI roles (subnets, the group).
 TAGGED_BY_THE_STACK = ["AWS::EC2::Subnet", "AWS::AutoScaling::AutoScalingGroup", "AWS::KMS::Key",
-                       "AWS::ElastiCache::ReplicationGroup"]
+                       "AWS::ElastiCache::ReplicationGroup", "AWS::RDS::DBProxy"]
 
 
 @pytest.mark.parametrize("rtype", TAGGED_BY_THE_STACK)
