@@ -15,7 +15,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -35,10 +37,64 @@ SITE_CONF = "/etc/apache2/sites-available/000-default.conf"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 STATE_FILE = "/dev/shm/nextcloud-cluster/state.json"
 LABEL = "nextcloud-image.lane"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The instance's flag set (nextcloud.service reads the same file): the lane runs every node with it.
+CONTAINER_RUNTIME_ENV = REPO_ROOT / "image" / "rootfs" / "etc" / "nextcloud-image" / "container-runtime.env"
+CONTAINER_MEMORY = REPO_ROOT / "image" / "rootfs" / "usr/local/libexec/nextcloud-image" / "size-container-memory"
 
 
 class LaneError(PipelineError, RuntimeError):
     """A node did not come up or a step of the lane failed; the message carries the node's last log lines."""
+
+
+def container_runtime_flags(path: Path = CONTAINER_RUNTIME_ENV, memory_script: Path | None = CONTAINER_MEMORY,
+                            ) -> list[str]:
+    """The ``docker run`` flags an instance's nextcloud.service passes: the hardening line of ``path`` as systemd splits
+    it (on whitespace, nothing unquoted) and the memory limit ``memory_script`` computes for this machine."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise LaneError(f"{path}:{number}: expected NAME=VALUE, got {line!r}")
+        values[name] = value
+    if "NEXTCLOUD_CONTAINER_HARDENING" not in values:
+        raise LaneError(f"{path}: no NEXTCLOUD_CONTAINER_HARDENING line (the flags nextcloud.service passes)")
+    flags = values["NEXTCLOUD_CONTAINER_HARDENING"].split()
+    if memory_script is not None:
+        out = subprocess.run([str(memory_script)], capture_output=True, text=True, timeout=30, check=False)
+        name, _, value = out.stdout.strip().partition("=")
+        if out.returncode != 0 or name != "NEXTCLOUD_CONTAINER_MEMORY":
+            raise LaneError(f"{memory_script} failed (exit {out.returncode}): {out.stderr.strip() or out.stdout}")
+        flags += value.split()
+    return flags
+
+
+def docker_sdk_runtime(flags: list[str]) -> dict[str, Any]:
+    """``docker run`` flags (``--name=value`` form) as the Docker SDK's ``containers.run`` arguments. A flag it does
+    not know is an error: the lane must run nodes with every flag an instance gets, or say it cannot."""
+    import docker.types
+
+    kwargs: dict[str, Any] = {"cap_drop": [], "cap_add": [], "security_opt": [], "ulimits": []}
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if not sep or not value:
+            raise LaneError(f"container runtime flag {flag!r}: write --name=value")
+        if name in ("--cap-drop", "--cap-add", "--security-opt"):
+            kwargs[name[2:].replace("-", "_")].append(value)
+        elif name == "--pids-limit" and value.isdigit():
+            kwargs["pids_limit"] = int(value)
+        elif name == "--memory" and re.fullmatch(r"[1-9][0-9]*[kmg]?", value):
+            kwargs["mem_limit"] = value
+        elif name == "--ulimit" and re.fullmatch(r"[a-z]+=[0-9]+(:[0-9]+)?", value):
+            limit, _, numbers = value.partition("=")
+            soft, _, hard = numbers.partition(":")
+            kwargs["ulimits"].append(docker.types.Ulimit(name=limit, soft=int(soft), hard=int(hard or soft)))
+        else:
+            raise LaneError(f"container runtime flag {flag!r}: the lane does not know how to pass it to the Docker SDK "
+                            "(infra/lane/cluster.py docker_sdk_runtime)")
+    return {k: v for k, v in kwargs.items() if v != []}
 
 
 def identity_digest(instanceid: str, passwordsalt: str, secret: str) -> str:
@@ -236,7 +292,7 @@ class Cluster:
         container = self.client.containers.run(
             image, name=f"lane-{name}-{secrets.token_hex(3)}", detach=True, network_mode="host",
             environment=env, mounts=mounts, labels={LABEL: name},
-            stop_signal="SIGWINCH")
+            stop_signal="SIGWINCH", **docker_sdk_runtime(container_runtime_flags()))
         node = Node(name, port, container)
         self.nodes.append(node)
         return node
