@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import resource
 import secrets
 import subprocess
 import tarfile
@@ -29,6 +30,7 @@ from typing import Any
 from infra.errors import PipelineError
 from infra.lane.admin_socket import CONTAINER_DIR as ADMIN_SOCKET_DIR
 from infra.lane.admin_socket import AdminPasswordSocket
+from infra.lane.engine import NPROC_LIMIT
 from infra.lane.services import S3_KEY, S3_REGION, LaneServices
 
 RUNTIME_ENV = "/run/secrets/nextcloud-runtime.env"
@@ -95,6 +97,22 @@ def docker_sdk_runtime(flags: list[str]) -> dict[str, Any]:
             raise LaneError(f"container runtime flag {flag!r}: the lane does not know how to pass it to the Docker SDK "
                             "(infra/lane/cluster.py docker_sdk_runtime)")
     return {k: v for k, v in kwargs.items() if v != []}
+
+
+def _with_engine_ulimits(runtime: dict[str, Any]) -> dict[str, Any]:
+    """Podman's Docker API takes a container's ulimits as the whole list: given only core=0, it sets its built-in
+    1048576 open files and processes, which runc may not set here (infra/lane/engine.py). So the lane adds the
+    engine's own defaults back, as dockerd on an instance keeps its defaults beside --ulimit core=0."""
+    import docker.types
+
+    named = {u["Name"] for u in runtime.get("ulimits", [])}
+    if not named:
+        return runtime
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], NPROC_LIMIT)
+    extra = [docker.types.Ulimit(name=n, soft=v, hard=v) for n, v in (("nofile", nofile), ("nproc", nproc))
+             if n not in named]
+    return runtime | {"ulimits": [*runtime["ulimits"], *extra]}
 
 
 def identity_digest(instanceid: str, passwordsalt: str, secret: str) -> str:
@@ -292,7 +310,7 @@ class Cluster:
         container = self.client.containers.run(
             image, name=f"lane-{name}-{secrets.token_hex(3)}", detach=True, network_mode="host",
             environment=env, mounts=mounts, labels={LABEL: name},
-            stop_signal="SIGWINCH", **docker_sdk_runtime(container_runtime_flags()))
+            stop_signal="SIGWINCH", **_with_engine_ulimits(docker_sdk_runtime(container_runtime_flags())))
         node = Node(name, port, container)
         self.nodes.append(node)
         return node
