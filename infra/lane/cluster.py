@@ -32,6 +32,7 @@ from infra.lane.admin_socket import CONTAINER_DIR as ADMIN_SOCKET_DIR
 from infra.lane.admin_socket import AdminPasswordSocket
 from infra.lane.engine import NPROC_LIMIT
 from infra.lane.services import S3_KEY, S3_REGION, LaneServices
+from render.secret_refs import SECRET_VARIABLES
 
 RUNTIME_ENV = "/run/secrets/nextcloud-runtime.env"
 PORTS_CONF = "/etc/apache2/ports.conf"
@@ -246,7 +247,11 @@ class Cluster:
         self.admin_password = admin_password or "adm-" + secrets.token_hex(12)
         # Only the installing node asks for the admin password, over the host's socket (never in runtime.env).
         self.nodes: list[Node] = []
-        self.admin_socket = AdminPasswordSocket({**self.runtime_env(), "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password})
+        # The user data names only the contract's secrets (the resolver refuses any other key); the S3 keys stand in
+        # for the instance role here and reach the nodes through runtime.env alone.
+        self.admin_socket = AdminPasswordSocket({
+            k: v for k, v in {**self.runtime_env(), "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password}.items()
+            if k in SECRET_VARIABLES.values()})
 
     def environment(self, *, allow_install: bool, allow_upgrade: bool) -> dict[str, str]:
         """The non-secret environment (``/etc/nextcloud/nextcloud.env`` on an instance)."""
