@@ -43,6 +43,10 @@ class AdminPasswordSocket:
         self._instance_json.chmod(0o600)
         self._references = self.dir / "secret-references.json"
         self._references.write_text(render_contract(), encoding="utf-8")
+        # What the local twin's image bakes into /etc/nextcloud/nextcloud.env for builder "local": the resolver allows
+        # literal values only on such an image.
+        self._image_env = self.dir / "nextcloud.env"
+        self._image_env.write_text("NEXTCLOUD_LOG_DESTINATION=journal\n", encoding="utf-8")
         self.fetches = 0
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(self.path))
@@ -60,7 +64,8 @@ class AdminPasswordSocket:
             with conn:
                 self.fetches += 1
                 subprocess.run([sys.executable, "-I", str(RESOLVER), "--print-admin-password",
-                                "--instance-json", str(self._instance_json), "--references", str(self._references)],
+                                "--instance-json", str(self._instance_json), "--references", str(self._references),
+                                "--image-env", str(self._image_env)],
                                stdout=conn.fileno(), stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                timeout=60, check=False)
 

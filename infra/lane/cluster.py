@@ -15,7 +15,10 @@ import hashlib
 import io
 import json
 import os
+import re
+import resource
 import secrets
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -27,7 +30,9 @@ from typing import Any
 from infra.errors import PipelineError
 from infra.lane.admin_socket import CONTAINER_DIR as ADMIN_SOCKET_DIR
 from infra.lane.admin_socket import AdminPasswordSocket
+from infra.lane.engine import NPROC_LIMIT
 from infra.lane.services import S3_KEY, S3_REGION, LaneServices
+from render.secret_refs import SECRET_VARIABLES
 
 RUNTIME_ENV = "/run/secrets/nextcloud-runtime.env"
 PORTS_CONF = "/etc/apache2/ports.conf"
@@ -35,10 +40,80 @@ SITE_CONF = "/etc/apache2/sites-available/000-default.conf"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 STATE_FILE = "/dev/shm/nextcloud-cluster/state.json"
 LABEL = "nextcloud-image.lane"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The instance's flag set (nextcloud.service reads the same file): the lane runs every node with it.
+CONTAINER_RUNTIME_ENV = REPO_ROOT / "image" / "rootfs" / "etc" / "nextcloud-image" / "container-runtime.env"
+CONTAINER_MEMORY = REPO_ROOT / "image" / "rootfs" / "usr/local/libexec/nextcloud-image" / "size-container-memory"
 
 
 class LaneError(PipelineError, RuntimeError):
     """A node did not come up or a step of the lane failed; the message carries the node's last log lines."""
+
+
+def container_runtime_flags(path: Path = CONTAINER_RUNTIME_ENV, memory_script: Path | None = CONTAINER_MEMORY,
+                            ) -> list[str]:
+    """The ``docker run`` flags an instance's nextcloud.service passes: the hardening line of ``path`` as systemd splits
+    it (on whitespace, nothing unquoted) and the memory limit ``memory_script`` computes for this machine."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise LaneError(f"{path}:{number}: expected NAME=VALUE, got {line!r}")
+        values[name] = value
+    if "NEXTCLOUD_CONTAINER_HARDENING" not in values:
+        raise LaneError(f"{path}: no NEXTCLOUD_CONTAINER_HARDENING line (the flags nextcloud.service passes)")
+    flags = values["NEXTCLOUD_CONTAINER_HARDENING"].split()
+    if memory_script is not None:
+        out = subprocess.run([str(memory_script)], capture_output=True, text=True, timeout=30, check=False)
+        name, _, value = out.stdout.strip().partition("=")
+        if out.returncode != 0 or name != "NEXTCLOUD_CONTAINER_MEMORY":
+            raise LaneError(f"{memory_script} failed (exit {out.returncode}): {out.stderr.strip() or out.stdout}")
+        flags += value.split()
+    return flags
+
+
+def docker_sdk_runtime(flags: list[str]) -> dict[str, Any]:
+    """``docker run`` flags (``--name=value`` form) as the Docker SDK's ``containers.run`` arguments. A flag it does
+    not know is an error: the lane must run nodes with every flag an instance gets, or say it cannot."""
+    import docker.types
+
+    kwargs: dict[str, Any] = {"cap_drop": [], "cap_add": [], "security_opt": [], "ulimits": []}
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if not sep or not value:
+            raise LaneError(f"container runtime flag {flag!r}: write --name=value")
+        if name in ("--cap-drop", "--cap-add", "--security-opt"):
+            kwargs[name[2:].replace("-", "_")].append(value)
+        elif name == "--pids-limit" and value.isdigit():
+            kwargs["pids_limit"] = int(value)
+        elif name == "--memory" and re.fullmatch(r"[1-9][0-9]*[kmg]?", value):
+            kwargs["mem_limit"] = value
+        elif name == "--ulimit" and re.fullmatch(r"[a-z]+=[0-9]+(:[0-9]+)?", value):
+            limit, _, numbers = value.partition("=")
+            soft, _, hard = numbers.partition(":")
+            kwargs["ulimits"].append(docker.types.Ulimit(name=limit, soft=int(soft), hard=int(hard or soft)))
+        else:
+            raise LaneError(f"container runtime flag {flag!r}: the lane does not know how to pass it to the Docker SDK "
+                            "(infra/lane/cluster.py docker_sdk_runtime)")
+    return {k: v for k, v in kwargs.items() if v != []}
+
+
+def _with_engine_ulimits(runtime: dict[str, Any]) -> dict[str, Any]:
+    """Podman's Docker API takes a container's ulimits as the whole list: given only core=0, it sets its built-in
+    1048576 open files and processes, which runc may not set here (infra/lane/engine.py). So the lane adds the
+    engine's own defaults back, as dockerd on an instance keeps its defaults beside --ulimit core=0."""
+    import docker.types
+
+    named = {u["Name"] for u in runtime.get("ulimits", [])}
+    if not named:
+        return runtime
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], NPROC_LIMIT)
+    extra = [docker.types.Ulimit(name=n, soft=v, hard=v) for n, v in (("nofile", nofile), ("nproc", nproc))
+             if n not in named]
+    return runtime | {"ulimits": [*runtime["ulimits"], *extra]}
 
 
 def identity_digest(instanceid: str, passwordsalt: str, secret: str) -> str:
@@ -172,7 +247,11 @@ class Cluster:
         self.admin_password = admin_password or "adm-" + secrets.token_hex(12)
         # Only the installing node asks for the admin password, over the host's socket (never in runtime.env).
         self.nodes: list[Node] = []
-        self.admin_socket = AdminPasswordSocket({**self.runtime_env(), "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password})
+        # The user data names only the contract's secrets (the resolver refuses any other key); the S3 keys stand in
+        # for the instance role here and reach the nodes through runtime.env alone.
+        self.admin_socket = AdminPasswordSocket({
+            k: v for k, v in {**self.runtime_env(), "NEXTCLOUD_ADMIN_PASSWORD": self.admin_password}.items()
+            if k in SECRET_VARIABLES.values()})
 
     def environment(self, *, allow_install: bool, allow_upgrade: bool) -> dict[str, str]:
         """The non-secret environment (``/etc/nextcloud/nextcloud.env`` on an instance)."""
@@ -236,7 +315,7 @@ class Cluster:
         container = self.client.containers.run(
             image, name=f"lane-{name}-{secrets.token_hex(3)}", detach=True, network_mode="host",
             environment=env, mounts=mounts, labels={LABEL: name},
-            stop_signal="SIGWINCH")
+            stop_signal="SIGWINCH", **_with_engine_ulimits(docker_sdk_runtime(container_runtime_flags())))
         node = Node(name, port, container)
         self.nodes.append(node)
         return node

@@ -7,6 +7,7 @@ repair (never widen) and keep working.
 
 from __future__ import annotations
 
+import base64
 import importlib.machinery
 import importlib.util
 import secrets
@@ -125,3 +126,54 @@ def test_a_role_widened_beyond_what_the_master_can_undo_is_refused(rds_like):
             _run(rds_like)
     finally:
         rds_like.psql("ALTER ROLE nextcloud NOREPLICATION", dbname="postgres")
+
+
+def test_the_password_never_reaches_the_server_only_its_scram_verifier(rds_like):
+    # With every statement logged (as on an error, or with log_statement on RDS, whose log CloudWatch may export),
+    # the log holds the verifier the role now has, and never the password; the password still logs in (over
+    # scram-sha-256: the throwaway server's host rule, like RDS's).
+    rds_like.psql("ALTER SYSTEM SET log_statement = 'all'", dbname="postgres")
+    rds_like.psql("SELECT pg_reload_conf()", dbname="postgres")
+    try:
+        start = rds_like.logfile.stat().st_size
+        _run(rds_like)
+        rds_like.psql("ALTER ROLE nextcloud CREATEDB", dbname="postgres")
+        _run(rds_like)  # the repair path's ALTER ROLE too
+        with rds_like.logfile.open(encoding="utf-8", errors="replace") as fh:
+            fh.seek(start)
+            logged = fh.read()
+    finally:
+        rds_like.psql("ALTER SYSTEM RESET log_statement", dbname="postgres")
+        rds_like.psql("SELECT pg_reload_conf()", dbname="postgres")
+    assert APP_PASSWORD not in logged
+    stored = rds_like.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'nextcloud'", dbname="postgres").strip()
+    assert stored.startswith("SCRAM-SHA-256$4096:") and f"PASSWORD '{stored}'" in logged
+    assert logged.count("PASSWORD 'SCRAM-SHA-256$4096:") == 2
+    with psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="nextcloud",
+                         password=APP_PASSWORD) as app:
+        assert app.execute("SELECT current_user").fetchone() == ("nextcloud",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host=rds_like.host, port=rds_like.port, dbname="nextcloud", user="nextcloud",
+                        password=APP_PASSWORD + "x").close()
+
+
+def test_the_verifier_is_the_one_libpq_computes_for_the_same_salt(rds_like):
+    # libpq's PQencryptPasswordConn (what psql's \password sends) is the reference: same salt and iterations, same
+    # keys. Each verifier has a fresh salt.
+    script = _script()
+    for password in (APP_PASSWORD, "p", "with spaces & 'quotes' \\ and $ signs", "x" * 200):
+        with _as_master(rds_like) as conn:
+            reference = conn.pgconn.encrypt_password(password.encode(), b"nextcloud", b"scram-sha-256").decode()
+        iterations, rest = reference.removeprefix("SCRAM-SHA-256$").split(":", 1)
+        salt = base64.b64decode(rest.split("$", 1)[0])
+        assert script.scram_sha256_verifier(password, salt=salt, iterations=int(iterations)) == reference, password
+    assert script.scram_sha256_verifier(APP_PASSWORD) != script.scram_sha256_verifier(APP_PASSWORD)
+
+
+@pytest.mark.parametrize("password", ["", "pässword-" + secrets.token_hex(4)])
+def test_a_password_postgresql_would_prepare_differently_is_refused_without_its_value(rds_like, password):
+    script = _script()
+    with _as_master(rds_like) as conn, pytest.raises(script.PasswordRefused, match="non-empty ASCII") as refused:
+        script.bootstrap(conn, "nextcloud", "nextcloud", password)
+    assert password not in str(refused.value) or not password
+    assert rds_like.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'nextcloud'", dbname="postgres").strip() == "0"

@@ -114,8 +114,11 @@ def test_rendered_values_are_ceilings_the_machine_can_only_lower(tmp_path):
 
 
 def test_a_container_memory_limit_smaller_than_the_machine_counts(tmp_path):
+    # The limit holds the workers and 512 MiB of headroom; the OS and Docker are outside it: (2048 - 512) / 100.
     assert parsed(run_script(tmp_path, 8192 * 1024, cgroup=str(2048 * 1024 * 1024)))["NEXTCLOUD_APACHE_MAX_WORKERS"] \
-        == "10"
+        == "15"
+    assert parsed(run_script(tmp_path, 8192 * 1024, cgroup=str(600 * 1024 * 1024)))["NEXTCLOUD_APACHE_MAX_WORKERS"] \
+        == "2"
     assert parsed(run_script(tmp_path, 4096 * 1024, cgroup="max"))["NEXTCLOUD_APACHE_MAX_WORKERS"] == "30"
     assert parsed(run_script(tmp_path, 4096 * 1024, cgroup=str(64 * 1024**3)))["NEXTCLOUD_APACHE_MAX_WORKERS"] == "30"
 

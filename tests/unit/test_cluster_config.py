@@ -241,3 +241,30 @@ def test_serverid_comes_from_the_cluster_state(tmp_path):
 def test_offline_nodes_tell_nextcloud(tmp_path, value, expected):
     # Nextcloud's has_internet_connection: false keeps cron.php from waiting minutes on the update check offline.
     assert config(tmp_path, NEXTCLOUD_HAS_INTERNET=value)["has_internet_connection"] is expected
+
+
+def test_database_tls_verify_full_with_the_ca_bundle(tmp_path):
+    bundle = tmp_path / "rds-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    c = config(tmp_path, NEXTCLOUD_DB_SSLMODE="verify-full", NEXTCLOUD_DB_SSLROOTCERT=str(bundle))
+    # Nextcloud's own key (lib/private/DB/ConnectionFactory.php reads pgsql_ssl's mode and rootcert).
+    assert c["pgsql_ssl"] == {"mode": "verify-full", "rootcert": str(bundle)}
+    assert "pgsql_ssl" not in config(tmp_path)  # unset: libpq's default, as before
+    assert config(tmp_path, NEXTCLOUD_DB_SSLMODE="require")["pgsql_ssl"] == {"mode": "require", "rootcert": ""}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"NEXTCLOUD_DB_SSLMODE": "verify-full"}, "NEXTCLOUD_DB_SSLROOTCERT is not set (required with "
+                                              "NEXTCLOUD_DB_SSLMODE=verify-full"),
+    ({"NEXTCLOUD_DB_SSLMODE": "verify_full"}, "NEXTCLOUD_DB_SSLMODE must be one of libpq's sslmode values"),
+    ({"NEXTCLOUD_DB_SSLMODE": "verify-full", "NEXTCLOUD_DB_SSLROOTCERT": "/nonexistent/ca.pem"},
+     "NEXTCLOUD_DB_SSLROOTCERT names /nonexistent/ca.pem, which is not a readable file"),
+    ({"NEXTCLOUD_DB_SSLMODE": "verify-full", "NEXTCLOUD_DB_SSLROOTCERT": "/etc/x y.pem"},
+     "NEXTCLOUD_DB_SSLROOTCERT must be an absolute path"),
+    ({"NEXTCLOUD_DB_SSLMODE": "verify-full", "NEXTCLOUD_DB_SSLROOTCERT": "/etc/ca.pem;sslmode=disable"},
+     "NEXTCLOUD_DB_SSLROOTCERT must be an absolute path"),
+    ({"NEXTCLOUD_DB_SSLROOTCERT": "/etc/ssl/certs/ca-certificates.crt"}, "set without NEXTCLOUD_DB_SSLMODE"),
+])
+def test_database_tls_settings_that_would_not_verify_are_refused(tmp_path, changes, message):
+    r = run_config(tmp_path, **changes)
+    assert r.returncode != 0 and message in r.stderr + r.stdout

@@ -120,7 +120,15 @@ def resolver(tmp_path: Path) -> Callable[..., Run]:
         env: dict[str, str] | None = None,
         mode: int = 0o600,
         args: tuple[str, ...] = (),
+        log_destination: str | None = "journal",
     ) -> Run:
+        # The image's baked nextcloud.env: "journal" is what render writes for the local twin (builder "local"),
+        # "cloudwatch" for AWS; None leaves the file out.
+        image_env = tmp_path / "nextcloud.env"
+        if log_destination is None:
+            image_env.unlink(missing_ok=True)
+        else:
+            image_env.write_text(f"NEXTCLOUD_ENVIRONMENT=test\nNEXTCLOUD_LOG_DESTINATION={log_destination}\n")
         instance_json = tmp_path / "instance.json"
         text = doc if isinstance(doc, str) else json.dumps(doc, indent=2)
         instance_json.write_text(text, encoding="utf-8")
@@ -135,6 +143,7 @@ def resolver(tmp_path: Path) -> Callable[..., Run]:
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
             "AWS_EC2_METADATA_DISABLED": "true",
             "NEXTCLOUD_SECRET_REFERENCES": str(contract),
+            "NEXTCLOUD_IMAGE_ENV": str(image_env),
         }
         base_env.update(env or {})
         command = [python, *python_flags, str(SCRIPT), "--instance-json", str(instance_json)]
@@ -265,8 +274,10 @@ def test_paths_can_come_from_the_environment(tmp_path):
     output = tmp_path / "env" / "runtime.env"
     contract = tmp_path / "secret-references.json"
     contract.write_text(render_contract())
+    image_env = tmp_path / "nextcloud.env"
+    image_env.write_text("NEXTCLOUD_LOG_DESTINATION=journal\n")
     env = dict(os.environ, NEXTCLOUD_INSTANCE_JSON=str(instance_json), NEXTCLOUD_RUNTIME_ENV=str(output),
-               NEXTCLOUD_SECRET_REFERENCES=str(contract))
+               NEXTCLOUD_SECRET_REFERENCES=str(contract), NEXTCLOUD_IMAGE_ENV=str(image_env))
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert output.exists()
@@ -415,14 +426,84 @@ def test_malformed_instance_json_is_a_clear_error(resolver, build, message):
     assert "Traceback" not in result.stderr
 
 
-def test_extra_nextcloud_secrets_pass_through(resolver):
-    # A newer renderer may add a secret; the image passes it on instead of refusing to boot.
+@pytest.mark.parametrize("key", ["NEXTCLOUD_TRUSTED_PROXIES", "NEXTCLOUD_DB_HOST", "NEXTCLOUD_S3_SSE_C_KEY"])
+def test_a_key_outside_the_contract_is_refused_naming_it(resolver, key):
+    # runtime.env is loaded after the baked nextcloud.env: a key the contract does not name would override a baked
+    # setting (whom Apache believes, which database) from user data. The contract and the user data come from the
+    # same render, so a newer secret means a new image anyway.
     doc = instance_doc()
     extra = canary("extra")
-    doc["secrets"]["NEXTCLOUD_S3_SSE_C_KEY"] = f"literal:{extra}"
+    doc["secrets"][key] = f"literal:{extra}"
     result = resolver(doc)
+    assert result.returncode == 2, result.all_output
+    assert f"secrets.{key} is not one of the secrets this image takes" in result.stderr
+    assert "NEXTCLOUD_DB_PASSWORD" in result.stderr  # names what is allowed
+    assert not result.output.exists()
+    result.assert_silent_about(extra)
+
+
+# --------------------------------------------------------------------------- literals only on the local twin
+
+
+def test_literals_are_refused_on_an_aws_image_naming_the_key_not_the_value(resolver):
+    values = literal_secrets()
+    result = resolver(instance_doc(values), log_destination="cloudwatch")
+    assert result.returncode == 2, result.all_output
+    assert "literal values in secrets.NEXTCLOUD_ADMIN_PASSWORD, secrets.NEXTCLOUD_DB_PASSWORD," in result.stderr
+    assert "NEXTCLOUD_LOG_DESTINATION=cloudwatch" in result.stderr
+    assert not result.output.exists()
+    result.assert_silent_about(*values.values())
+
+
+def test_literals_are_refused_when_the_image_does_not_say_it_is_the_local_twin(resolver, tmp_path):
+    result = resolver(instance_doc(), log_destination=None)
+    assert result.returncode == 2, result.all_output
+    assert "literal values in secrets." in result.stderr and str(tmp_path / "nextcloud.env") in result.stderr
+    assert not result.output.exists()
+
+
+def test_the_print_admin_password_path_refuses_literals_on_aws_too(resolver):
+    values = literal_secrets()
+    result = resolver(instance_doc(values), log_destination="cloudwatch", args=("--print-admin-password",))
+    assert result.returncode == 2 and result.stdout == ""
+    result.assert_silent_about(*values.values())
+
+
+def test_an_empty_literal_stays_allowed_on_aws_where_the_contract_allows_empty(resolver, aws_endpoint):
+    # "literal:" for the Redis password is "no AUTH", which render allows on AWS too; it carries no secret.
+    values = literal_secrets()
+    doc = instance_doc(values)
+    for key, value in values.items():
+        doc["secrets"][key] = f"ssm:{put_parameter(aws_endpoint, value)}"
+    doc["secrets"]["NEXTCLOUD_REDIS_PASSWORD"] = "literal:"
+    result = resolver(doc, log_destination="cloudwatch", env={"AWS_ENDPOINT_URL": aws_endpoint, **DUMMY_CREDENTIALS})
     assert result.returncode == 0, result.stderr
-    assert result.env_file()["NEXTCLOUD_S3_SSE_C_KEY"] == extra
+    assert result.env_file()["NEXTCLOUD_REDIS_PASSWORD"] == ""
+
+
+# --------------------------------------------------------------------------- value sizes
+
+
+@pytest.mark.parametrize("size", [8192, 8193, 1024 * 1024])
+def test_values_are_capped_at_8_kib_naming_the_key(resolver, size):
+    values = literal_secrets()
+    values["NEXTCLOUD_SECRET"] = "s" * (size - 6) + "canary"
+    result = resolver(instance_doc(values))
+    if size <= 8192:
+        assert result.returncode == 0, result.stderr
+        assert result.env_file()["NEXTCLOUD_SECRET"] == values["NEXTCLOUD_SECRET"]
+        return
+    assert result.returncode == 3, result.all_output
+    assert f"secrets.NEXTCLOUD_SECRET: the value is {size} bytes, more than 8192" in result.stderr
+    assert "canary" not in result.all_output and "sss" not in result.all_output
+    assert not result.output.exists()
+
+
+def test_the_cap_counts_bytes_not_characters(resolver):
+    values = literal_secrets()
+    values["NEXTCLOUD_SECRET"] = "é" * 4097  # 8194 bytes in UTF-8
+    result = resolver(instance_doc(values))
+    assert result.returncode == 3 and "8194 bytes" in result.stderr
 
 
 # --------------------------------------------------------------------------- AWS (emulated)
@@ -704,8 +785,10 @@ def test_retry_recovers_by_itself_when_the_cause_goes_away(tmp_path, aws_endpoin
     output = tmp_path / "run" / "runtime.env"
     contract = tmp_path / "secret-references.json"
     contract.write_text(render_contract(), encoding="utf-8")
+    image_env = tmp_path / "nextcloud.env"
+    image_env.write_text("NEXTCLOUD_LOG_DESTINATION=journal\n")  # the other secrets are literals
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_ENDPOINT_URL": aws_endpoint,
-           "NEXTCLOUD_SECRET_REFERENCES": str(contract),
+           "NEXTCLOUD_SECRET_REFERENCES": str(contract), "NEXTCLOUD_IMAGE_ENV": str(image_env),
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null", "AWS_MAX_ATTEMPTS": "1",
            "NEXTCLOUD_SECRETS_RETRY_INITIAL": "0.2", "NEXTCLOUD_SECRETS_RETRY_MAX": "0.5", **DUMMY_CREDENTIALS}
     proc = subprocess.Popen([sys.executable, "-I", str(SCRIPT), "--retry", "--instance-json", str(instance_json),
@@ -864,7 +947,10 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
 
     # A leftover container goes with its anonymous volumes; and none are made: /var/www/html gets an empty tmpfs.
     # Through the Engine API (curl, not the 45 MB docker CLI on the boot path): DELETE with force and v (volumes).
-    (pre,) = service["ExecStartPre"]
+    # First the memory limit for this machine (tests/unit/test_container_runtime.py), then the leftover's removal.
+    memory, pre = service["ExecStartPre"]
+    assert shlex.split(memory) == ["/usr/local/libexec/nextcloud-image/size-container-memory", "--output",
+                                   "/run/nextcloud-container/memory.env"]
     pre_argv = shlex.split(pre)
     assert pre_argv[0] == "/usr/bin/curl" and pre_argv[pre_argv.index("--unix-socket") + 1] == "/run/docker.sock"
     assert pre_argv[pre_argv.index("-X") + 1] == "DELETE"

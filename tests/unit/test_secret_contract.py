@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from render.outputs import SECRET_REFERENCES, render_all, render_user_data
+from render.outputs import SECRET_REFERENCES, render_all, render_nextcloud_env, render_user_data
 from render.secret_refs import SECRET_VARIABLES, InvalidReference, classify, render_contract
 from render.settings import Secrets, SettingsError, load_settings
 
@@ -126,10 +126,11 @@ def test_the_corpus_covers_every_form():
     assert {classify(ref).region for ref in VALID if ref.startswith("ssm:")} == {None}
 
 
-def run_validate_only(instance_json: Path, contract: Path) -> subprocess.CompletedProcess[str]:
+def run_validate_only(instance_json: Path, contract: Path, image_env: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-I", str(SCRIPT), "--validate-only", "--instance-json", str(instance_json),
-         "--references", str(contract), "--output", str(instance_json.parent / "runtime.env")],
+         "--references", str(contract), "--output", str(instance_json.parent / "runtime.env"),
+         "--image-env", str(image_env)],
         capture_output=True, text=True, timeout=60, check=False,
     )
 
@@ -142,7 +143,10 @@ def test_what_passes_render_passes_the_resolver_at_boot(tmp_path, contract_file,
     instance_json = tmp_path / "instance.json"
     instance_json.write_text(doc)
     instance_json.chmod(0o600)
-    proc = run_validate_only(instance_json, contract_file)
+    # The nextcloud.env the same settings bake into the image: it says whether literals are allowed.
+    image_env = tmp_path / "nextcloud.env"
+    image_env.write_text(render_nextcloud_env(settings))
+    proc = run_validate_only(instance_json, contract_file, image_env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(doc)["secrets"]["NEXTCLOUD_DB_PASSWORD"] == ref
 
@@ -196,3 +200,18 @@ def test_an_image_without_a_usable_contract_refuses_clearly(tmp_path, contract_f
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and str(contract) in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runtime.env").exists()
+
+
+@pytest.mark.parametrize(("environment", "allowed"), [("local", True), ("example", False)])
+def test_the_resolver_allows_literals_exactly_where_render_does(tmp_path, resolver_module, environment, allowed):
+    # render allows literal secrets only for builder "local"; the resolver reads that from the nextcloud.env the
+    # same settings bake (NEXTCLOUD_LOG_DESTINATION, derived from the builder alone), never from user data.
+    settings = load_settings(ROOT, environment, environ={}).settings
+    assert (settings.builder == "local") == allowed
+    image_env = tmp_path / "nextcloud.env"
+    image_env.write_text(render_nextcloud_env(settings))
+    ok, why = resolver_module.literals_allowed(str(image_env))
+    assert ok == allowed, why
+    if not allowed:
+        with pytest.raises(SettingsError, match="literal secrets are only allowed in the local environment"):
+            load_settings(ROOT, environment, environ={}, overrides={"secrets.db_password": "literal:x"})

@@ -194,6 +194,15 @@ function pgConnect(array $config, int $timeoutSeconds = 3): \PDO {
 		'pgsql:host=%s;port=%d;dbname=%s;connect_timeout=%d;application_name=nextcloud-cluster',
 		$host, $port, $config['dbname'] ?? '', max(2, $timeoutSeconds)
 	);
+	// The TLS Nextcloud itself uses ('pgsql_ssl', from cluster.config.php, which checked both values): the init and
+	// /readyz verify the database exactly as the web requests do.
+	$ssl = $config['pgsql_ssl'] ?? null;
+	if (is_array($ssl) && ($ssl['mode'] ?? '') !== '') {
+		$dsn .= ';sslmode=' . $ssl['mode'];
+		if (($ssl['rootcert'] ?? '') !== '') {
+			$dsn .= ';sslrootcert=' . $ssl['rootcert'];
+		}
+	}
 	try {
 		return new \PDO($dsn, (string)($config['dbuser'] ?? ''), (string)($config['dbpassword'] ?? ''), [
 			\PDO::ATTR_ERRMODE => \PDO::ERRMODE_EXCEPTION,

@@ -58,6 +58,28 @@ $CONFIG = (static function (): array {
 	$dbUser = $required('NEXTCLOUD_DB_USER', 'PostgreSQL role');
 	$dbPassword = $required('NEXTCLOUD_DB_PASSWORD', 'runtime secret');
 	$dbPort = $port('NEXTCLOUD_DB_PORT', 5432);
+	// TLS to PostgreSQL (libpq's sslmode/sslrootcert; Nextcloud's 'pgsql_ssl', ConnectionFactory). verify-full checks
+	// the chain against NEXTCLOUD_DB_SSLROOTCERT (the RDS CA bundle on AWS) and the certificate's name against
+	// NEXTCLOUD_DB_HOST. Unset: libpq's default (prefer: encrypted when offered, nothing verified).
+	$dbSslMode = $env('NEXTCLOUD_DB_SSLMODE');
+	$dbSslRootCert = $env('NEXTCLOUD_DB_SSLROOTCERT');
+	if ($dbSslMode !== null && !in_array($dbSslMode, ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'], true)) {
+		$problems[] = "NEXTCLOUD_DB_SSLMODE must be one of libpq's sslmode values (verify-full to verify the database's "
+			. "certificate and name), got '" . substr($dbSslMode, 0, 20) . "'";
+	} elseif (in_array($dbSslMode, ['verify-ca', 'verify-full'], true) && $dbSslRootCert === null) {
+		$problems[] = "NEXTCLOUD_DB_SSLROOTCERT is not set (required with NEXTCLOUD_DB_SSLMODE=$dbSslMode: the CA bundle "
+			. 'that signed the database\'s certificate, e.g. the RDS CA bundle the image carries)';
+	}
+	if ($dbSslRootCert !== null) {
+		if ($dbSslMode === null) {
+			$problems[] = 'NEXTCLOUD_DB_SSLROOTCERT is set without NEXTCLOUD_DB_SSLMODE (set it to verify-full to use it)';
+		} elseif (!preg_match('#^/[A-Za-z0-9._/-]+$#', $dbSslRootCert)) {
+			// It rides in a libpq connection string (lib.php's pgConnect, Doctrine's DSN): no spaces, quotes or ';'.
+			$problems[] = 'NEXTCLOUD_DB_SSLROOTCERT must be an absolute path of letters, digits and ._/- characters';
+		} elseif (!is_file($dbSslRootCert) || !is_readable($dbSslRootCert)) {
+			$problems[] = "NEXTCLOUD_DB_SSLROOTCERT names $dbSslRootCert, which is not a readable file in the container";
+		}
+	}
 	$redisHost = $required('NEXTCLOUD_REDIS_HOST', 'Redis endpoint for cache, locking and sessions');
 	$redisPort = $port('NEXTCLOUD_REDIS_PORT', 6379);
 	$redisTls = $flag('NEXTCLOUD_REDIS_TLS');
@@ -162,6 +184,10 @@ $CONFIG = (static function (): array {
 		if ($env($name) !== null) {
 			$config[$key] = $env($name);
 		}
+	}
+	if ($dbSslMode !== null) {
+		// Nextcloud hands these to Doctrine's pdo_pgsql DSN; lib.php's pgConnect (cluster init, /readyz) reads the same.
+		$config['pgsql_ssl'] = ['mode' => $dbSslMode, 'rootcert' => $dbSslRootCert ?? ''];
 	}
 	if ($bucket !== null) {
 		$args = [
