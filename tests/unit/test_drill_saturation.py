@@ -424,3 +424,88 @@ def _broken(mutate):
 def test_each_broken_rule_fails_the_verdict_with_its_reason(mutate, problem):
     problems = _broken(mutate)
     assert any(problem in p for p in problems), problems
+
+
+# ---- the stand-in's remote.php double: holds a database connection as a Nextcloud request does ---------------------
+STANDIN = ROOT / "infra" / "localtwin" / "standin" / "nextcloud"
+needs_php = pytest.mark.skipif(shutil.which("php") is None, reason="php-cli not installed")
+
+
+def _php_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@needs_php
+@needs_postgres
+def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_without_a_slot(tmp_path):
+    psycopg = pytest.importorskip("psycopg")
+    import http.client
+
+    from infra.localservices import ThrowawayPostgres
+    from infra.localtwin.instance import free_port
+
+    web = tmp_path / "nextcloud"
+    shutil.copytree(STANDIN, web)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".ncdata").write_text("# Nextcloud data directory\n# Do not change this file")
+    with ThrowawayPostgres(free_port(), "db-pw") as pg:
+        (web / "config" / "config.php").write_text(
+            "<?php\n$CONFIG = ['installed' => true, 'version' => '99.0.0.0', "
+            f"'dbhost' => '127.0.0.1:{pg.port}', 'dbname' => {_php_string(pg.dbname)}, "
+            f"'dbuser' => {_php_string(pg.user)}, 'dbpassword' => 'db-pw', "
+            f"'datadirectory' => {_php_string(str(tmp_path / 'data'))}];\n")
+        hashed = subprocess.run(["php", "-r", "echo password_hash('admin-pw', PASSWORD_BCRYPT);"],
+                                capture_output=True, text=True, check=True).stdout
+        pg.psql("CREATE TABLE oc_users (uid varchar(64) PRIMARY KEY, displayname varchar(64), "
+                f"password varchar(255) NOT NULL); INSERT INTO oc_users VALUES ('admin', 'admin', '{hashed}');"
+                f"ALTER TABLE oc_users OWNER TO {pg.user};")
+        port = free_port()
+        server = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", "-t", str(web)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL,
+                                  env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"})
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "php -S did not start"
+                    time.sleep(0.1)
+            propfind = request_plan(local(), "admin-pw")[0][1]
+
+            def send(req: Request) -> tuple[int, float]:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                t = time.monotonic()
+                conn.request(req.method, req.path, body=req.body, headers=dict(req.headers))
+                r = conn.getresponse()
+                r.read()
+                return r.status, time.monotonic() - t
+
+            with ConnectionSampler(sat.pg_connections(pg), interval_s=0.02) as sampler:
+                status, took = send(propfind)
+            assert status == 207
+            assert took >= sat_hold_s(), "the connection is held for the typical request's time"
+            assert sampler.peak_app >= 1, "the application role's connection was seen during the hold"
+            wrong = Request(propfind.method, propfind.path,
+                            {**propfind.headers, "Authorization": "Basic YWRtaW46d3Jvbmc="}, propfind.body)
+            assert send(wrong)[0] == 401
+            assert send(Request("GET", propfind.path))[0] == 405
+            # no slot left for the application role: the double fails as a node does, PostgreSQL logs why
+            apply_max_connections(pg, 4)  # 3 reserved for superusers: 1 for the role
+            held = psycopg.connect(pg.dsn)
+            try:
+                assert send(propfind)[0] == 500
+            finally:
+                held.close()
+            time.sleep(0.2)
+            assert too_many_clients_in_log(Path(pg.logfile).read_text()) >= 1
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def sat_hold_s() -> float:
+    import re
+
+    return float(re.search(r"const REQUEST_HOLD_SECONDS = ([0-9.]+);", (STANDIN / "remote.php").read_text()).group(1))
