@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
 import threading
 import urllib.parse
 from collections import Counter
@@ -36,10 +37,11 @@ from typing import Any
 from infra.drill.balancer import TARGET_HEADER
 from infra.drill.load import Load, LoadSummary, Outcome, Request, percentile
 from infra.errors import Refusal
+from infra.localtwin.instance import Instance
 from render import capacity
 
-# The twin guest's memory (infra/localtwin/instance.Instance.memory_mb; the fleet boots every instance with it).
-TWIN_GUEST_MEMORY_MIB = 3072
+# The twin guest's memory: the fleet boots every instance with Instance's default.
+TWIN_GUEST_MEMORY_MIB: int = Instance.memory_mb
 
 STEP_S = 20.0  # one ramp step
 RAMP_FACTOR = 1.5  # each step offers this much more than the one before
@@ -424,8 +426,13 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
     log_text = log_path.read_text(errors="replace")[log_offset:] if log_path.exists() else ""
     inst = {}
     for name, member in fleet.members().items():
-        r = member.instance.ssh(INSTANCE_FACTS, timeout=60)
-        inst[name] = instance_facts(r.stdout if r.returncode == 0 else "")
+        try:
+            r = member.instance.ssh(INSTANCE_FACTS, timeout=60)
+            out = r.stdout if r.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError) as exc:
+            fleet.log(f"saturation: could not read {name}'s kernel log: {exc}")
+            out = ""
+        inst[name] = instance_facts(out)  # unread: judged as "OOM kills unknown", never as none
     errors = Counter(o.kind for o in outcomes if not o.ok)
     return {
         "pages": pages,

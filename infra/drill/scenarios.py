@@ -15,7 +15,7 @@ from typing import Any
 
 from infra.drill.fleet import Fleet, probe
 from infra.drill.load import Load, LoadSummary, Outcome
-from infra.drill.saturation import SaturationOptions, figures, judge, run_saturation
+from infra.drill.saturation import STEP_S, SaturationOptions, figures, judge, run_saturation
 from infra.localtwin.test_ami import cluster_state
 
 SETTLE_S = 5.0  # load kept on after the last action, so what follows it is measured too
@@ -30,6 +30,7 @@ class Options:
     storm: int = 3  # boot storm: instances started at once
     max_rate: float = 400.0  # saturation: the ramp's ceiling (requests per second)
     hold_s: float = 60.0  # saturation: how long the overload is held
+    step_s: float = STEP_S  # saturation: how long each rate of the ramp is offered
 
 
 @dataclass
@@ -235,7 +236,8 @@ def saturation(fleet: Fleet, opts: Options) -> ScenarioResult:
     events_before, replaced_before = len(fleet.group.events), len(fleet.group.replaced)
     r.started_at = fleet.now()
     facts = run_saturation(fleet, SaturationOptions(instances=opts.instances, start_rate=opts.rate,
-                                                    max_rate=opts.max_rate, hold_s=opts.hold_s))
+                                                    max_rate=opts.max_rate, hold_s=opts.hold_s,
+                                                    step_s=opts.step_s))
     r.seconds = round(fleet.now() - r.started_at, 1)
     r.load = facts["load"]
     r.windows = {"overload": facts["overload"]}

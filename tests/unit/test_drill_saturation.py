@@ -512,3 +512,92 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
 
 def sat_hold_s() -> float:
     return float(re.search(r"const REQUEST_HOLD_SECONDS = ([0-9.]+);", (STANDIN / "remote.php").read_text()).group(1))
+
+
+# ---- the whole scenario on loopback: real HAProxy, real PostgreSQL, 'instances' that queue like Apache ---------------
+class LoopbackMember:
+    def __init__(self, name: str, node: Node, kernel_log: str):
+        self.name, self.node, self.http_port = name, node, node.port
+        self.instance = self
+
+    def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        assert command == sat.INSTANCE_FACTS
+        out = self.kernel_log + "@@oomkilled@@\nfalse 0\n@@workers@@\nNEXTCLOUD_APACHE_MAX_WORKERS=2\n"
+        return subprocess.CompletedProcess([command], 0, out, "")
+
+
+class LoopbackFleet:
+    """What run_saturation uses of fleet.Fleet, with loopback servers for instances."""
+
+    def __init__(self, pg, balancer: Balancer, nodes: list[Node], kernel_log: str = ""):
+        self.settings, self.pg, self.balancer, self.nodes = local(), pg, balancer, nodes
+        self.canaries = {"NEXTCLOUD_ADMIN_PASSWORD": "admin-pw"}
+        self.origin, self.boot_timeout_s, self.lines = time.monotonic(), 30.0, []
+        self.kernel_log = kernel_log
+        self._members: dict[str, LoopbackMember] = {}
+
+        class Group:
+            events: list = []
+            replaced: list = []
+
+        self.group = Group()
+
+    def now(self) -> float:
+        return time.monotonic() - self.origin
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def ensure(self, count: int) -> list[str]:
+        for node in self.nodes[len(self._members):count]:
+            name = f"nc-loop-{len(self._members) + 1}"
+            member = LoopbackMember(name, node, self.kernel_log)
+            member.kernel_log = self.kernel_log
+            self.balancer.register(name, node.port)
+            self.balancer.wait_in_service(name, 10)
+            self._members[name] = member
+        return list(self._members)
+
+    def members(self) -> dict[str, LoopbackMember]:
+        return dict(self._members)
+
+
+def _run_on_loopback(status: int, kernel_log: str = ""):
+    from infra.drill.scenarios import Options, saturation
+    from infra.localservices import ThrowawayPostgres
+    from infra.localtwin.instance import free_port
+
+    nodes = [Node(status=status, delay=0.05, workers=2) for _ in range(2)]  # 2 x 2 workers x 20/s: 80/s
+    try:
+        with ThrowawayPostgres(free_port(), "db-pw") as pg, Balancer(FAST, progress=lambda _: None) as lb:
+            fleet = LoopbackFleet(pg, lb, nodes, kernel_log)
+            opts = Options(rate=20, max_rate=300, hold_s=3, instances=2, step_s=2)
+            result = saturation(fleet, opts)  # type: ignore[arg-type]
+            took = int(pg.psql("SHOW max_connections;", dbname="postgres"))
+    finally:
+        for node in nodes:
+            node.close()
+    return result, took
+
+
+@needs_haproxy
+@needs_postgres
+def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_queues():
+    result, took = _run_on_loopback(200)
+    facts = result.details
+    assert took == twin_budget(local(), 2).max_connections == facts["budget"]["max_connections_took"]
+    assert facts["saturated_at"] is not None, facts["steps"]
+    assert 50 <= facts["capacity_per_s"] <= 90, facts["steps"]
+    assert facts["overload"]["offered_per_s"] > facts["capacity_per_s"]
+    assert facts["connections"]["samples"] > 0
+    assert result.passed, result.problems
+    assert result.details["figures"]["requests_per_s_per_instance"] > 0
+
+
+@needs_haproxy
+@needs_postgres
+def test_the_scenario_end_to_end_on_loopback_fails_a_fleet_whose_nodes_answer_500_or_oom():
+    result, _ = _run_on_loopback(500, kernel_log="[ 9.1] Out of memory: Killed process 42 (apache2)\n")
+    assert not result.passed
+    assert any("answered by a node" in p and "node_500" in p for p in result.problems), result.problems
+    assert any("OOM kills" in p for p in result.problems), result.problems
