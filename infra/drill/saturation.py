@@ -358,6 +358,7 @@ def figures(facts: Mapping[str, Any]) -> dict[str, Any]:
         "p95_ms": hold["p95_ms"],
         "errors": facts["errors"],
         "connections_peak": facts["connections"]["peak_application_role"],
+        "connections_budget": budget["fleet"],
         "connections_peak_all_clients": facts["connections"]["peak_all_clients"],
         "connections_refused": facts["too_many_clients"]["postgres_log"],
         "oom_kills": sum(len(f["oom_kills"]) for f in facts["instances"].values()),
@@ -380,8 +381,10 @@ class SaturationOptions:
         if not 0 < self.start_rate <= self.max_rate:
             raise SaturationUsageError(f"--rate {self.start_rate}: the ramp's first rate must be more than 0 and at "
                                        f"most --max-rate ({self.max_rate:g})")
-        if self.hold_s <= 0 or self.step_s <= 0:
-            raise SaturationUsageError("--hold: must be more than 0 seconds")
+        if self.hold_s <= 0:
+            raise SaturationUsageError(f"--hold {self.hold_s}: must be more than 0 seconds")
+        if self.step_s <= 0:
+            raise SaturationUsageError(f"ramp step {self.step_s} s: must be more than 0 seconds")
         return self
 
 
@@ -423,7 +426,7 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
                                                  opts.start_rate)), 1)
         fleet.log(f"saturation: capacity {served}/s; holding {hold_rate}/s for {opts.hold_s:g} s")
         hold = Step.of(hold_rate, *load(hold_rate, opts.hold_s))
-    log_text = log_path.read_text(errors="replace")[log_offset:] if log_path.exists() else ""
+    log_text = log_path.read_bytes()[log_offset:].decode(errors="replace") if log_path.exists() else ""
     inst = {}
     for name, member in fleet.members().items():
         try:
