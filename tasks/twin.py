@@ -76,22 +76,27 @@ def lane(c, env=None, set_=None, base=None, upgrade_from=None):
     help={
         "env": ENV_HELP + "; the drills run on the local twin only",
         "set": SET_HELP,
-        "scenario": "run only this scenario (repeatable): boot_storm, database, cache, broken, rolling (default: all)",
+        "scenario": "run only this scenario (repeatable): boot_storm, database, cache, broken, rolling, saturation "
+                    "(default: all)",
         "duration": "how long the database or the cache stays away: seconds or 2m (default 60)",
-        "rate": "requests per second through the balancer (default 5)",
-        "instances": "fleet size for the failovers and the broken instance (default 2)",
+        "rate": "requests per second through the balancer (default 5); saturation: the ramp's first rate",
+        "instances": "fleet size for the failovers, the broken instance and the saturation drill (default 2)",
+        "max_rate": "saturation: the ramp stops here if the fleet is still not saturated, in requests per second "
+                    "(default 400, at most 1000)",
+        "hold": "saturation: how long the overload (1.5 x the measured capacity) is held: seconds or 2m (default 60)",
         "deregistration_delay": "how long a deregistered target may drain, in seconds (default: the stack's, 60); "
                                 "shorter for quick runs, and the record says so",
         "grace": "the group's health check grace period in seconds (default: the stack's, at least 600 on the "
                  "twin, whose boots take minutes); the record says which",
     },
     types={"duration": Duration(1, 3600), "rate": Number(0.1, 200), "instances": Number(2, 3, whole=True),
-           "deregistration_delay": Duration(0, 3600), "grace": Duration(0, 7200)},
+           "deregistration_delay": Duration(0, 3600), "grace": Duration(0, 7200), "max_rate": Number(1, 1000),
+           "hold": Duration(5, 3600)},
     interrupted="stopped by Ctrl-C; everything was torn down (the record so far is in build/drill/)",
 )
 def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, instances=None,
-          deregistration_delay=None, grace=None):
-    """Load and fault drills on the twin: HAProxy as the load balancer, a group stand-in, a fixed-rate load."""
+          deregistration_delay=None, grace=None, max_rate=None, hold=None):
+    """Load, fault and saturation drills on the twin: HAProxy as the balancer, a group stand-in, an open-loop load."""
     from infra.drill.run import choose, print_table, run_drills
     from infra.drill.scenarios import Options
 
@@ -103,6 +108,8 @@ def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, insta
     opts.outage_s = duration or opts.outage_s
     opts.rate = rate or opts.rate
     opts.instances = instances or opts.instances
+    opts.max_rate = max_rate or opts.max_rate
+    opts.hold_s = hold or opts.hold_s
     results, path = run_drills(ROOT, loaded.settings, scenarios=names, opts=opts,
                                deregistration_delay_s=deregistration_delay, grace_s=grace)
     print_table(results)

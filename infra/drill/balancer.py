@@ -32,6 +32,10 @@ from render.haproxy import TargetGroupHealth, render_haproxy_cfg
 
 BACKEND = "nextcloud"
 _PR_SET_PDEATHSIG = 1
+# Every answer that came from a target carries this header, naming the slot; HAProxy's own answers (503 when no
+# target is in service or a connection to one failed, 504 when one did not answer in time) never do: the drills tell
+# the balancer's 503 from a node's by it.
+TARGET_HEADER = "X-Drill-Target"
 
 
 class BalancerError(PipelineError, RuntimeError):
@@ -43,6 +47,17 @@ def stack_target_group() -> TargetGroupHealth:
     from infra.stack.template import load_template
 
     return TargetGroupHealth.from_properties(load_template()["Resources"]["TargetGroup"]["Properties"])
+
+
+def mark_target_answers(cfg: str) -> str:
+    """The rendered config with the backend adding TARGET_HEADER to the answers of its servers (``http-response``
+    rules never run on HAProxy's own answers)."""
+    section = f"\nbackend {BACKEND}\n"
+    if section not in cfg:
+        raise BalancerError(f"the rendered haproxy.cfg has no 'backend {BACKEND}' section to mark answers in")
+    rule = ("    # infra/drill/balancer.py: a target's answer names it; HAProxy's own answers do not\n"
+            f"    http-response set-header {TARGET_HEADER} %s\n")
+    return cfg.replace(section, section + rule, 1)
 
 
 def _die_with_parent() -> None:
@@ -97,7 +112,8 @@ class Balancer:
         self.workdir = Path(tempfile.mkdtemp(prefix="drill-haproxy-"))
         self.port = free_port()
         cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(render_haproxy_cfg(self.tg, port=self.port, socket_path=self.socket_path, slots=self.slots))
+        cfg.write_text(mark_target_answers(
+            render_haproxy_cfg(self.tg, port=self.port, socket_path=self.socket_path, slots=self.slots)))
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
         if check.returncode:
             raise BalancerError(f"haproxy refused its config: {check.stdout}{check.stderr}")

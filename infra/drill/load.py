@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from infra.errors import Refusal
@@ -77,6 +77,7 @@ class LoadSummary:
     failed: dict[str, int]
     p50_ms: float | None
     p99_ms: float | None
+    p95_ms: float | None = None
 
     @classmethod
     def of(cls, outcomes: Sequence[Outcome]) -> LoadSummary:
@@ -88,7 +89,8 @@ class LoadSummary:
             return None if v is None else round(v, 1)
 
         return cls(sent=len(outcomes), ok=len(latencies), failed=dict(sorted(failed.items())),
-                   p50_ms=rounded(percentile(ms, 50)), p99_ms=rounded(percentile(ms, 99)))
+                   p50_ms=rounded(percentile(ms, 50)), p99_ms=rounded(percentile(ms, 99)),
+                   p95_ms=rounded(percentile(ms, 95)))
 
     @property
     def failed_total(self) -> int:
@@ -96,7 +98,40 @@ class LoadSummary:
 
     def as_dict(self) -> dict[str, object]:
         return {"sent": self.sent, "ok": self.ok, "failed": self.failed, "failed_total": self.failed_total,
-                "p50_ms": self.p50_ms, "p99_ms": self.p99_ms}
+                "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request the load sends (they take turns): method, plain path, extra headers, body."""
+
+    method: str = "GET"
+    path: str = "/index.php"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+    def check(self) -> Request:
+        if not _PATH.fullmatch(self.path):
+            raise LoadError(f"load path {self.path!r}: must be a plain path such as /index.php (no scheme, host, "
+                            "'//' or spaces)")
+        if not re.fullmatch(r"[A-Z]{3,12}", self.method):
+            raise LoadError(f"load method {self.method!r}: an HTTP method in capitals, e.g. GET or PROPFIND")
+        bad = [k for k, v in self.headers.items() if k.lower() in ("host", "connection", "content-length")
+               or not re.fullmatch(r"[A-Za-z0-9-]+", k) or "\r" in v or "\n" in v]
+        if bad:
+            raise LoadError(f"load header(s) {bad}: a plain header name and a one-line value; Host, Connection and "
+                            "Content-Length are the load's own")
+        return self
+
+
+# (status, headers, the first bytes of the body) -> the outcome's kind; the default: "ok" below 400, else http_<n>.
+Answer = Callable[[int, Mapping[str, str], bytes], str]
+ANSWER_BYTES = 4096  # what a classifier sees of a body (an error page's signature is at its start)
+
+
+def status_kind(status: int, headers: Mapping[str, str], body: bytes) -> str:
+    """The plain classification: "ok" below 400, else ``http_<status>``."""
+    return "ok" if status < 400 else f"http_{status}"
 
 
 def classify(exc: BaseException) -> str:
@@ -122,6 +157,9 @@ class Load:
     timeout_s: float = 30.0
     max_in_flight: int = 64
     origin: float = field(default_factory=time.monotonic)
+    requests: Sequence[Request] = ()  # taken in turn; empty: GET ``path``
+    answer: Answer = status_kind
+    rate_ceiling: float = 200.0  # the drills' --rate limit; the saturation ramp raises it
     _outcomes: list[Outcome] = field(default_factory=list, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -130,11 +168,10 @@ class Load:
 
     def __post_init__(self) -> None:
         self.port = loopback_port(self.port)
-        if not _PATH.fullmatch(self.path):
-            raise LoadError(f"load path {self.path!r}: must be a plain path such as /index.php (no scheme, host, "
-                            "'//' or spaces)")
-        if not 0 < self.rate <= 200:
-            raise LoadError(f"--rate {self.rate}: must be more than 0 and at most 200 requests per second")
+        self.requests = [r.check() for r in self.requests] or [Request("GET", self.path).check()]
+        if not 0 < self.rate <= self.rate_ceiling:
+            raise LoadError(f"--rate {self.rate}: must be more than 0 and at most {self.rate_ceiling:g} requests per "
+                            "second")
         if not 0 < self.duration_s <= 3600:
             raise LoadError(f"--duration {self.duration_s}: must be more than 0 and at most 3600 seconds")
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", self.host_header):
@@ -143,15 +180,18 @@ class Load:
     def now(self) -> float:
         return time.monotonic() - self.origin
 
-    def _one(self, scheduled: float, slots: threading.BoundedSemaphore) -> None:
+    def _one(self, scheduled: float, slots: threading.BoundedSemaphore, request: Request) -> None:
         t = time.monotonic()
         conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=self.timeout_s)
         try:
-            conn.request("GET", self.path, headers={"Host": self.host_header, "Connection": "close"})
+            conn.request(request.method, request.path, body=request.body,
+                         headers={**request.headers, "Host": self.host_header, "Connection": "close"})
             response = conn.getresponse()
-            response.read()
+            body = response.read()
             status = response.status
-            outcome = Outcome(scheduled, time.monotonic() - t, "ok" if status < 400 else f"http_{status}", status)
+            headers = {k.lower(): v for k, v in response.getheaders()}
+            outcome = Outcome(scheduled, time.monotonic() - t, self.answer(status, headers, body[:ANSWER_BYTES]),
+                              status)
         except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome, never a crash of the drill
             outcome = Outcome(scheduled, time.monotonic() - t, classify(exc))
         finally:
@@ -173,7 +213,8 @@ class Load:
                 break
             scheduled = due - self.origin
             if slots.acquire(blocking=False):
-                worker = threading.Thread(target=self._one, args=(scheduled, slots), daemon=True)
+                request = self.requests[i % len(self.requests)]
+                worker = threading.Thread(target=self._one, args=(scheduled, slots, request), daemon=True)
                 self._workers.append(worker)
                 worker.start()
             else:

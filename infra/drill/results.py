@@ -67,6 +67,10 @@ def table(results: Sequence[ScenarioResult]) -> Table:
         replaced = ", ".join(f"{x['instance']}->{x['replacement']}" for x in r.replaced) or "none"
         verdict = "[green]met[/]" if r.passed else "[red]MISSED[/]"
         detail = "; ".join(r.problems) if r.problems else r.target.split(",")[0]
+        if f := r.details.get("figures"):  # the saturation drill: what the fleet served, and the connections it took
+            detail = (f"{f['requests_per_s_at_saturation']}/s served at saturation "
+                      f"({f['requests_per_s_per_instance']}/s per instance), p95 {f['p95_ms']} ms, "
+                      f"{f['connections_peak']} of max_connections {f['max_connections']} at peak; {detail}")
         t.add_row(r.name, verdict, str(r.load.get("sent", 0)), failed, str(r.load.get("p50_ms")),
                   str(r.load.get("p99_ms")), replaced, str(r.seconds), detail)
     return t

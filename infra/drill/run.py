@@ -11,6 +11,7 @@ from typing import Any
 
 from infra.drill.fleet import Fleet
 from infra.drill.results import document, machine, table, write
+from infra.drill.saturation import SaturationOptions
 from infra.drill.scenarios import SCENARIOS, Options, ScenarioResult
 from infra.errors import Refusal
 from infra.localtwin.instance import sigterm_raises
@@ -43,6 +44,9 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
     opts = opts or Options()
     if deregistration_delay_s is not None and deregistration_delay_s < 0:
         raise DrillUsageError("--deregistration-delay must be 0 or more seconds")
+    if "saturation" in names:  # refused before anything boots
+        SaturationOptions(instances=opts.instances, start_rate=opts.rate, max_rate=opts.max_rate,
+                          hold_s=opts.hold_s).check()
     path = results_path or root / RESULTS
     before = machine()
     results: list[ScenarioResult] = []
@@ -50,7 +54,8 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
     with sigterm_raises(), Fleet(root, settings, log=log, deregistration_delay_s=deregistration_delay_s,
                                  probe_interval_s=probe_interval_s, grace_s=grace_s) as fleet:
         manifest = json.loads(fleet.manifest.read_text())
-        run_settings = {"rate_per_s": opts.rate, "outage_s": opts.outage_s,
+        run_settings = {"rate_per_s": opts.rate, "outage_s": opts.outage_s, "instances": opts.instances,
+                        "saturation_max_rate_per_s": opts.max_rate, "saturation_hold_s": opts.hold_s,
                         "deregistration_delay_s": fleet.deregistration_delay_s,
                         "stack_deregistration_delay_s": fleet.tg.deregistration_delay_s,
                         "liveness_probe_interval_s": probe_interval_s, "grace_s": fleet.grace_s,

@@ -1,4 +1,5 @@
-"""The five drills of issue 15, each under a steady load through the balancer (load.py), each judged on its target.
+"""The five drills of issue 15, each under a steady load through the balancer (load.py), each judged on its target,
+and the saturation drill of issue 24 (saturation.py), under a load that grows until the fleet cannot serve it.
 
 Every scenario takes the shared fleet (fleet.py), brings it to the size it starts from, runs its fault while the
 load goes on, and returns a ScenarioResult: the load's numbers (for the whole run and for the windows that matter),
@@ -14,6 +15,7 @@ from typing import Any
 
 from infra.drill.fleet import Fleet, probe
 from infra.drill.load import Load, LoadSummary, Outcome
+from infra.drill.saturation import STEP_S, SaturationOptions, figures, judge, run_saturation
 from infra.localtwin.test_ami import cluster_state
 
 SETTLE_S = 5.0  # load kept on after the last action, so what follows it is measured too
@@ -24,8 +26,11 @@ class Options:
     rate: float = 5.0
     outage_s: float = 60.0  # how long the database or the cache stays away
     old_instances: int = 2  # rolling replacement: how many instances serve before it starts
-    instances: int = 2  # fleet size for the failovers and the broken instance
+    instances: int = 2  # fleet size for the failovers, the broken instance and the saturation drill
     storm: int = 3  # boot storm: instances started at once
+    max_rate: float = 400.0  # saturation: the ramp's ceiling (requests per second)
+    hold_s: float = 60.0  # saturation: how long the overload is held
+    step_s: float = STEP_S  # saturation: how long each rate of the ramp is offered
 
 
 @dataclass
@@ -224,12 +229,32 @@ def boot_storm(fleet: Fleet, opts: Options) -> ScenarioResult:
     ])
 
 
+def saturation(fleet: Fleet, opts: Options) -> ScenarioResult:
+    """PostgreSQL with the fleet's connection budget as max_connections, a load ramped past what the fleet serves."""
+    r = ScenarioResult("saturation", "0 'too many clients', 0 OOM kills, overload queued or answered 503 by the "
+                                     "balancer, never an error from a node")
+    events_before, replaced_before = len(fleet.group.events), len(fleet.group.replaced)
+    r.started_at = fleet.now()
+    facts = run_saturation(fleet, SaturationOptions(instances=opts.instances, start_rate=opts.rate,
+                                                    max_rate=opts.max_rate, hold_s=opts.hold_s,
+                                                    step_s=opts.step_s))
+    r.seconds = round(fleet.now() - r.started_at, 1)
+    r.load = facts["load"]
+    r.windows = {"overload": facts["overload"]}
+    r.details = {**facts, "figures": figures(facts)}
+    r.events = fleet.group.events[events_before:]
+    r.replaced = fleet.group.replaced[replaced_before:]
+    fleet.log(f"drill saturation: {r.details['figures']}")
+    return r.judge([*judge(facts), f"the group replaced {r.replaced} under the load" if r.replaced else ""])
+
+
 # Run order: the boot storm needs the empty database, so it goes first; the rolling replacement, which swaps the
-# whole fleet, last.
+# whole fleet, after the faults; the saturation drill last: it restarts PostgreSQL with the budget's max_connections.
 SCENARIOS: dict[str, Callable[[Fleet, Options], ScenarioResult]] = {
     "boot_storm": boot_storm,
     "database": database_failover,
     "cache": cache_failover,
     "broken": broken_instance,
     "rolling": rolling_replacement,
+    "saturation": saturation,
 }
