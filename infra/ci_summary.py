@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CHECK_RESULTS = {"0": "up to date", "10": "bake due", "11": "settings update available"}  # infra/updates.py
+CHECK_RESULTS = {"0": "up to date", "10": "bake due", "11": "settings update available"}  # infra/aws/updates.py
 STEPS = (("check", "check for updates"), ("bake", "bake"), ("test", "canary test"), ("rollout", "rollout"))
 
 

@@ -29,9 +29,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.aws import ami as amis
 from infra.aws import throwaway
+from infra.aws.image_digest import DigestError, resolve_image_digest
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run, summary
-from infra.image_digest import DigestError, resolve_image_digest
 from infra.packer import PackerError, ensure_plugins, run_packer_build
 from infra.verdict import Verdict
 from render import tags as T

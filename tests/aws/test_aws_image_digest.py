@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from bake_support import ROOT, settings_for
 
-from infra.image_digest import resolve_image_digest
+from infra.aws.image_digest import resolve_image_digest
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("podman", "skopeo", "docker-registry")),

@@ -30,11 +30,11 @@ from bake_support import (
 )
 
 from infra.aws.bake import build_aws_image
+from infra.aws.registry import RegistryClient, parse_reference
 from infra.aws.session import Aws
+from infra.aws.updates import EXIT_BAKE_DUE, EXIT_OPERATOR_CHANGE, EXIT_UP_TO_DATE, check_updates, newest_patch
 from infra.localtwin.instance import free_port
 from infra.localtwin.registry import LoopbackRegistry
-from infra.registry import RegistryClient, parse_reference
-from infra.updates import EXIT_BAKE_DUE, EXIT_OPERATOR_CHANGE, EXIT_UP_TO_DATE, check_updates, newest_patch
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("docker-registry") is None, reason="docker-registry not installed"),
