@@ -1335,7 +1335,7 @@ def _start_services(
 
     Waits up to ``port_wait_s`` for the ports while another run (test-ami) holds them.
     """
-    from infra.localservices import ServiceError, ThrowawayPostgres, ThrowawayRedis
+    from infra.localtwin.services import ServiceError, ThrowawayPostgres, ThrowawayRedis
 
     db, rd = settings.database, settings.redis
     deadline = time.monotonic() + port_wait_s

@@ -149,10 +149,10 @@ def finish(verdict: Verdict | None, *, to_stderr: bool = False) -> None:
 
 
 def _foreign_errors() -> tuple[type[BaseException], ...]:
-    """Errors of modules another change is splitting (bench, local services) that do not derive from
+    """Errors of a module another change is splitting (bench) that do not derive from
     PipelineError yet: treated as ``failed`` here, the one place errors are caught."""
     found: list[type[BaseException]] = []
-    for module, name in (("infra.bench", "BenchError"), ("infra.localservices", "ServiceError")):
+    for module, name in (("infra.bench", "BenchError"),):
         loaded = sys.modules.get(module)
         error = getattr(loaded, name, None) if loaded else None
         if isinstance(error, type) and not issubclass(error, PipelineError):

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import processes
 from infra.errors import PipelineError
+from infra.localtwin import processes
 from infra.localtwin.instance import free_port
 from render.haproxy import TargetGroupHealth, render_haproxy_cfg
 

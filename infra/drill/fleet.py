@@ -21,8 +21,8 @@ from typing import Any
 
 from infra.drill.asg import Group, LivenessRule
 from infra.drill.balancer import Balancer, BalancerError, stack_target_group
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import Instance
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.test_ami import (
     _check_service_settings,
     make_canaries,

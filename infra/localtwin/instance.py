@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from infra import processes
 from infra.errors import PipelineError
+from infra.localtwin import processes
 from infra.localtwin.accel import choose_accelerator
 
 SSH_USER = "admin"  # the default user of the base disk, as on Debian's EC2 images

@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from infra import processes
 from infra.errors import PipelineError
+from infra.localtwin import processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = REPO_ROOT / "build" / "cache" / "registry"

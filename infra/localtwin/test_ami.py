@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import PipelineError
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.drills import DrillError, run_drills
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 __test__ = False  # a pipeline step named "test", not a pytest module
 

@@ -1,4 +1,4 @@
-"""Fixtures for the Nextcloud cluster init and readiness tests: real PostgreSQL and Redis (infra/localservices),
+"""Fixtures for the Nextcloud cluster init and readiness tests: real PostgreSQL and Redis (infra/localtwin/services),
 and "nodes" that run the image's very PHP files on the host with php-cli / `php -S`.
 
 A node is what one container would be: its own copy of the webroot (the stand-in code tree laid out the way
@@ -29,8 +29,8 @@ import psycopg
 import pytest
 
 from infra.lane.admin_socket import AdminPasswordSocket
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"

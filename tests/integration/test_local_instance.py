@@ -253,7 +253,7 @@ LIVE_BREAKS = (
 @pytest.mark.slow
 def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path, local_artifact):
     """Boot the baked artifact once: the live checks pass, then each deliberate break fails its check."""
-    from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+    from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
     from infra.localtwin.test_ami import (
         make_canaries,
         read_manifest,

@@ -111,10 +111,10 @@ def test_a_duration_is_shown_in_its_largest_whole_unit(seconds, text):
 
 
 def test_errors_of_modules_not_yet_on_the_base_still_end_as_a_failed_verdict(capsys):
-    """infra.bench and infra.localservices are being split elsewhere; until their errors derive from
-    PipelineError the layer still ends them as a verdict, never a traceback."""
+    """infra.bench is being split elsewhere; until its error derives from PipelineError the layer still ends it as a
+    verdict, never a traceback (the local services' error derives from it: the same verdict by the one path)."""
     from infra.bench import BenchError
-    from infra.localservices import ServiceError
+    from infra.localtwin.services import ServiceError
 
     for error in (BenchError, ServiceError):
         def body(c, count=None, wait=None, json=False, error=error):

@@ -27,8 +27,8 @@ import yaml
 from moto.cloudformation.parsing import get_model_map
 
 from infra.aws.session import Aws
-from infra.localservices import ThrowawayPostgres
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres
 from infra.stack.bootstrap import PURPOSE_BOOTSTRAP, bootstrap_database, result_parameter
 from infra.stack.deploy import Options, deploy_stack
 from infra.stack.images import image_the_group_runs
