@@ -125,6 +125,7 @@ class ManagedProcess:
                 self._proc = None
                 raise self.error(f"{exited.format(status=proc.returncode)}:\n{self.log_tail(tail)}".rstrip())
             if time.monotonic() > deadline:
+                log = self.log_tail(tail)  # before stop(): a service may remove its directory with the process
                 self.stop()
-                raise self.error(f"{timed_out}\n{self.log_tail(tail)}".rstrip())
+                raise self.error(f"{timed_out}\n{log}".rstrip())
             time.sleep(interval)
