@@ -29,6 +29,7 @@ from bake_support import (
     settings_for,
 )
 
+from infra import build_record
 from infra.aws.bake import build_aws_image
 from infra.aws.registry import RegistryClient, parse_reference
 from infra.aws.session import Aws
@@ -101,7 +102,7 @@ def deployed(aws, tmp_path: Path, registry: str, repo: str, digest: str, **overr
     settings = settings_for(aws, nextcloud__image=image, nextcloud__version="34.0.3", **overrides)
     verdict = build_aws_image(ROOT, settings, build_root=tmp_path, log=lambda _m: None)
     assert verdict.ok, verdict.line()
-    ami = json.loads((tmp_path / settings.name / "manifest.json").read_text())["artifact_id"]
+    ami = build_record.read(build_record.manifest_path(ROOT, settings.name, tmp_path))["artifact_id"]
     make_group(aws, settings, ami)
     return settings
 

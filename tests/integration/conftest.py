@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from infra import build_record
 from infra.lane.admin_socket import AdminPasswordSocket
 from infra.localtwin.instance import free_port
 from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
@@ -382,6 +383,6 @@ def local_artifact() -> dict[str, Any]:
     output = _bake["log"].read_text(errors="replace")
     sys.stdout.write(output)
     assert proc.returncode == 0, f"inv build-ami --env local exited {proc.returncode}:\n{output[-4000:]}"
-    manifest = json.loads((ROOT / "build" / "local" / "manifest.json").read_text())
+    manifest = build_record.read(build_record.manifest_path(ROOT, "local"))
     manifest["build_output"] = output
     return manifest
