@@ -15,7 +15,7 @@ def main() -> None:
 
     Passwords come from THROWAWAY_PG_PASSWORD / THROWAWAY_REDIS_PASSWORD, never from argv.
     """
-    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m infra.localtwin.services", description=main.__doc__)
     ap.add_argument("--pg-port", type=int, default=55432)
     ap.add_argument("--redis-port", type=int, default=56379)
     args = ap.parse_args()
