@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CHECK_RESULTS = {"0": "up to date", "10": "bake due", "11": "settings update available"}  # infra/updates.py
+from infra import build_record
+
+CHECK_RESULTS = {"0": "up to date", "10": "bake due", "11": "settings update available"}  # infra/aws/updates.py
 STEPS = (("check", "check for updates"), ("bake", "bake"), ("test", "canary test"), ("rollout", "rollout"))
 
 
@@ -27,6 +29,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return build_record.read(path)
+    except build_record.RecordError:
+        return None
 
 
 def last_verdict(log: str) -> str | None:
@@ -69,7 +78,7 @@ def render_summary(environment: str, directory: Path, manifest_path: Path) -> st
     updates = _read_json(directory / "updates.json")
     rows = step_rows(directory)
     baked = (directory / "bake.rc").exists()
-    manifest = _read_json(manifest_path) if baked else None
+    manifest = _read_record(manifest_path) if baked else None
     lines = [f"## Rebuild of {environment}", ""]
 
     check_rc = (directory / "check.rc").read_text().strip() if (directory / "check.rc").exists() else None

@@ -691,7 +691,7 @@ class Settings(_Section):
         if not self.base_image.name_filter:
             problems.append(("base_image.name_filter", "required for AWS: e.g. 'debian-12-amd64-*'"))
         # A versioned tag without a digest is accepted: build-ami resolves its digest on the host before the bake
-        # (infra/image_digest.py) and bakes and fingerprints the pinned reference.
+        # (infra/aws/image_digest.py) and bakes and fingerprints the pinned reference.
         image = parse_image_reference(self.nextcloud.image)
         if image.digest is None and image.tag is None:
             problems.append(

@@ -148,18 +148,6 @@ def finish(verdict: Verdict | None, *, to_stderr: bool = False) -> None:
         raise Exit(code=verdict.exit_code)
 
 
-def _foreign_errors() -> tuple[type[BaseException], ...]:
-    """Errors of a module another change is splitting (local services) that do not derive from PipelineError
-    yet: treated as ``failed`` here, the one place errors are caught."""
-    found: list[type[BaseException]] = []
-    for module, name in (("infra.localservices", "ServiceError"),):
-        loaded = sys.modules.get(module)
-        error = getattr(loaded, name, None) if loaded else None
-        if isinstance(error, type) and not issubclass(error, PipelineError):
-            found.append(error)
-    return tuple(found)
-
-
 def _exit_codes_text(codes: dict[int, str]) -> str:
     return "Exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in sorted(codes.items()))
 
@@ -193,8 +181,6 @@ def pipeline_task(
                 verdict = Verdict(exc.word, str(exc), exc.exit_code)
             except KeyboardInterrupt:
                 verdict = Verdict("interrupted", interrupted, INTERRUPTED)
-            except _foreign_errors() as exc:
-                verdict = Verdict("failed", str(exc), 1)
             finish(verdict, to_stderr=to_stderr)
 
         codes = {**COMMON_EXIT_CODES, **(exit_codes or {})}

@@ -146,7 +146,7 @@ def check_updates(c, env=None, set_=None, json=False):
         raise Refusal(f"check-updates is for AWS environments; {loaded.settings.name} is {loaded.settings.builder} "
                       "(the local twin rebuilds from its own base disk: inv build-ami)")
     from infra.aws.session import Aws
-    from infra.updates import check_updates as check
+    from infra.aws.updates import check_updates as check
 
     report = check(ROOT, loaded.settings, Aws.for_settings(loaded.settings))
     if json:

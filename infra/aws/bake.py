@@ -27,19 +27,18 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from infra import build_record
 from infra.aws import ami as amis
 from infra.aws import throwaway
+from infra.aws.image_digest import DigestError, resolve_image_digest
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run, summary
-from infra.image_digest import DigestError, resolve_image_digest
 from infra.packer import PackerError, ensure_plugins, run_packer_build
 from infra.verdict import Verdict
 from render import tags as T
 from render.outputs import FINGERPRINT, PACKER_VARS, ResolvedInputs, render_all, stage_image_upload, write_outputs
 
 Log = Callable[[str], None]
-MANIFEST = "manifest.json"
-PACKER_MANIFEST = "packer-manifest.json"
 
 
 def ami_name(settings: Any, fingerprint: str, build_time: str) -> str:
@@ -51,12 +50,6 @@ def ami_name(settings: Any, fingerprint: str, build_time: str) -> str:
 
 def packer_only(settings: Any) -> str:
     return "amazon-ebs.emulator" if settings.bake.communicator == "none" else "amazon-ebs.nextcloud"
-
-
-def _git_sha() -> str:
-    from infra.localtwin.build import _git_sha as git_sha  # one definition of "the commit, -dirty if changed"
-
-    return git_sha()
 
 
 def _packer_credentials(aws: Aws) -> dict[str, str]:
@@ -108,15 +101,6 @@ def _reused_manifest(aws: Aws, settings: Any, found: dict[str, str], fingerprint
     }
 
 
-def _write_manifest(build_dir: Path, manifest: dict[str, Any]) -> Path:
-    build_dir.mkdir(parents=True, exist_ok=True)
-    path = build_dir / MANIFEST
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
-
-
 def build_aws_image(
     root: Path,
     settings: Any,
@@ -131,7 +115,7 @@ def build_aws_image(
     """Bake (or reuse) the AMI of an AWS environment; see the module docstring. Returns the verdict; raises
     AwsError for a refusal (nothing changed) and for a failed bake (after removing what it left)."""
     started = time.monotonic()
-    build_dir = (build_root or root / "build") / settings.name
+    build_dir = build_record.build_dir(root, settings.name, build_root)
     aws = Aws.for_settings(settings, dry_run=dry_run)
     identity = aws.preflight()
     log(f"aws: account {identity.account} as {identity.arn}, region {settings.region}"
@@ -156,7 +140,7 @@ def build_aws_image(
         manifest["timings"] = {"total_seconds": round(time.monotonic() - started, 2)}
         if not dry_run:
             write_outputs(build_dir, files)
-            _write_manifest(build_dir, manifest)
+            build_record.write(build_dir, manifest, sort_keys=True)
         copies = ", ".join(f"{r}:{i}" for r, i in found.items())
         return Verdict("reused", f"{found[settings.region]} has fingerprint {fingerprint[:12]} ({copies}); "
                                  f"no bake started, {manifest['timings']['total_seconds']:.1f} s")
@@ -180,7 +164,7 @@ def build_aws_image(
     run_id = throwaway.new_run_id()
     build_time = throwaway.utc_now_iso()
     name = ami_name(settings, fingerprint, build_time)
-    git_sha = _git_sha()
+    git_sha = build_record.git_sha()
     tags = amis.image_tags(settings, fingerprint=fingerprint, git_sha=git_sha, build_time=build_time,
                            source=source, nextcloud_image=nextcloud_image, ami_name=name, run_id=run_id)
     run_tags = amis.throwaway_tags(settings, purpose=T.PURPOSE_BAKE, run_id=run_id, name=f"nextcloud-bake-{name}")
@@ -214,7 +198,7 @@ def build_aws_image(
             result = run_packer_build(
                 root / "packer", var_file=build_dir / PACKER_VARS, variables=variables,
                 sensitive_variables={"validate_canaries": ",".join(canaries)}, only=only,
-                manifest_path=build_dir / PACKER_MANIFEST, log=log, packer=packer, cwd=root,
+                manifest_path=build_dir / build_record.PACKER_MANIFEST, log=log, packer=packer, cwd=root,
                 extra_args=[f"-var-file={tag_vars}"], manifest_name="nextcloud",
                 extra_env={**_packer_credentials(aws), "PACKER_CACHE_DIR": str(build_dir.parent / "cache" / "packer")},
             )
@@ -266,7 +250,7 @@ def build_aws_image(
         "removed": [{"region": i.region, "kind": i.kind, "id": i.resource_id} for i in removal.removed],
         "timings": timings,
     }
-    path = _write_manifest(build_dir, manifest)
+    path = build_record.write(build_dir, manifest, sort_keys=True)
     log(f"manifest: {path}")
     copies = ", ".join(f"{r}:{i}" for r, i in found_amis.items())
     if removal.failed:

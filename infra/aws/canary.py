@@ -21,7 +21,6 @@ tests against the emulator replace only that (its instances have addresses that 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +30,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
+from infra import build_record
 from infra.aws import ami as amis
 from infra.aws import throwaway
-from infra.aws.bake import MANIFEST
 from infra.aws.canary_access import AccessFactory, AccessFailed, InstanceAccess, SshAccess, Target
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run
@@ -133,10 +132,10 @@ def canary_user_data(settings: Any) -> str:
 
 def _ami_to_test(aws: Aws, root: Path, settings: Any, ami: str | None) -> dict[str, Any]:
     if not ami:
-        path = root / "build" / settings.name / MANIFEST
+        path = build_record.manifest_path(root, settings.name)
         try:
-            ami = json.loads(path.read_text())["artifact_id"]
-        except (OSError, ValueError, KeyError, TypeError):
+            ami = (build_record.read(path) or {})["artifact_id"]
+        except (build_record.RecordError, KeyError):
             raise AwsError(f"no AMI given and {path} names none: run `inv build-ami --env {settings.name}` "
                            "or pass --ami ami-…; nothing was changed") from None
     if not isinstance(ami, str) or not ami.startswith("ami-"):

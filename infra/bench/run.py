@@ -258,7 +258,7 @@ class _Services:
 
     def start(self) -> None:
         """Start the services once; waits up to ``port_wait_s`` for the ports while another run holds them."""
-        from infra.localservices import ServiceError, ThrowawayPostgres, ThrowawayRedis
+        from infra.localtwin.services import ServiceError, ThrowawayPostgres, ThrowawayRedis
 
         if self._up:
             return

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import processes
 from infra.errors import PipelineError
 from infra.localtwin.instance import free_port
+from infra.localtwin.processes import ManagedProcess
 from render.haproxy import TargetGroupHealth, render_haproxy_cfg
 
 BACKEND = "nextcloud"
@@ -79,8 +79,10 @@ class TargetState:
 
 
 @dataclass
-class Balancer:
+class Balancer(ManagedProcess):
     """HAProxy in front of the drill's instances; a context manager (stopped and its directory removed on exit)."""
+
+    error = BalancerError
 
     tg: TargetGroupHealth
     slots: int = 6
@@ -95,16 +97,9 @@ class Balancer:
         assert self.workdir is not None
         return self.workdir / "admin.sock"
 
-    def __enter__(self) -> Balancer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def log_path(self) -> Path | None:
+        return self.workdir / "haproxy.log" if self.workdir is not None else None
 
     def start(self) -> None:
         if shutil.which("haproxy") is None:
@@ -117,22 +112,16 @@ class Balancer:
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
         if check.returncode:
             raise BalancerError(f"haproxy refused its config: {check.stdout}{check.stderr}")
-        log = open(self.workdir / "haproxy.log", "wb")  # noqa: SIM115 - closed with the process
-        self._proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
-        log.close()
-        deadline = time.monotonic() + 10
-        while not self.socket_path.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise BalancerError(f"haproxy did not start: {(self.workdir / 'haproxy.log').read_text()[-2000:]}")
-            time.sleep(0.05)
+        self.launch(["haproxy", "-db", "-f", str(cfg)], log=self.log_path,
+                    preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.wait_until(self.socket_path.exists, timeout=10, interval=0.05,
+                        exited="haproxy did not start (exit status {status})", timed_out="haproxy did not start")
         self.progress(f"balancer: HAProxy on 127.0.0.1:{self.port}, health check GET {self.tg.path} every "
                       f"{self.tg.interval_s} s (timeout {self.tg.timeout_s} s, {self.tg.unhealthy_threshold} fail / "
                       f"{self.tg.healthy_threshold} recover)")
 
     def stop(self) -> None:
-        processes.end(self._proc, timeout=10)
-        self._proc = None
+        super().stop()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

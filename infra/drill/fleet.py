@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import build_record
 from infra.drill.asg import Group, LivenessRule
 from infra.drill.balancer import Balancer, BalancerError, stack_target_group
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import Instance
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.test_ami import (
     _check_service_settings,
+    local_artifact,
     make_canaries,
-    read_manifest,
+    read_record,
     render_user_data_with_secrets,
     secret_variables,
 )
@@ -136,8 +138,9 @@ class Fleet(contextlib.AbstractContextManager):
                  probe_interval_s: float = 30.0, grace_s: float | None = None, boot_timeout_s: float = 1500.0):
         _check_service_settings(settings)
         self.root, self.settings, self.log = root, settings, log
-        self.manifest = root / "build" / settings.name / "manifest.json"
-        self.artifact = read_manifest(self.manifest, root)
+        self.manifest = build_record.manifest_path(root, settings.name)
+        self.build = read_record(self.manifest)
+        self.artifact = local_artifact(self.build, self.manifest, root)
         self.tg = stack_target_group()
         self.deregistration_delay_s = self.tg.deregistration_delay_s if deregistration_delay_s is None \
             else deregistration_delay_s

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from infra import build_record
 from infra.drill.scenarios import ScenarioResult
 
 
@@ -30,17 +30,12 @@ def machine() -> dict[str, Any]:
             "load_average": [round(v, 2) for v in os.getloadavg()], "kernel": platform.release()}
 
 
-def git_sha(root: Path) -> str | None:
-    r = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True)
-    return r.stdout.strip() or None
-
-
 def document(root: Path, manifest: dict[str, Any], results: Sequence[ScenarioResult], settings: dict[str, Any],
              machine_before: dict[str, Any], timeline: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": 1,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": git_sha(root),
+        "git": build_record.git_sha(root),
         "artifact": {"id": manifest.get("artifact_id"), "sha256": manifest.get("sha256"),
                      "fingerprint": manifest.get("fingerprint")},
         "machine": {"before": machine_before, "after": machine()},

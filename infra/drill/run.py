@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -53,7 +52,7 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
     timeline: dict[str, Any] = {}
     with sigterm_raises(), Fleet(root, settings, log=log, deregistration_delay_s=deregistration_delay_s,
                                  probe_interval_s=probe_interval_s, grace_s=grace_s) as fleet:
-        manifest = json.loads(fleet.manifest.read_text())
+        manifest = fleet.build
         run_settings = {"rate_per_s": opts.rate, "outage_s": opts.outage_s, "instances": opts.instances,
                         "saturation_max_rate_per_s": opts.max_rate, "saturation_hold_s": opts.hold_s,
                         "deregistration_delay_s": fleet.deregistration_delay_s,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import PipelineError
+from infra.localtwin.processes import ManagedProcess
 
 Log = Callable[[str], None]
 START_TIMEOUT_S = 60.0
@@ -56,7 +57,7 @@ def engine_name(client: Any) -> str:
     return f"engine {version.get('Version')}"
 
 
-class PodmanService:
+class PodmanService(ManagedProcess):
     """``podman system service`` on ``unix://<workdir>/podman.sock`` with storage under ``workdir``; stopped on exit.
 
     ``insecure_registries``: loopback registries (``127.0.0.1:PORT``) it may pull from over plain HTTP.
@@ -64,19 +65,19 @@ class PodmanService:
     podman 4.3 default (crun) is not what this project proved.
     """
 
+    error = EngineError
+    stop_timeout = 20.0
+
     def __init__(self, workdir: Path, insecure_registries: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.socket = workdir / "podman.sock"
         self.docker_host = f"unix://{self.socket}"
         self.insecure_registries = insecure_registries
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
-    def __enter__(self) -> PodmanService:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "service.log"
 
     def _podman(self) -> list[str]:
         return ["podman", "--root", str(self.workdir / "storage"), "--runroot", str(self.workdir / "run"),
@@ -101,18 +102,15 @@ class PodmanService:
         if shutil.which("podman") is None:
             raise EngineError("podman not found; install it with `apt-get install podman runc`")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "service.log").open("wb")
-        self._proc = subprocess.Popen([*self._podman(), "system", "service", "--time=0", self.docker_host],
-                                      env=self._env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.socket.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.workdir / "service.log").read_text(errors="replace")[-1500:]
-                self.stop()
-                raise EngineError(f"podman system service did not start on {self.socket}:\n{tail}")
-            time.sleep(0.1)
+        self.launch([*self._podman(), "system", "service", "--time=0", self.docker_host], log=self.log_path,
+                    env=self._env(), start_new_session=True)
+        try:
+            self.wait_until(self.socket.exists, timeout=START_TIMEOUT_S, interval=0.1, tail=1500,
+                            exited=f"podman system service did not start on {self.socket} (exit status {{status}})",
+                            timed_out=f"podman system service did not start on {self.socket}")
+        except EngineError:
+            self.stop()  # unmounts what it left, also when start() is called outside a with block
+            raise
 
     def cleanup(self) -> None:
         """Remove every container and image of this private storage (its directory goes with the caller's tmp)."""
@@ -123,14 +121,7 @@ class PodmanService:
                            timeout=120)
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        super().stop()
         self._unmount()
 
     def _unmount(self) -> None:

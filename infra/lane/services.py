@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 S3_REGION = "eu-central-1"

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from infra import build_record
 from infra.errors import PipelineError
 from infra.localtwin import base_disk, standin
 from infra.localtwin.accel import choose_accelerator
@@ -101,16 +102,6 @@ def literal_secrets(user_data: Path) -> list[str]:
     }
     # Short values would match by chance; the random canaries still guard the check.
     return sorted(v for v in values if len(v) >= 8 and "," not in v)
-
-
-def _git_sha() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    sha = git("rev-parse", "HEAD") or "unknown"
-    return f"{sha}-dirty" if git("status", "--porcelain", "--", "packer", "image", "infra") else sha
 
 
 def _artifact_record(artifact_dir: Path) -> dict | None:
@@ -250,7 +241,7 @@ def build_local_image(
     started = time.monotonic()
     env = getattr(settings, "name", None) or env or "local"
     build_root = (build_root or root / "build").resolve()
-    build_dir = build_root / env
+    build_dir = build_record.build_dir(root, env, build_root)
     timings: dict[str, float] = {}
     base = image = None
     if settings is not None:
@@ -265,14 +256,13 @@ def build_local_image(
     fingerprint = read_fingerprint(build_dir)
     if not (root / "image" / "nextcloud" / "Dockerfile").is_file():
         raise BuildError("image/nextcloud/Dockerfile is missing: the image overlay has to exist before a bake")
-    manifest_path = build_dir / "manifest.json"
     artifact_dir = build_dir / "artifacts" / fingerprint
 
     if not force:
         record = find_reusable_artifact(build_dir, fingerprint)
         if record:
             manifest = {**record, "reused": True}
-            manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+            build_record.write(build_dir, manifest)
             log(f"bake: reusing {record['artifact_id']} (fingerprint {fingerprint[:12]}, inputs unchanged)")
             return manifest
     if base is None or image is None:
@@ -306,7 +296,7 @@ def build_local_image(
     log(f"bake: {accel.describe()}")
     variables = {
         "fingerprint": fingerprint,
-        "git_sha": _git_sha(),
+        "git_sha": build_record.git_sha(),
         "build_time": build_time,
         "build_dir": str(build_dir),
         "output_dir": str(artifact_dir),
@@ -343,7 +333,7 @@ def build_local_image(
             variables=variables,
             sensitive_variables={"validate_canaries": ",".join(canaries)},
             only=ONLY,
-            manifest_path=build_dir / "packer-manifest.json",
+            manifest_path=build_dir / build_record.PACKER_MANIFEST,
             log=log,
             cwd=root,
             # Packer's download cache would otherwise land in the repository's top level.
@@ -395,7 +385,7 @@ def build_local_image(
         "timings": {**timings, "packer_steps": str(result.timings_path)},
     }
     (artifact_dir / "artifact.json").write_text(json.dumps(record, indent=2) + "\n")
-    manifest_path.write_text(json.dumps(record, indent=2) + "\n")
+    build_record.write(build_dir, record)
     log(f"bake: {qcow2} ({record['size_bytes'] / 1e6:.0f} MB) in {timings['bake_seconds']:.0f}s")
     return record
 

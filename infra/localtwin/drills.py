@@ -22,8 +22,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import Instance
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 Log = Callable[[str], None]
 # What an outside caller must never be told: the services' address and ports, reasons, versions.

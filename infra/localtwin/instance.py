@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from infra import processes
 from infra.errors import PipelineError
 from infra.localtwin.accel import choose_accelerator
+from infra.localtwin.processes import ManagedProcess
 
 SSH_USER = "admin"  # the default user of the base disk, as on Debian's EC2 images
 KERNEL_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
@@ -133,12 +133,15 @@ def _disk_format(path: Path) -> str:
 
 
 @dataclass
-class Instance:
+class Instance(ManagedProcess):
     """One throwaway QEMU (TCG) instance booted from ``disk`` with ``user_data``; use as a context manager.
 
     On enter: overlay + seed ISO + key, start QEMU, wait for SSH, then (``wait_ready``) for ``GET /readyz`` == 200
     through the forwarded HTTP port. On exit: stop QEMU, delete the private directory.
     """
+
+    error = InstanceError
+    stop_timeout = 15.0
 
     disk: Path
     kernel: Path
@@ -198,17 +201,9 @@ class Instance:
         )
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
-    def __enter__(self) -> Instance:
-        try:
-            self.start()
-            self.wait()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def log_path(self) -> Path | None:
+        return self.workdir / "qemu.log" if self.workdir is not None else None
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -287,14 +282,8 @@ class Instance:
             "-no-reboot",
         ]
         self._t0 = time.monotonic()
-        with open(wd / "qemu.log", "wb") as qlog:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=qlog,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG, no threads started yet
-            )
+        # preexec_fn: needed for PDEATHSIG, no threads started yet.
+        self.launch(cmd, log=wd / "qemu.log", preexec_fn=_die_with_parent)  # noqa: PLW1509
         self._say(
             "qemu started",
             f"ssh 127.0.0.1:{self.ssh_port}, http 127.0.0.1:{self.http_port}, instance-id {self.instance_id}",
@@ -419,8 +408,7 @@ class Instance:
     def stop(self) -> None:
         """Stop QEMU and delete the private directory (user data with secrets, key, overlay). Idempotent."""
         t = time.monotonic()
-        processes.end(self._proc, timeout=15)
-        self._proc = None
+        super().stop()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -18,14 +18,13 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from infra import processes
 from infra.errors import PipelineError
+from infra.localtwin.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE = REPO_ROOT / "build" / "cache" / "registry"
@@ -46,21 +45,21 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class LoopbackRegistry:
+class LoopbackRegistry(ManagedProcess):
     """``docker-registry serve`` on 127.0.0.1 with a private config and storage; stopped on exit."""
+
+    error = RegistryError
+    stop_timeout = 15.0
 
     def __init__(self, storage: Path = DEFAULT_STORAGE, port: int = REGISTRY_PORT) -> None:
         self.storage = storage
         self.port = port
         self.address = f"127.0.0.1:{port}"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
-    def __enter__(self) -> LoopbackRegistry:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def log_path(self) -> Path:
+        return self.storage / "registry.log"
 
     def start(self) -> None:
         binary = shutil.which("docker-registry")
@@ -81,24 +80,10 @@ class LoopbackRegistry:
             "storage": {"filesystem": {"rootdirectory": str(data)}},
             "http": {"addr": self.address},
         }, indent=2) + "\n")
-        log = (self.storage / "registry.log").open("wb")
-        self._proc = subprocess.Popen([binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                tail = (self.storage / "registry.log").read_text(errors="replace")[-2000:]
-                raise RegistryError(f"docker-registry exited with status {self._proc.returncode}:\n{tail}")
-            if self._api("GET", "/v2/")[0] == 200:
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise RegistryError(f"docker-registry did not answer on {self.address} within {START_TIMEOUT_S:.0f}s")
-
-    def stop(self) -> None:
-        processes.end(self._proc, timeout=15)
-        self._proc = None
+        self.launch([binary, "serve", str(config)], log=self.log_path)
+        self.wait_until(lambda: self._api("GET", "/v2/")[0] == 200, timeout=START_TIMEOUT_S, interval=0.2,
+                        exited="docker-registry exited with status {status}",
+                        timed_out=f"docker-registry did not answer on {self.address} within {START_TIMEOUT_S:.0f}s")
 
     def _api(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int | None, Any]:
         req = urllib.request.Request(f"http://{self.address}{path}", method=method, headers=headers or {})

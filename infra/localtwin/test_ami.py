@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import build_record
 from infra.errors import PipelineError
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.drills import DrillError, run_drills
 from infra.localtwin.instance import Instance, InstanceError, sigterm_raises
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 __test__ = False  # a pipeline step named "test", not a pytest module
 
@@ -92,14 +93,25 @@ class LocalArtifact:
     artifact_id: str
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """build/<env>/manifest.json as the local bake wrote it (infra/build_record.py); TestAmiError when there is none
+    or it cannot be read."""
+    try:
+        record = build_record.read(path)
+    except build_record.RecordError as e:
+        raise TestAmiError(f"{path} is {e.reason}; re-run the bake") from None
+    if record is None:
+        raise TestAmiError(f"{path} not found: bake the image first (inv build-ami --env local)")
+    return record
+
+
 def read_manifest(path: Path, root: Path) -> LocalArtifact:
     """The baked qcow2 and its kernel/initrd from build/<env>/manifest.json (written by the local bake)."""
-    if not path.is_file():
-        raise TestAmiError(f"{path} not found: bake the image first (inv build-ami --env local)")
-    try:
-        m = json.loads(path.read_text())
-    except ValueError as e:
-        raise TestAmiError(f"{path} is not JSON ({e}); re-run the bake") from None
+    return local_artifact(read_record(path), path, root)
+
+
+def local_artifact(m: dict[str, Any], path: Path, root: Path) -> LocalArtifact:
+    """The baked qcow2 and its kernel/initrd the record ``m`` (read from ``path``) names."""
 
     def resolve(value: Any, what: str) -> Path:
         if not isinstance(value, str) or not value:
@@ -125,13 +137,12 @@ def read_manifest(path: Path, root: Path) -> LocalArtifact:
     )
 
 
-def expected_build(manifest_path: Path) -> dict[str, Any]:
+def expected_build(record: dict[str, Any], manifest_path: Path) -> dict[str, Any]:
     """What the bake was asked for, from the artifact's record of the settings that drove it (packer-vars.json as
     rendered for that bake) -- the image suite's expected values, never the instance's own version-info."""
     try:
-        record = json.loads(manifest_path.read_text())
         inputs = record["inputs"]
-    except (OSError, ValueError, KeyError) as e:
+    except KeyError as e:
         raise TestAmiError(
             f"{manifest_path} records no bake inputs ({e}): re-bake with this version (inv build-ami --force)"
         ) from None
@@ -247,9 +258,10 @@ def run(
     if instances < 1:
         raise TestAmiError("instances must be at least 1")
     _check_service_settings(settings)
-    manifest_path = root / "build" / settings.name / "manifest.json"
-    artifact = read_manifest(manifest_path, root)
-    expected = expected_build(manifest_path)
+    manifest_path = build_record.manifest_path(root, settings.name)
+    record = read_record(manifest_path)
+    artifact = local_artifact(record, manifest_path, root)
+    expected = expected_build(record, manifest_path)
     canaries = make_canaries(list(secret_variables().values()))
     user_data = render_user_data_with_secrets(settings, canaries)
     started = time.monotonic()

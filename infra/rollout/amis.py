@@ -7,13 +7,13 @@ another Nextcloud version than the cluster runs (a newer one is `inv upgrade`'s 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 
+from infra import build_record
 from infra.aws.session import Aws
 from infra.rollout import versions
 from infra.rollout.outcome import Refused
@@ -115,15 +115,15 @@ def completed(amis: list[Ami]) -> list[Ami]:
 
 def manifest_ami(root: Path, environment: str, region: str) -> str:
     """The AMI id in ``region`` from ``build/<env>/manifest.json`` (written by `inv build-ami`)."""
-    path = root / "build" / environment / "manifest.json"
-    if not path.is_file():
+    path = build_record.manifest_path(root, environment)
+    try:
+        doc = build_record.read(path)
+    except build_record.RecordError as exc:
+        raise Refused(f"{path.relative_to(root)} is not a build manifest ({exc.reason}); rebuild it with "
+                      "`inv build-ami` or pass --ami; nothing was changed") from None
+    if doc is None:
         raise Refused(f"{path.relative_to(root)} not found: bake first (`inv build-ami --env {environment}`) or name "
                       "the AMI with --ami ami-…; nothing was changed")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise Refused(f"{path.relative_to(root)} is not a build manifest ({exc}); rebuild it with `inv build-ami` "
-                      "or pass --ami; nothing was changed") from None
     by_region = doc.get("amis") or doc.get("regions") or {}  # infra/aws/bake.py writes amis: region -> id
     if isinstance(by_region, dict) and by_region.get(region):
         return str(by_region[region])

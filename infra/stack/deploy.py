@@ -19,6 +19,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from infra import build_record
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.rollout.refresh import active_refresh
 from infra.stack.changes import Change, data_risks, parse_changes, render_diff, render_risks
@@ -191,7 +192,7 @@ class _Deployment:
         current = image_the_group_runs(self.aws, group) if group else None
         if current:
             return current
-        manifest = self.root / "build" / self.env / "manifest.json"
+        manifest = build_record.manifest_path(self.root, self.env)
         found = first_tested_image(self.aws, manifest, self.s.name)
         if found is not None:
             found = GroupImage(found.image_id, "", "", f"the tested bake in {manifest.relative_to(self.root)}")

@@ -3,12 +3,12 @@ the rollout does), or, for the group's very first deployment, the tested AMI of 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.exceptions
 
+from infra import build_record
 from infra.aws.session import Aws, AwsError
 from render import tags
 
@@ -55,12 +55,12 @@ def first_tested_image(aws: Aws, manifest: Path, environment: str) -> GroupImage
 
     Raises when there is one that is not usable: untested, failed, of another environment, gone.
     """
-    if not manifest.is_file():
-        return None
     try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AwsError(f"{manifest}: unreadable ({exc}); run `inv build-ami` again") from None
+        doc = build_record.read(manifest)
+    except build_record.RecordError as exc:
+        raise AwsError(f"{manifest}: {exc.reason}; run `inv build-ami` again") from None
+    if doc is None:
+        return None
     image_id = _ami_in(str(doc.get("ami_id") or doc.get("artifact_id") or ""), aws.region)
     if not image_id:
         return None

@@ -16,8 +16,8 @@ from botocore.exceptions import ParamValidationError
 from botocore.stub import Stubber
 
 from infra.aws import ami
+from infra.aws.image_digest import DigestError, resolve_image_digest
 from infra.aws.session import Aws, AwsError
-from infra.image_digest import DigestError, resolve_image_digest
 from infra.packer import PackerError, ensure_plugins, read_manifest
 
 DEBIAN = "136693071363"

@@ -28,6 +28,7 @@ from bake_support import (
     settings_for,
 )
 
+from infra import build_record
 from infra.aws.bake import ami_name, build_aws_image
 from infra.aws.session import AwsError
 from render import tags as T
@@ -45,7 +46,7 @@ def tags_of(resource: dict) -> dict[str, str]:
 def bake(settings, tmp_path: Path, lines: list[str] | None = None, **kwargs):
     log = (lines.append if lines is not None else (lambda _m: None))
     verdict = build_aws_image(ROOT, settings, build_root=tmp_path, log=log, **kwargs)
-    manifest = json.loads((tmp_path / settings.name / "manifest.json").read_text())
+    manifest = build_record.read(build_record.manifest_path(ROOT, settings.name, tmp_path))
     return verdict, manifest
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from bake_support import ROOT, settings_for
 
-from infra.image_digest import resolve_image_digest
+from infra import build_record
+from infra.aws.image_digest import resolve_image_digest
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("podman", "skopeo", "docker-registry")),
@@ -130,7 +131,7 @@ def test_build_ami_bakes_and_fingerprints_the_pinned_reference(aws, engine, monk
     pinned = f"{engine['reference']}@{engine['digest']}"
     variables = json.loads((tmp_path / "example" / "packer-vars.json").read_text())
     assert variables["nextcloud_image"] == pinned
-    manifest = json.loads((tmp_path / "example" / "manifest.json").read_text())
+    manifest = build_record.read(build_record.manifest_path(ROOT, "example", tmp_path))
     assert manifest["nextcloud_image"] == pinned
     image = aws.client("ec2").describe_images(ImageIds=[manifest["artifact_id"]])["Images"][0]
     assert {t["Key"]: t["Value"] for t in image["Tags"]}[T.NEXTCLOUD_IMAGE] == pinned

@@ -29,12 +29,13 @@ from bake_support import (
     settings_for,
 )
 
+from infra import build_record
 from infra.aws.bake import build_aws_image
+from infra.aws.registry import RegistryClient, parse_reference
 from infra.aws.session import Aws
+from infra.aws.updates import EXIT_BAKE_DUE, EXIT_OPERATOR_CHANGE, EXIT_UP_TO_DATE, check_updates, newest_patch
 from infra.localtwin.instance import free_port
 from infra.localtwin.registry import LoopbackRegistry
-from infra.registry import RegistryClient, parse_reference
-from infra.updates import EXIT_BAKE_DUE, EXIT_OPERATOR_CHANGE, EXIT_UP_TO_DATE, check_updates, newest_patch
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("docker-registry") is None, reason="docker-registry not installed"),
@@ -101,7 +102,7 @@ def deployed(aws, tmp_path: Path, registry: str, repo: str, digest: str, **overr
     settings = settings_for(aws, nextcloud__image=image, nextcloud__version="34.0.3", **overrides)
     verdict = build_aws_image(ROOT, settings, build_root=tmp_path, log=lambda _m: None)
     assert verdict.ok, verdict.line()
-    ami = json.loads((tmp_path / settings.name / "manifest.json").read_text())["artifact_id"]
+    ami = build_record.read(build_record.manifest_path(ROOT, settings.name, tmp_path))["artifact_id"]
     make_group(aws, settings, ami)
     return settings
 

@@ -1,4 +1,4 @@
-"""Fixtures for the Nextcloud cluster init and readiness tests: real PostgreSQL and Redis (infra/localservices),
+"""Fixtures for the Nextcloud cluster init and readiness tests: real PostgreSQL and Redis (infra/localtwin/services),
 and "nodes" that run the image's very PHP files on the host with php-cli / `php -S`.
 
 A node is what one container would be: its own copy of the webroot (the stand-in code tree laid out the way
@@ -28,9 +28,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from infra import build_record
 from infra.lane.admin_socket import AdminPasswordSocket
-from infra.localservices import ThrowawayPostgres, ThrowawayRedis
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "image" / "nextcloud"
@@ -382,6 +383,6 @@ def local_artifact() -> dict[str, Any]:
     output = _bake["log"].read_text(errors="replace")
     sys.stdout.write(output)
     assert proc.returncode == 0, f"inv build-ami --env local exited {proc.returncode}:\n{output[-4000:]}"
-    manifest = json.loads((ROOT / "build" / "local" / "manifest.json").read_text())
+    manifest = build_record.read(build_record.manifest_path(ROOT, "local"))
     manifest["build_output"] = output
     return manifest

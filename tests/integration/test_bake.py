@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import build_record
 from infra.localtwin import base_disk, build, standin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +201,7 @@ def test_unchanged_inputs_reuse_the_artifact_without_a_vm(rendered, monkeypatch)
     assert manifest["reused"] is True
     assert manifest["artifact_id"] == record["artifact_id"]
     assert manifest["sha256"] == record["sha256"]
-    assert json.loads((rendered / "local" / "manifest.json").read_text())["reused"] is True
+    assert build_record.read(build_record.manifest_path(ROOT, "local", rendered))["reused"] is True
 
 
 @pytest.mark.parametrize("change", ["artifact-modified", "other-fingerprint"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.localservices import ThrowawayPostgres
+from infra.localtwin.services import ThrowawayPostgres
 from infra.localtwin.instance import free_port
 
 pytestmark = pytest.mark.integration

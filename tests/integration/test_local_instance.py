@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra import build_record
 from infra.localtwin.instance import Instance, InstanceError, merge_ssh_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,7 +254,7 @@ LIVE_BREAKS = (
 @pytest.mark.slow
 def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path, local_artifact):
     """Boot the baked artifact once: the live checks pass, then each deliberate break fails its check."""
-    from infra.localservices import ThrowawayPostgres, ThrowawayRedis
+    from infra.localtwin.services import ThrowawayPostgres, ThrowawayRedis
     from infra.localtwin.test_ami import (
         make_canaries,
         read_manifest,
@@ -262,7 +263,7 @@ def test_live_checks_pass_then_fail_on_a_broken_instance(tmp_path, local_artifac
     )
     from render.settings import load_settings
 
-    manifest = REPO / "build" / "local" / "manifest.json"
+    manifest = build_record.manifest_path(REPO, "local")
     settings = load_settings(REPO, "local").settings
     artifact = read_manifest(manifest, REPO)
     canaries = make_canaries(list(secret_variables().values()))

@@ -6,7 +6,6 @@ Set SKIP_LOCAL_TWIN=1 to skip it when iterating on unit tests.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from infra import build_record
 from infra.localtwin.build import file_sha256 as sha256
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = ROOT / "build" / "local" / "manifest.json"
+MANIFEST = build_record.manifest_path(ROOT, "local")
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,7 +57,7 @@ def test_unchanged_inputs_reuse_the_artifact_without_a_vm(baked):
     before = sha256(Path(baked["artifact_id"]))
     run = watch_process_tree([sys.executable, "-m", "invoke", "build-ami", "--env", "local"], ROOT)
     assert run["exit_code"] == 0, run["output"]
-    again = json.loads(MANIFEST.read_text())
+    again = build_record.read(MANIFEST)
     assert again["reused"] is True
     assert again["artifact_id"] == baked["artifact_id"]
     assert not run["qemu_seen"] and not run["packer_seen"], run["process_names"]

@@ -16,7 +16,7 @@ import pytest
 import redis
 from conftest import CLUSTER_LIB, DB_PASSWORD, IDENTITY, REDIS_PASSWORD, free_port
 
-from infra.localservices import ThrowawayRedis
+from infra.localtwin.services import ThrowawayRedis
 
 pytestmark = pytest.mark.integration
 

@@ -110,10 +110,11 @@ def test_a_duration_is_shown_in_its_largest_whole_unit(seconds, text):
     assert format_duration(seconds) == text and Duration(0, 10**7).parse("--t", text) == seconds
 
 
-def test_errors_of_modules_not_yet_on_the_base_still_end_as_a_failed_verdict(capsys):
-    """infra.localservices is being split elsewhere; until its error derives from PipelineError the layer still ends
-    it as a verdict, never a traceback."""
-    from infra.localservices import ServiceError
+def test_the_local_services_errors_end_as_a_failed_verdict(capsys):
+    """The local services' error derives from PipelineError: the same verdict by the one path, never a traceback."""
+    from infra.localtwin.services import ServiceError
+
+    assert issubclass(ServiceError, PipelineError)
 
     def body(c, count=None, wait=None, json=False):
         raise ServiceError("PostgreSQL did not start on 127.0.0.1:5433")

@@ -26,9 +26,10 @@ import pytest
 import yaml
 from moto.cloudformation.parsing import get_model_map
 
+from infra import build_record
 from infra.aws.session import Aws
-from infra.localservices import ThrowawayPostgres
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres
 from infra.stack.bootstrap import PURPOSE_BOOTSTRAP, bootstrap_database, result_parameter
 from infra.stack.deploy import Options, deploy_stack
 from infra.stack.images import image_the_group_runs
@@ -310,7 +311,7 @@ def test_the_first_deployment_then_an_update_that_is_up_to_date(aws, tmp_path):
     ec2.create_tags(Resources=[baked], Tags=[{"Key": tags.MANAGED, "Value": "true"},
                                              {"Key": tags.ENVIRONMENT, "Value": ENV},
                                              {"Key": tags.TEST_VERDICT, "Value": tags.VERDICT_PASSED}])
-    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": f"eu-central-1:{baked}"}))
+    build_record.write(build_record.build_dir(root, ENV), {"artifact_id": f"eu-central-1:{baked}"})
 
     # 5. the group, with the tested AMI and the user data render makes.
     verdict, lines = deploy(root)
@@ -385,7 +386,7 @@ def test_deploy_stack_never_puts_an_old_ami_back_after_a_rollout(door, aws, tmp_
     root = environment(aws, tmp_path)
     first, second, third = (passed_bake(aws, n) for n in (1, 2, 3))
     (root / "build" / ENV).mkdir(parents=True)
-    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": first}))
+    build_record.write(build_record.build_dir(root, ENV), {"artifact_id": first})
     assert deploy(root)[0].ok and deploy(root)[0].ok  # foundation, then the group with the first image
     stack_spec, instances, stack_data = group_state(aws)
     assert {image for _, image in instances} == {first} and stack_spec["Version"].isdigit()
@@ -426,7 +427,7 @@ def test_deploy_stack_refuses_while_a_rollout_runs_and_changes_nothing(door, aws
     root = environment(aws, tmp_path)
     first, second = passed_bake(aws, 1), passed_bake(aws, 2)
     (root / "build" / ENV).mkdir(parents=True)
-    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": first}))
+    build_record.write(build_record.build_dir(root, ENV), {"artifact_id": first})
     assert deploy(root)[0].ok and deploy(root)[0].ok
     # A rollout that an operator interrupted after the refresh started (it goes on in AWS).
     from rollout_fixtures import InterruptAt
@@ -483,7 +484,7 @@ def test_the_first_group_gets_only_a_tested_ami_of_this_environment(aws, tmp_pat
     ec2 = aws.client("ec2")
     image = ec2.register_image(Name="nextcloud-prod-untested", RootDeviceName="/dev/xvda")["ImageId"]
     ec2.create_tags(Resources=[image], Tags=[{"Key": tags.ENVIRONMENT, "Value": ENV}])
-    (root / "build" / ENV / "manifest.json").write_text(json.dumps({"artifact_id": f"eu-central-1:{image}"}))
+    build_record.write(build_record.build_dir(root, ENV), {"artifact_id": f"eu-central-1:{image}"})
     verdict, _ = deploy(root)
     assert (verdict.word, verdict.exit_code) == ("refused", 2)
     assert f"{image} is the last bake, but it has not been tested: run `inv test-ami --env {ENV}`" in verdict.detail

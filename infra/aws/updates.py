@@ -25,8 +25,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.aws import ami as amis
+from infra.aws.registry import RegistryClient, RegistryError, parse_reference
 from infra.aws.session import Aws, AwsError, describe_client_error
-from infra.registry import RegistryClient, RegistryError, parse_reference
 from infra.stack.images import image_the_group_runs
 from infra.verdict import Verdict
 from render import tags as T
