@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra.localtwin.services import ThrowawayPostgres
 from infra.localtwin.instance import free_port
+from infra.localtwin.services import ThrowawayPostgres
 
 pytestmark = pytest.mark.integration
 

@@ -107,8 +107,8 @@ needs_postgres = pytest.mark.skipif(not Path("/usr/lib/postgresql/15/bin/initdb"
 @needs_postgres
 def test_a_real_postgres_refuses_the_client_past_the_budget_and_logs_it():
     psycopg = pytest.importorskip("psycopg")
-    from infra.localtwin.services import ThrowawayPostgres
     from infra.localtwin.instance import free_port
+    from infra.localtwin.services import ThrowawayPostgres
 
     with ThrowawayPostgres(free_port(), "pw-for-test") as pg:
         assert apply_max_connections(pg, 5) == 5
@@ -442,8 +442,8 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
     psycopg = pytest.importorskip("psycopg")
     import http.client
 
-    from infra.localtwin.services import ThrowawayPostgres
     from infra.localtwin.instance import free_port
+    from infra.localtwin.services import ThrowawayPostgres
 
     web = tmp_path / "nextcloud"
     shutil.copytree(STANDIN, web)
@@ -564,8 +564,8 @@ class LoopbackFleet:
 
 def _run_on_loopback(status: int, kernel_log: str = ""):
     from infra.drill.scenarios import Options, saturation
-    from infra.localtwin.services import ThrowawayPostgres
     from infra.localtwin.instance import free_port
+    from infra.localtwin.services import ThrowawayPostgres
 
     nodes = [Node(status=status, delay=0.05, workers=2) for _ in range(2)]  # 2 x 2 workers x 20/s: 80/s
     try:
