@@ -29,7 +29,7 @@ from render import tags
 from render.capacity import MAINTENANCE_MAX_HEALTHY_PERCENTAGE
 from render.settings import has_setting, load_settings
 from render.stack_outputs import AWAITED, MAPPING
-from render.stack_settings import PROBE_RULE_PRIORITY
+from render.stack_settings import PROBE_RULE_PRIORITY, RATE_LIMIT_BOUNDS, StackWaf
 
 ROOT = Path(__file__).resolve().parents[2]
 T = load_template()
@@ -218,6 +218,11 @@ def test_the_web_acl_rate_limits_the_login_and_webdav_paths_per_client_address()
             assert re.search(regex["RegexString"], path), f"{name} misses {path}"
         for path in unmatched:
             assert not re.search(regex["RegexString"], path), f"{name} catches {path}"
+    # The template's own defaults and floor are the settings' (a stack deployed by hand gets the same limits).
+    defaults = StackWaf()
+    for parameter, default in (("LoginRateLimit", defaults.login_limit), ("WebDavRateLimit", defaults.webdav_limit)):
+        assert T["Parameters"][parameter]["Default"] == default
+        assert T["Parameters"][parameter]["MinValue"] == RATE_LIMIT_BOUNDS[0]
     association = R["WebAclAssociation"]
     assert association["Type"] == "AWS::WAFv2::WebACLAssociation" and association["Condition"] == "WithWebAcl"
     assert association["Properties"] == {"ResourceArn": {"Ref": "LoadBalancer"},
