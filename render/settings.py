@@ -50,7 +50,7 @@ from render.secret_refs import REGION as _REGION_PATTERN
 from render.sections import FieldProblems, dotted_key, matching
 from render.sections import Section as _Section
 from render.stack_outputs import StackOutputsError, outputs_path, read_outputs, stack_layer
-from render.stack_settings import Stack
+from render.stack_settings import PROBE_RULE_PRIORITY, Stack
 from render.toml_source import TomlProblem, parse_file
 from render.toml_source import parse_value as _parse_toml_value
 
@@ -506,6 +506,14 @@ class Upgrade(_Section):
     def _db(cls, v: str | None) -> str | None:
         if v is not None and not _DB_IDENTIFIER.match(v):
             raise ValueError("must be an RDS DB instance identifier (letters, digits, hyphens; starts with a letter)")
+        return v
+
+    @field_validator("maintenance_rule_priority")
+    @classmethod
+    def _not_the_probes(cls, v: int) -> int:
+        if v == PROBE_RULE_PRIORITY:
+            raise ValueError(f"{v} is the stack's rule that answers /readyz and /livez 404 (ProbesNotFound in "
+                             "infra/stack/nextcloud.yaml): choose another free priority, e.g. 1")
         return v
 
     @model_validator(mode="after")

@@ -13,11 +13,18 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from render.rules import s3_bucket_problem
-from render.sections import Section
+from render.sections import FieldProblems, Section
 
 # Used with fullmatch: `$` would also match before a final newline.
 _CERTIFICATE = re.compile(r"arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-\d:\d{12}:certificate/[0-9a-f-]{36}")
 _TOPIC = re.compile(r"arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}")
+
+# The HTTPS listener's rule that answers /readyz and /livez 404 to outside callers (infra/stack/nextcloud.yaml,
+# ProbesNotFound): after the upgrade's maintenance rule (upgrade.maintenance_rule_priority, 1 by default), before any
+# rule that forwards. The maintenance rule may not take it.
+PROBE_RULE_PRIORITY = 2
+# What AWS WAF accepts as a rate-based rule's limit (requests per client address in the 5-minute window).
+RATE_LIMIT_BOUNDS = (10, 2_000_000_000)
 
 
 class _Part(Section):
@@ -55,11 +62,30 @@ class StackCache(_Part):
     replicas: int = Field(default=1, ge=0, le=5, description="replicas of the primary; >= 1 enables failover")
 
 
+class StackWaf(_Part):
+    """The web ACL in front of the load balancer: rate limits per client address on the login and WebDAV paths."""
+
+    enabled: bool | None = Field(
+        default=None, description="unset: on exactly when stack.production is true; true turns it on elsewhere too",
+    )
+    login_limit: int = Field(
+        default=100, ge=RATE_LIMIT_BOUNDS[0], le=RATE_LIMIT_BOUNDS[1],
+        description="requests per client address in 5 minutes to the login, password-reset and share-password paths",
+    )
+    webdav_limit: int = Field(
+        default=20000, ge=RATE_LIMIT_BOUNDS[0], le=RATE_LIMIT_BOUNDS[1],
+        description="requests per client address in 5 minutes to WebDAV (a syncing client makes many)",
+    )
+
+
 class Stack(_Part):
     """One environment's CloudFormation stack."""
 
     name: str | None = Field(default=None, description="stack name; default nextcloud-<environment>")
-    production: bool = Field(default=False, description="deletion protection on the database and load balancer")
+    production: bool = Field(
+        default=False,
+        description="deletion protection on the database and load balancer; requires the access logs and the web ACL",
+    )
     vpc_cidr: str = "10.0.0.0/16"
     availability_zones: Literal[2, 3] = 3
     nat_gateways: Literal["single", "per-az"] = "per-az"
@@ -82,6 +108,7 @@ class Stack(_Part):
     target_cpu_percent: int = Field(default=50, ge=10, le=90)
     database: StackDatabase = StackDatabase()
     cache: StackCache = StackCache()
+    waf: StackWaf = StackWaf()
 
     @field_validator("name")
     @classmethod
@@ -145,6 +172,26 @@ class Stack(_Part):
                 f"{self.max_size}; change one of them"
             )
         return self
+
+    @model_validator(mode="after")
+    def _production(self) -> Stack:
+        if not self.production:
+            return self
+        problems = []
+        if self.access_logs_bucket is None:
+            problems.append(("access_logs_bucket", "required with stack.production = true (a record of every request "
+                             "to the load balancer): set it to an existing S3 bucket the load balancer may write to "
+                             "(docs/stack.md)"))
+        if self.waf.enabled is False:
+            problems.append(("waf.enabled", "false is refused with stack.production = true (production keeps the "
+                             "rate limits at the edge): remove the line, or raise waf.login_limit / waf.webdav_limit"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    def web_acl(self) -> bool:
+        """Whether the stack puts the web ACL in front of the load balancer."""
+        return self.production or bool(self.waf.enabled)
 
     def stack_name(self, environment: str) -> str:
         return self.name or f"nextcloud-{environment}"

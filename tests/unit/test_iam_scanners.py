@@ -407,7 +407,8 @@ SERVICE_ROLE_NEEDS = {
     "AWS::ElastiCache::SubnetGroup": ["elasticache:CreateCacheSubnetGroup", "elasticache:DeleteCacheSubnetGroup"],
     "AWS::ElasticLoadBalancingV2::Listener": ["elasticloadbalancing:CreateListener",
                                               "elasticloadbalancing:DeleteListener",
-                                              "elasticloadbalancing:ModifyListener"],
+                                              "elasticloadbalancing:ModifyListener",
+                                              "elasticloadbalancing:ModifyListenerAttributes"],
     "AWS::ElasticLoadBalancingV2::LoadBalancer": ["elasticloadbalancing:CreateLoadBalancer",
                                                   "elasticloadbalancing:DeleteLoadBalancer",
                                                   "elasticloadbalancing:ModifyLoadBalancerAttributes",
@@ -444,6 +445,12 @@ SERVICE_ROLE_NEEDS = {
                         "s3:PutBucketPublicAccessBlock", "s3:PutBucketVersioning", "s3:PutLifecycleConfiguration",
                         "s3:PutBucketOwnershipControls", "s3:PutBucketTagging", "s3:PutBucketLogging"],
     "AWS::S3::BucketPolicy": ["s3:PutBucketPolicy", "s3:DeleteBucketPolicy", "s3:GetBucketPolicy"],
+    # Association takes both: wafv2 on the web ACL and the load balancer, and the load balancer's own SetWebAcl.
+    "AWS::WAFv2::WebACL": ["wafv2:CreateWebACL", "wafv2:UpdateWebACL", "wafv2:DeleteWebACL", "wafv2:GetWebACL",
+                           "wafv2:ListTagsForResource", "wafv2:TagResource", "wafv2:UntagResource"],
+    "AWS::WAFv2::WebACLAssociation": ["wafv2:AssociateWebACL", "wafv2:DisassociateWebACL",
+                                      "wafv2:GetWebACLForResource", "wafv2:GetWebACL",
+                                      "elasticloadbalancing:SetWebAcl"],
     "AWS::SecretsManager::Secret": ["secretsmanager:CreateSecret", "secretsmanager:DeleteSecret",
                                     "secretsmanager:UpdateSecret", "secretsmanager:TagResource",
                                     "secretsmanager:GetRandomPassword", "kms:GenerateDataKey"],
@@ -545,9 +552,10 @@ def test_what_the_rollout_conditions_on_carries_the_tags():
 
 
 # Resource types whose stack-propagated tags (managed, environment: deploy-stack tags the stack) a policy condition
-# reads: the service role (KMS key, cache, RDS Proxy) and the CI roles (subnets, the group).
+# reads: the service role (KMS key, cache, RDS Proxy, load balancer) and the CI roles (subnets, the group).
 TAGGED_BY_THE_STACK = ["AWS::EC2::Subnet", "AWS::AutoScaling::AutoScalingGroup", "AWS::KMS::Key",
-                       "AWS::ElastiCache::ReplicationGroup", "AWS::RDS::DBProxy"]
+                       "AWS::ElastiCache::ReplicationGroup", "AWS::RDS::DBProxy",
+                       "AWS::ElasticLoadBalancingV2::LoadBalancer"]
 
 
 @pytest.mark.parametrize("rtype", TAGGED_BY_THE_STACK)

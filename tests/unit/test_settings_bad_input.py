@@ -299,7 +299,19 @@ OVERRIDES = [
     ("flag-number-for-string", LOCAL, {}, ["redis.host=10"], "redis.host (from --set redis.host)", "quote it"),
 ]
 
+PRODUCTION = 'production = true              # '
 OTHER_VALUES = [
+    ("production-without-access-logs", aws("production = false              # ", PRODUCTION), {}, [],
+     "stack.access_logs_bucket", "required with stack.production = true"),
+    ("production-with-the-web-acl-off", aws("production = false              # ", PRODUCTION)
+     + '\n', {}, ["stack.access_logs_bucket=example-alb-logs", "stack.waf.enabled=false"], "stack.waf.enabled",
+     "remove the line"),
+    ("login-limit-below-what-waf-accepts", aws("# login_limit = 100", "login_limit = 5"), {}, [],
+     "stack.waf.login_limit", "greater than or equal to 10"),
+    ("webdav-limit-above-what-waf-accepts", aws("# webdav_limit = 20000", "webdav_limit = 3000000000"), {}, [],
+     "stack.waf.webdav_limit", "less than or equal to 2000000000"),
+    ("maintenance-rule-on-the-probes-priority", aws("maintenance_rule_priority = 1", "maintenance_rule_priority = 2"),
+     {}, [], "upgrade.maintenance_rule_priority", "choose another free priority"),
     ("endpoint-port-too-big", aws("path_style = false", 'path_style = false\nendpoint = "https://s3.example.com:99999"'),
      {}, [], "s3.endpoint", "port 1-65535"),
     ("trusted-domain-port-too-big", aws('trusted_domains = ["cloud.example.com"]',

@@ -29,6 +29,7 @@ from render import tags
 from render.capacity import MAINTENANCE_MAX_HEALTHY_PERCENTAGE
 from render.settings import has_setting, load_settings
 from render.stack_outputs import AWAITED, MAPPING
+from render.stack_settings import PROBE_RULE_PRIORITY, RATE_LIMIT_BOUNDS, StackWaf
 
 ROOT = Path(__file__).resolve().parents[2]
 T = load_template()
@@ -139,11 +140,131 @@ def test_the_readiness_path_is_the_one_the_image_serves():
 
 def test_https_with_a_modern_policy_and_http_only_redirects():
     https = props("HttpsListener")
-    assert https["Protocol"] == "HTTPS" and https["SslPolicy"].startswith("ELBSecurityPolicy-TLS13-")
+    # TLS 1.3 and 1.2 with the restricted ("Res") cipher list: forward-secret AEAD ciphers only.
+    assert https["Protocol"] == "HTTPS" and https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+    attributes = {a["Key"]: a["Value"] for a in https["ListenerAttributes"]}
+    hsts = attributes["routing.http.response.strict_transport_security.header_value"]
+    assert int(re.fullmatch(r"max-age=(\d+)", hsts)[1]) >= 365 * 86400, "a year at least, as browsers expect"
     assert https["Certificates"] == [{"CertificateArn": {"Ref": "CertificateArn"}}]
     (action,) = props("HttpRedirectListener")["DefaultActions"]
     assert action["Type"] == "redirect"
     assert action["RedirectConfig"]["Protocol"] == "HTTPS" and action["RedirectConfig"]["StatusCode"] == "HTTP_301"
+
+
+def test_the_probes_are_answered_404_to_outside_callers_and_readiness_still_reaches_the_targets():
+    rule = R["ProbesNotFound"]
+    assert rule["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule" and "Condition" not in rule
+    p = rule["Properties"]
+    assert p["ListenerArn"] == {"Ref": "HttpsListener"}  # the HTTP listener only redirects, to this one
+    assert p["Priority"] == PROBE_RULE_PRIORITY
+    assert p["Priority"] != load_settings(ROOT, "example").settings.upgrade.maintenance_rule_priority
+    (condition,) = p["Conditions"]
+    assert condition["Field"] == "path-pattern"
+    patterns = condition["PathPatternConfig"]["Values"]
+
+    def caught(path: str) -> bool:  # ALB path patterns: * any characters, case-sensitive, whole path
+        return any(re.fullmatch(re.escape(v).replace(r"\*", ".*"), path) for v in patterns)
+
+    for path in ("/readyz", "/livez", "/readyz/", "/livez/x"):
+        assert caught(path), path
+    for path in ("/", "/index.php/login", "/remote.php/dav/files/u/readyz", "/status.php", "/apps/readyz"):
+        assert not caught(path), path
+    (action,) = p["Actions"]
+    assert action == {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}
+    # The load balancer's own checks go to each target directly, never through listener rules.
+    assert props("TargetGroup")["HealthCheckPath"] == "/readyz"
+
+
+# ---- the edge: rate limits per client address ------------------------------------------------------------------
+LOGIN_PATHS = ["/login", "/index.php/login", "/index.php/login/challenge/totp", "/login/confirm",
+               "/index.php/login/flow/apptoken", "/index.php/login/v2/apptoken", "/index.php/lostpassword/email",
+               "/lostpassword/set/tok/user", "/index.php/s/AbCd1234/authenticate/showShare",
+               "/s/AbCd1234/authenticate/downloadShare", "/ocs/v2.php/core/getapppassword",
+               "/ocs/v1.php/core/getapppassword"]
+# Polled by clients (login flow v2 polls for up to 20 minutes) or serving no secret check: outside the login limit.
+NOT_LOGIN = ["/", "/index.php/login/v2/poll", "/index.php/login/v2/flow/abc", "/index.php/apps/files/",
+             "/remote.php/dav/files/alice/login", "/index.php/s/AbCd1234", "/status.php", "/loginx",
+             "/ocs/v2.php/core/getapppassword/x"]
+WEBDAV_PATHS = ["/remote.php/dav", "/remote.php/dav/files/alice/a.txt", "/remote.php/webdav/a.txt",
+                "/public.php/webdav", "/public.php/dav/files/AbCd1234/"]
+NOT_WEBDAV = ["/", "/remote.php/davx", "/index.php/apps/files/", "/ocs/v2.php/apps/files_sharing/api/v1/shares",
+              "/status.php"]
+
+
+def _rate_rules() -> dict[str, dict]:
+    return {r["Name"]: r for r in props("WebAcl")["Rules"]}
+
+
+def test_the_web_acl_rate_limits_the_login_and_webdav_paths_per_client_address():
+    acl = R["WebAcl"]
+    assert acl["Type"] == "AWS::WAFv2::WebACL" and acl["Condition"] == "WithWebAcl"
+    assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
+    rules = _rate_rules()
+    assert set(rules) == {"login", "webdav"}
+    for name, limit, matched, unmatched in (("login", "LoginRateLimit", LOGIN_PATHS, NOT_LOGIN),
+                                            ("webdav", "WebDavRateLimit", WEBDAV_PATHS, NOT_WEBDAV)):
+        rule = rules[name]
+        assert rule["Action"] == {"Block": {"CustomResponse": {"ResponseCode": 429}}}, name
+        rate = rule["Statement"]["RateBasedStatement"]
+        # IP: the address the TCP connection comes from, which no header (X-Forwarded-For, X-Real-IP) changes.
+        assert rate["AggregateKeyType"] == "IP" and "ForwardedIPConfig" not in rate, name
+        assert rate["Limit"] == {"Ref": limit} and "EvaluationWindowSec" not in rate, name  # 5 minutes
+        regex = rate["ScopeDownStatement"]["RegexMatchStatement"]
+        assert regex["FieldToMatch"] == {"UriPath": {}}
+        # Decoded and normalized first: /index.php/%6cogin and //index.php/./login are the login too.
+        assert [t["Type"] for t in sorted(regex["TextTransformations"], key=lambda t: t["Priority"])] == [
+            "URL_DECODE", "NORMALIZE_PATH"]
+        for path in matched:
+            assert re.search(regex["RegexString"], path), f"{name} misses {path}"
+        for path in unmatched:
+            assert not re.search(regex["RegexString"], path), f"{name} catches {path}"
+    # The template's own defaults and floor are the settings' (a stack deployed by hand gets the same limits).
+    defaults = StackWaf()
+    for parameter, default in (("LoginRateLimit", defaults.login_limit), ("WebDavRateLimit", defaults.webdav_limit)):
+        assert T["Parameters"][parameter]["Default"] == default
+        assert T["Parameters"][parameter]["MinValue"] == RATE_LIMIT_BOUNDS[0]
+    association = R["WebAclAssociation"]
+    assert association["Type"] == "AWS::WAFv2::WebACLAssociation" and association["Condition"] == "WithWebAcl"
+    assert association["Properties"] == {"ResourceArn": {"Ref": "LoadBalancer"},
+                                         "WebACLArn": {"Fn::GetAtt": ["WebAcl", "Arn"]}}
+
+
+@pytest.mark.parametrize(("production", "enabled", "on"), [
+    (True, None, True), (True, True, True), (False, None, False), (False, True, True), (False, False, False)])
+def test_the_web_acl_is_on_in_production_and_where_a_setting_turns_it_on(production, enabled, on):
+    s = load_settings(ROOT, "example").settings
+    waf = s.stack.waf.model_copy(update={"enabled": enabled, "login_limit": 37, "webdav_limit": 4242})
+    stack = s.stack.model_copy(update={"production": production, "waf": waf,
+                                       "access_logs_bucket": "example-alb-logs" if production else None})
+    params = stack_parameters(s.model_copy(update={"stack": stack}), image_id="ami-0123456789abcdef0", user_data="")
+    assert (params["LoginRateLimit"], params["WebDavRateLimit"]) == ("37", "4242")
+    assert evaluate_conditions(T, params)["WithWebAcl"] is on
+    planned = dict(planned_resources(T, params))
+    assert ("WebAcl" in planned and "WebAclAssociation" in planned) is on
+    # A stack deployed by hand with Production=true gets it whatever RateLimits says.
+    assert evaluate_conditions(T, {**params, "Production": "true", "RateLimits": "false"})["WithWebAcl"]
+
+
+def test_production_requires_the_access_logs_in_the_template_too():
+    (assertion,) = T["Rules"]["ProductionHasAccessLogs"]["Assertions"]
+    assert T["Rules"]["ProductionHasAccessLogs"]["RuleCondition"] == {"Fn::Equals": [{"Ref": "Production"}, "true"]}
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AccessLogsBucket"}, ""]}]}
+    attributes = props("LoadBalancer")["LoadBalancerAttributes"]
+    assert {"Key": "access_logs.s3.enabled", "Value": {"Fn::If": ["HasAccessLogs", "true", "false"]}} in attributes
+
+
+# ---- records ---------------------------------------------------------------------------------------------------
+def test_flow_logs_record_all_traffic():
+    (flow_log,) = of_type("AWS::EC2::FlowLog").values()
+    assert flow_log["Properties"]["TrafficType"] == "ALL"  # accepted connections too: who reached what
+
+
+def test_every_log_group_is_retained_and_expires():
+    groups = of_type("AWS::Logs::LogGroup")
+    assert len(groups) >= 2
+    for name, group in groups.items():
+        assert group.get("DeletionPolicy") == "Retain" and group.get("UpdateReplacePolicy") == "Retain", name
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
 
 
 # ---- security groups: the chain and nothing else ----------------------------------------------------------------

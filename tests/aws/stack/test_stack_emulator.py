@@ -37,6 +37,7 @@ from infra.stack.template import load_template, planned_resources, stack_paramet
 from render import tags
 from render.outputs import render_user_data
 from render.settings import load_settings
+from render.stack_settings import PROBE_RULE_PRIORITY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +63,8 @@ NATIVE = {
     "AWS::IAM::Role", "AWS::IAM::InstanceProfile", "AWS::EC2::SecurityGroup", "AWS::EC2::SecurityGroupIngress",
     "AWS::S3::Bucket", "AWS::RDS::DBSubnetGroup", "AWS::RDS::DBParameterGroup", "AWS::RDS::DBInstance",
     "AWS::ElasticLoadBalancingV2::LoadBalancer", "AWS::ElasticLoadBalancingV2::TargetGroup",
-    "AWS::ElasticLoadBalancingV2::Listener", "AWS::EC2::LaunchTemplate", "AWS::AutoScaling::AutoScalingGroup",
+    "AWS::ElasticLoadBalancingV2::Listener", "AWS::ElasticLoadBalancingV2::ListenerRule", "AWS::EC2::LaunchTemplate",
+    "AWS::AutoScaling::AutoScalingGroup",
     "AWS::CloudWatch::Dashboard",
 }
 # Types moto's CloudFormation skips (reporting success anyway): created here by the double through their APIs.
@@ -173,6 +175,15 @@ def test_the_emulator_creates_every_resource_type_and_says_which_it_created_itse
     missing = sorted(set(expected) - set(created))
     assert not missing, f"planned but not created: {missing}"
     assert {r["ResourceType"] for r in created.values()} == set(expected.values())
+    # The probes' 404 rule is on the HTTPS listener, as the load balancer holds it.
+    elbv2 = aws.client("elbv2")
+    (balancer,) = elbv2.describe_load_balancers()["LoadBalancers"]
+    (https,) = [x for x in elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]
+                if x["Protocol"] == "HTTPS"]
+    (rule,) = [r for r in elbv2.describe_rules(ListenerArn=https["ListenerArn"])["Rules"] if not r["IsDefault"]]
+    assert rule["Priority"] == str(PROBE_RULE_PRIORITY)
+    assert rule["Conditions"][0]["PathPatternConfig"]["Values"] == ["/readyz*", "/livez*"]
+    assert rule["Actions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
 
     # Spot checks through the services' own APIs: the resources exist as the template says.
     out = outputs_of(root)
