@@ -232,13 +232,7 @@ class Node:
             p = subprocess.Popen(cmd, env=env, text=True, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         self.procs.append(p)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        self._wait_for_web_server()
         return p
 
     def readyz_http(self, path: str = "/readyz", headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -264,7 +258,11 @@ class Node:
                                  env={**self.env(), "PHP_CLI_SERVER_WORKERS": "2"}, text=True, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
-        deadline = time.monotonic() + 10
+        self._wait_for_web_server()
+
+    def _wait_for_web_server(self, timeout: float = 10) -> None:
+        """Until this node's web server accepts connections (at most ``timeout`` s; the requests then say why not)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2).close()
