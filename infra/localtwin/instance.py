@@ -206,7 +206,8 @@ class Instance(ManagedProcess):
         return self.workdir / "qemu.log" if self.workdir is not None else None
 
     def elapsed(self) -> float:
-        return time.monotonic() - self._t0
+        """Seconds since QEMU started; 0 before it has (the clock starts with the guest, not with the host)."""
+        return time.monotonic() - self._t0 if self._t0 else 0.0
 
     def _say(self, phase: str, detail: str = "") -> None:
         self.progress(f"[{self.name} {self.elapsed():6.1f}s] {phase}{': ' + detail if detail else ''}")
