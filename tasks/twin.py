@@ -15,7 +15,7 @@ TORN_DOWN = "stopped by Ctrl-C; everything was torn down"
         "env": ENV_HELP,
         "runs": "boots of each kind (bare and baked take turns) and no-op rebuilds (default 3); the paired boot "
                 "verdict needs 3 joining pairs, so --runs 4 at least (the first baked boot installs the cluster)",
-        "only": "run just this measurement (repeatable): bare, baked, seed, noop, bake, footprint",
+        "only": "run just this measurement (repeatable): bare, baked, seed, noop, bake, footprint, serving",
         "full_bake": "also time a fresh forced bake instead of reading the last bake's record",
         "seed_runs": "boots for the seed-style measurement (default: --runs; each takes about 10 minutes)",
         "timeout": "how long one boot may take before it counts as failed: seconds or 40m (default 40m)",

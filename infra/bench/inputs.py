@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra import build_record
 from infra.bench import BenchError
 from infra.bench.boots import BootTarget
 
@@ -23,7 +24,7 @@ class Inputs:
 
     @property
     def build_dir(self) -> Path:
-        return self.root / "build" / self.settings.name
+        return build_record.build_dir(self.root, self.settings.name)
 
     def packer_vars(self) -> dict[str, Any]:
         """The rendered Packer variables of the environment (root volume size, the Nextcloud image, ...)."""
@@ -36,14 +37,14 @@ class Inputs:
 def load_inputs(root: Path, settings: Any) -> Inputs:
     """The artifact from build/<env>/manifest.json and the base disk it was baked from."""
     from infra.localtwin import base_disk
-    from infra.localtwin.test_ami import TestAmiError, read_manifest
+    from infra.localtwin.test_ami import TestAmiError, local_artifact, read_record
 
-    manifest_path = root / "build" / settings.name / "manifest.json"
+    manifest_path = build_record.manifest_path(root, settings.name)
     try:
-        art = read_manifest(manifest_path, root)
+        record = read_record(manifest_path)
+        art = local_artifact(record, manifest_path, root)
     except TestAmiError as e:
         raise BenchError(str(e)) from None
-    record = json.loads(manifest_path.read_text())
     key = record.get("base_disk_key") or base_disk.base_disk_key()
     entry = base_disk.DEFAULT_CACHE / key
     base = BootTarget(entry / "disk.raw", entry / "vmlinuz", entry / "initrd.img")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infra import build_record
 from infra.bench import Log, now_iso
 from infra.bench.inputs import Inputs
 from infra.bench.procwatch import is_bake, wait_for_quiet, watch_process_tree
@@ -67,13 +68,13 @@ def noop_precondition(inputs: Inputs) -> str | None:
 
 def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     """`inv build-ami` with unchanged inputs, ``runs`` times; proof that no VM nor Packer started."""
-    manifest_path = inputs.build_dir / "manifest.json"
+    manifest_path = build_record.manifest_path(inputs.root, inputs.settings.name)
     reason = noop_precondition(inputs)
     if reason:
         return {"samples": [], "stats": summarize([]), "error": reason, "measured_at": now_iso()}
     # The artifact the rebuild must reuse: the one recorded for the current inputs (it may be newer than the one
     # this run booted, when someone baked in between).
-    record = json.loads(manifest_path.read_text()) if manifest_path.is_file() else inputs.artifact_record
+    record = _record(manifest_path) or inputs.artifact_record
     artifact = Path(str(record.get("artifact_id") or inputs.artifact.disk))
     before = (artifact.stat().st_mtime_ns, record.get("sha256"))
     inv = Path(sys.executable).with_name("inv")
@@ -91,8 +92,8 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
         if r["stopped"]:
             errors.append(f"run {n}: {r['stopped']} - the inputs changed during the run; the bake was stopped")
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as e:
+            manifest = _record(manifest_path) or {"error": f"{manifest_path} not found"}
+        except build_record.RecordError as e:
             manifest = {"error": str(e)}
         r["manifest_reused"] = manifest.get("reused")
         r["artifact_unchanged"] = (artifact.stat().st_mtime_ns, manifest.get("sha256")) == before
@@ -121,6 +122,11 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     if errors:
         entry["error"] = "; ".join(errors)
     return entry
+
+
+def _record(path: Path) -> dict[str, Any] | None:
+    """The build record at ``path`` (infra/build_record.py), None when there is none."""
+    return build_record.read(path)
 
 
 def full_bake_from_record(record: dict[str, Any]) -> dict[str, Any]:

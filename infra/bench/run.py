@@ -35,8 +35,8 @@ from infra.localtwin.instance import sigterm_raises
 
 # Measurement names a developer can pick with --only, in the order a full run takes them. The baked boots run
 # before the seed-style ones so that the first baked boot, not a seed one, performs the cluster's one install;
-# the seed-style boots run last because they take longest.
-MEASUREMENTS = ("bare", "baked", "noop", "bake", "footprint", "seed")
+# the seed-style boots run late because they take longest; serving last, on a fleet of its own (the drill's).
+MEASUREMENTS = ("bare", "baked", "noop", "bake", "footprint", "seed", "serving")
 RESULT_KEYS = {
     "bare": "boot_bare_s",
     "baked": "boot_baked_ready_s",
@@ -44,6 +44,7 @@ RESULT_KEYS = {
     "noop": "noop_rebuild_s",
     "bake": "bake_steps",
     "footprint": "footprint",
+    "serving": "serving",
 }
 # How long to wait for the services' ports while another run (test-ami) holds them.
 DEFAULT_PORT_WAIT_S = 1800.0
@@ -175,6 +176,9 @@ def run_bench(
             m["boot_seed_ready_s"] = measure_seed(stack, inputs, workdir, services.user_data, seed_runs or runs,
                                                   timeout_s, log, quiet_wait_s)
             save()
+    # After the services above are gone: the drill's fleet starts its own PostgreSQL and Redis on the same ports.
+    if "serving" in chosen:
+        m["serving"] = measure_serving(root, settings, log)
     doc = save()
     log(f"bench: wrote {results_path} ({doc['elapsed_s']:.0f}s)")
     if show_table:
@@ -211,6 +215,26 @@ def _measure_boots(root: Path, inputs: Inputs, chosen: list[str], services: _Ser
         m[key] = entry
     if "boot_bare_s" in m:
         m["boot_bare_s"]["floor_files"] = list(FLOOR_FILES)
+
+
+def measure_serving(root: Path, settings: Any, log: Log) -> dict[str, Any]:
+    """The serving figures next to the boot figures: one instance of the artifact behind the drill's balancer, loaded
+    to saturation and beyond by the saturation drill (infra/drill/saturation.py): requests/s per instance at
+    saturation, latency, errors by kind and the PostgreSQL connections that took. ``error`` when the drill's
+    verdict failed (the figures are kept: they say what went wrong)."""
+    from infra.drill.saturation import serving_figures
+    from infra.errors import PipelineError
+
+    started = time.monotonic()
+    try:
+        entry = serving_figures(root, settings, instances=1, log=log)
+    except PipelineError as e:
+        return {"error": f"serving: {e}", "measured_at": now_iso()}
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    entry["measured_at"] = now_iso()
+    if not entry["passed"]:
+        entry["error"] = "the saturation verdict failed: " + "; ".join(entry["problems"])
+    return entry
 
 
 def _footprint(inputs: Inputs, workdir: Path, image_info: dict[str, Any], previous: dict[str, Any] | None) -> dict:

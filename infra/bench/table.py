@@ -13,6 +13,10 @@ def _fmt_s(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f} s"
 
 
+def _fmt_ms(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0f} ms"
+
+
 def _fmt_bytes(v: float | None) -> str:
     if v is None:
         return "—"
@@ -129,7 +133,29 @@ def render_table(doc: dict[str, Any]) -> Any:
             table.add_row("  artifact qcow2 file", _fmt_bytes(fp.get("artifact_file_bytes")), "", "", "", "", "")
             table.add_row("  nextcloud image (derived)", _fmt_bytes(fp.get("nextcloud_image_bytes")),
                           fp.get("nextcloud_image_note", ""), "", "", "", "")
+    serving_rows(m.get("serving"), table.add_row)
     return table
+
+
+def serving_text(sv: dict[str, Any] | None) -> tuple[str, str]:
+    """The serving figures in two cells: requests/s per instance at saturation; latency, connections, errors."""
+    if not sv:
+        return "not measured", ""
+    if sv.get("requests_per_s_per_instance") is None:
+        return "error", str(sv.get("error", ""))[:80]
+    errors = ", ".join(f"{k} {v}" for k, v in sorted((sv.get("errors") or {}).items())) or "none"
+    return (f"{sv['requests_per_s_per_instance']:.1f} req/s per instance",
+            f"p50 {_fmt_ms(sv.get('p50_ms'))}, p95 {_fmt_ms(sv.get('p95_ms'))}; connections peak {sv['connections_peak']} of "
+            f"{sv['connections_budget']} budgeted (max_connections {sv['max_connections']}); answers: {errors}; "
+            f"OOM kills {sv['oom_kills']}")
+
+
+def serving_rows(sv: dict[str, Any] | None, add_row: Any) -> None:
+    if not sv:
+        return
+    value, detail = serving_text(sv)
+    add_row("serving (saturation drill, 1 instance)", value, detail, "", "", "no 500, no refusal",
+            "[green]yes[/]" if sv.get("passed") else "[red]no[/]")
 
 
 def markdown_summary(doc: dict[str, Any]) -> str:
@@ -168,6 +194,8 @@ def markdown_summary(doc: dict[str, Any]) -> str:
         ("image_used_bytes", _fmt_bytes(fp.get("image_used_bytes")),
          f"qcow2 file {_fmt_bytes(fp.get('artifact_file_bytes'))}", "target ≤ 3 GB", met("footprint")),
         ("Nextcloud image (derived)", _fmt_bytes(fp.get("nextcloud_image_bytes")), "", "", ""),
+        ("serving (saturation, 1 instance)", *serving_text(m.get("serving")), "no 500, no refusal",
+         {True: "met", False: "missed"}.get((m.get("serving") or {}).get("passed"), "—")),
     ]
     out = [
         f"Measured {doc.get('generated_at', '?')} on {mach.get('cores', '?')} cores of {mach.get('cpu_model', '?')}, "
