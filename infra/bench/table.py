@@ -145,7 +145,8 @@ def serving_text(sv: dict[str, Any] | None) -> tuple[str, str]:
         return "error", str(sv.get("error", ""))[:80]
     errors = ", ".join(f"{k} {v}" for k, v in sorted((sv.get("errors") or {}).items())) or "none"
     return (f"{sv['requests_per_s_per_instance']:.1f} req/s per instance",
-            f"p50 {_fmt_ms(sv.get('p50_ms'))}, p95 {_fmt_ms(sv.get('p95_ms'))}; connections peak {sv['connections_peak']} of "
+            f"p50 {_fmt_ms(sv.get('p50_ms'))}, p95 {_fmt_ms(sv.get('p95_ms'))}; "
+            f"connections peak {sv['connections_peak']} of "
             f"{sv['connections_budget']} budgeted (max_connections {sv['max_connections']}); answers: {errors}; "
             f"OOM kills {sv['oom_kills']}")
 
