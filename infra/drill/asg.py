@@ -158,7 +158,13 @@ class Group:
     def start_health_checks(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.probe_interval_s):
-                self.check_health_once()
+                try:
+                    self.check_health_once()
+                except Exception as e:  # noqa: BLE001 - a thread has nobody to raise to
+                    if self._stop.is_set():  # torn down mid-replacement (the drill ended or was interrupted)
+                        return
+                    self._event("health_check_error", "-", error=f"{type(e).__name__}: {e}")
+                    self.log(f"group: a health check round failed: {type(e).__name__}: {e}")
 
         self._thread = threading.Thread(target=loop, name="drill-group-health", daemon=True)
         self._thread.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -48,6 +49,19 @@ def probe(port: int, path: str, timeout: float) -> int | None:
         return e.code
     except (OSError, ValueError):
         return None
+
+
+WATCHDOG = "/usr/local/libexec/nextcloud-image/liveness-watchdog"
+
+
+def guest_busy(instance: Instance) -> dict[str, Any]:
+    """The watchdog's busy evidence from inside the guest ({"busy": False, "detail": why} when it cannot be had)."""
+    try:
+        r = instance.ssh(f"sudo {WATCHDOG} --busy-check", timeout=60)
+        doc = json.loads(r.stdout) if r.returncode == 0 else {"busy": False, "detail": r.stderr.strip()[-200:]}
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        doc = {"busy": False, "detail": f"{type(e).__name__}: {e}"}
+    return doc if isinstance(doc, dict) else {"busy": False, "detail": "not a JSON object"}
 
 
 @dataclass
@@ -193,9 +207,21 @@ class Fleet(contextlib.AbstractContextManager):
                         progress=self.log)
         return TwinMember(inst).boot()
 
-    @staticmethod
-    def _probe_live(member: TwinMember, timeout: float) -> bool:
-        return probe(member.http_port, "/livez", timeout) == 200
+    def _probe_live(self, member: TwinMember, timeout: float) -> bool:
+        """The instance's liveness watchdog's rule: GET /livez answered 200 in ``timeout``; or no answer while the
+        node is busy, not hung (connections queued and Apache using CPU), asked of the watchdog itself in the guest
+        (``--busy-check``). Its limit on busy probes in a row (10 minutes) is longer than any drill's overload."""
+        status = probe(member.http_port, "/livez", timeout)
+        if status == 200:
+            return True
+        if status is not None:
+            return False
+        busy = guest_busy(member.instance)
+        if busy.get("busy"):
+            self.log(f"group: {member.name} gave no /livez answer in {timeout:.0f} s but is busy, not hung "
+                     f"({busy['detail']}): not counted, as the watchdog does")
+            return True
+        return False
 
     def _stop_members(self) -> None:
         for member in list(self.group.members.values()):
