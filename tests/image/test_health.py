@@ -77,7 +77,7 @@ def test_liveness_watchdog_probes_and_counts_no_failure_on_a_live_instance(host)
     assert props["ExecMainStatus"] == "0", props
     # Probes during boot may fail before Apache is up (the group's grace period covers them); now the count is 0.
     state = json.loads(host.file("/run/nextcloud-liveness/state.json").content_string)
-    assert state == {"failures": 0}, state
+    assert state == {"failures": 0, "busy": 0}, state
     env = host.file("/etc/nextcloud/nextcloud.env").content_string.splitlines()
     if "NEXTCLOUD_LIVENESS_REPORT=log" in env:  # no Auto Scaling group: it could only ever log
         log = host.run("journalctl -b --no-pager -o cat -u nextcloud-liveness.service").stdout
