@@ -79,7 +79,7 @@ def lane(c, env=None, set_=None, base=None, upgrade_from=None):
         "scenario": "run only this scenario (repeatable): boot_storm, database, cache, broken, rolling, saturation "
                     "(default: all)",
         "duration": "how long the database or the cache stays away: seconds or 2m (default 60)",
-        "rate": "requests per second through the balancer (default 5); saturation: the ramp's first rate",
+        "rate": "requests per second through the balancer (default 5); saturation: the ramp's first rate (default 0.1)",
         "instances": "fleet size for the failovers, the broken instance and the saturation drill (default 2)",
         "max_rate": "saturation: the ramp stops here if the fleet is still not saturated, in requests per second "
                     "(default 400, at most 1000)",
@@ -107,6 +107,7 @@ def drill(c, env=None, set_=None, scenario=None, duration=None, rate=None, insta
     opts = Options()
     opts.outage_s = duration or opts.outage_s
     opts.rate = rate or opts.rate
+    opts.start_rate = rate or opts.start_rate
     opts.instances = instances or opts.instances
     opts.max_rate = max_rate or opts.max_rate
     opts.hold_s = hold or opts.hold_s

@@ -44,7 +44,7 @@ def run_drills(root: Path, settings: Any, *, scenarios: Sequence[str] | None = N
     if deregistration_delay_s is not None and deregistration_delay_s < 0:
         raise DrillUsageError("--deregistration-delay must be 0 or more seconds")
     if "saturation" in names:  # refused before anything boots
-        SaturationOptions(instances=opts.instances, start_rate=opts.rate, max_rate=opts.max_rate,
+        SaturationOptions(instances=opts.instances, start_rate=opts.start_rate, max_rate=opts.max_rate,
                           hold_s=opts.hold_s).check()
     path = results_path or root / RESULTS
     before = machine()

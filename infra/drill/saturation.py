@@ -44,6 +44,13 @@ from render import capacity
 TWIN_GUEST_MEMORY_MIB: int = Instance.memory_mb
 
 STEP_S = 20.0  # one ramp step
+# The ramp's first rate: below what one twin instance of real Nextcloud serves under TCG (about 0.2-0.4 requests/s
+# measured: status.php and a PROPFIND), so that the first step is not saturated already; the stand-in's much higher
+# capacity is reached a few steps later (x 1.5 every 20 s).
+START_RATE = 0.1
+# A step lasts at least this many requests (longer than STEP_S at low rates): a step of one or two requests, one of
+# them still running when the step ends, would be called saturated by chance.
+MIN_STEP_REQUESTS = 8
 RAMP_FACTOR = 1.5  # each step offers this much more than the one before
 OVERLOAD = 1.5  # the hold offers this multiple of the measured capacity
 RATE_CEILING = 1000.0  # the most the loopback client is asked to send
@@ -204,7 +211,7 @@ def find_saturation(measure: Callable[[float], Step], *, start_rate: float, max_
         if why:
             step.saturated, step.why = True, why
             return steps, step
-        rate = round(rate * factor, 1)
+        rate = round(rate * factor, 2)  # two decimals: a ramp from 0.1 must grow (0.15, 0.23, ...)
     return steps, None
 
 
@@ -369,7 +376,7 @@ def figures(facts: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class SaturationOptions:
     instances: int = 2
-    start_rate: float = 5.0
+    start_rate: float = START_RATE
     max_rate: float = 400.0
     hold_s: float = 60.0
     step_s: float = STEP_S
@@ -414,7 +421,7 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
         return got, start, start + seconds
 
     def measure(rate: float) -> Step:
-        step = Step.of(rate, *load(rate, opts.step_s))
+        step = Step.of(rate, *load(rate, max(opts.step_s, MIN_STEP_REQUESTS / rate)))
         fleet.log(f"saturation: {rate}/s offered -> served {step.served_per_s}/s, p95 {step.p95_ms} ms, "
                   f"failed {step.failed}")
         return step
@@ -423,7 +430,7 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
         steps, saturated_at = find_saturation(measure, start_rate=opts.start_rate, max_rate=opts.max_rate)
         served = capacity_of(steps)
         hold_rate = round(min(RATE_CEILING, max(OVERLOAD * served, saturated_at.rate if saturated_at else 0.0,
-                                                 opts.start_rate)), 1)
+                                                 opts.start_rate)), 2)
         fleet.log(f"saturation: capacity {served}/s; holding {hold_rate}/s for {opts.hold_s:g} s")
         hold = Step.of(hold_rate, *load(hold_rate, opts.hold_s))
     log_text = log_path.read_bytes()[log_offset:].decode(errors="replace") if log_path.exists() else ""

@@ -15,7 +15,7 @@ from typing import Any
 
 from infra.drill.fleet import Fleet, probe
 from infra.drill.load import Load, LoadSummary, Outcome
-from infra.drill.saturation import STEP_S, SaturationOptions, figures, judge, run_saturation
+from infra.drill.saturation import START_RATE, STEP_S, SaturationOptions, figures, judge, run_saturation
 from infra.localtwin.test_ami import cluster_state
 
 SETTLE_S = 5.0  # load kept on after the last action, so what follows it is measured too
@@ -28,6 +28,7 @@ class Options:
     old_instances: int = 2  # rolling replacement: how many instances serve before it starts
     instances: int = 2  # fleet size for the failovers, the broken instance and the saturation drill
     storm: int = 3  # boot storm: instances started at once
+    start_rate: float = START_RATE  # saturation: the ramp's first rate (requests per second)
     max_rate: float = 400.0  # saturation: the ramp's ceiling (requests per second)
     hold_s: float = 60.0  # saturation: how long the overload is held
     step_s: float = STEP_S  # saturation: how long each rate of the ramp is offered
@@ -235,7 +236,7 @@ def saturation(fleet: Fleet, opts: Options) -> ScenarioResult:
                                      "balancer, never an error from a node")
     events_before, replaced_before = len(fleet.group.events), len(fleet.group.replaced)
     r.started_at = fleet.now()
-    facts = run_saturation(fleet, SaturationOptions(instances=opts.instances, start_rate=opts.rate,
+    facts = run_saturation(fleet, SaturationOptions(instances=opts.instances, start_rate=opts.start_rate,
                                                     max_rate=opts.max_rate, hold_s=opts.hold_s,
                                                     step_s=opts.step_s))
     r.seconds = round(fleet.now() - r.started_at, 1)

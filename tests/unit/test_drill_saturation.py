@@ -240,7 +240,8 @@ def model(capacity: float, base_ms: float = 20.0):
 
 def test_the_ramp_stops_at_the_first_step_the_fleet_cannot_serve():
     steps, at = find_saturation(model(40), start_rate=5, max_rate=400)
-    assert [s.rate for s in steps] == [5, 7.5, 11.2, 16.8, 25.2, 37.8, 56.7]
+    # x 1.5, two decimals: 11.25, 16.875 -> 16.88, 25.32, 37.98, 56.97
+    assert [s.rate for s in steps] == [5, 7.5, 11.25, 16.88, 25.32, 37.98, 56.97]
     assert at is steps[-1] and at.saturated and "served 40" in at.why
     assert not any(s.saturated for s in steps[:-1])
     assert capacity_of(steps) == 40
@@ -571,7 +572,7 @@ def _run_on_loopback(status: int, kernel_log: str = ""):
     try:
         with ThrowawayPostgres(free_port(), "db-pw") as pg, Balancer(FAST, progress=lambda _: None) as lb:
             fleet = LoopbackFleet(pg, lb, nodes, kernel_log)
-            opts = Options(rate=20, max_rate=300, hold_s=3, instances=2, step_s=2)
+            opts = Options(start_rate=20, max_rate=300, hold_s=3, instances=2, step_s=2)
             result = saturation(fleet, opts)  # type: ignore[arg-type]
             took = int(pg.psql("SHOW max_connections;", dbname="postgres"))
     finally:
@@ -601,3 +602,14 @@ def test_the_scenario_end_to_end_on_loopback_fails_a_fleet_whose_nodes_answer_50
     assert not result.passed
     assert any("answered by a node" in p and "node_500" in p for p in result.problems), result.problems
     assert any("OOM kills" in p for p in result.problems), result.problems
+
+
+def test_a_ramp_from_the_lowest_rate_grows_and_each_step_holds_enough_requests():
+    steps, at = find_saturation(model(1), start_rate=0.1, max_rate=2)
+    rates = [s.rate for s in steps]
+    assert rates[0] == 0.1 and len(rates) >= 6  # with one decimal, 0.1 x 1.5 could round back to 0.1 for ever
+    assert all(abs(b - a * 1.5) <= 0.006 for a, b in zip(rates, rates[1:], strict=False)), rates
+    assert at is steps[-1] and at.rate > 1 and not any(s.saturated for s in steps[:-1])
+    from infra.drill import saturation as sat
+    # At 0.1/s a 20 s step would be 2 requests; it lasts 8 requests instead (80 s).
+    assert max(sat.STEP_S, sat.MIN_STEP_REQUESTS / 0.1) == 80
