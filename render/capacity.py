@@ -1,6 +1,6 @@
 """Capacity: how many Apache workers an instance runs, what PHP may take, and the database connection budget.
 
-Pure arithmetic on settings values (no I/O, no AWS), shared by the settings validation (render/settings.py), the
+Pure arithmetic on settings values (no I/O, no AWS), shared by the settings validation (render/settings/), the
 rendered container environment (render/outputs.py), the stack parameters (infra/stack/template.py) and the
 saturation drill. The boot-time half of the worker sizing is image/nextcloud/bin/nextcloud-size-workers, which
 implements :func:`size_workers` in shell (tests/unit/test_capacity.py holds the two to the same answers).

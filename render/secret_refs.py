@@ -1,6 +1,6 @@
 """Secret references: the one definition of what a reference looks like, for render and for the image.
 
-``render/settings.py`` checks every ``secrets.*`` setting with :func:`classify`. ``inv render`` also writes
+``render/settings/`` checks every ``secrets.*`` setting with :func:`classify`. ``inv render`` also writes
 :func:`contract_document` to ``build/<env>/secret-references.json``; the bake installs it as
 ``/usr/local/share/nextcloud-image/secret-references.json`` and the boot-time resolver
 (``image/rootfs/usr/local/libexec/nextcloud-image/resolve-secrets``) parses references with exactly these patterns,

@@ -27,7 +27,7 @@
  * 75 gave up waiting (NEXTCLOUD_INIT_WAIT_TIMEOUT): the entrypoint stops the container so it is restarted.
  *
  * Also: `cluster-init.php --write-php-ini` writes the PHP session settings (Redis, with its password) to the
- * tmpfs state dir before Apache starts.
+ * tmpfs state dir before Apache starts (init/php-ini.php); occ itself runs through init/occ-runner.php.
  */
 
 declare(strict_types=1);
@@ -35,6 +35,8 @@ declare(strict_types=1);
 namespace NextcloudCluster;
 
 require_once __DIR__ . '/lib.php';
+require_once __DIR__ . '/init/occ-runner.php';
+require_once __DIR__ . '/init/php-ini.php';
 
 const EXIT_FAILED = 1;
 const EXIT_GAVE_UP = 75;
@@ -52,8 +54,10 @@ final class Outcome {
 final class Init {
 	private float $deadline;
 	private int $attempt = 0;
+	private OccRunner $occ;
 
 	public function __construct(private array $config) {
+		$this->occ = new OccRunner($config, self::log(...));
 		$timeout = (float)envOr('NEXTCLOUD_INIT_WAIT_TIMEOUT', '600');
 		$this->deadline = $timeout > 0 ? microtime(true) + $timeout : INF;
 	}
@@ -296,11 +300,11 @@ final class Init {
 				->execute([$code['version'], gethostname()]);
 		}
 		$pdo->commit();
-		$scratch = $this->scratchConfig(null);
+		$scratch = $this->occ->scratchConfig(null);
 		try {
 			// No --database-pass / --admin-pass: occ asks for both (in this order) and reads the answers from its
 			// standard input (SHELL_INTERACTIVE keeps Symfony's console interactive without a terminal).
-			[$rc, $out] = $this->occ($scratch, ['maintenance:install', '--database=pgsql',
+			[$rc, $out] = $this->occ->run($scratch, ['maintenance:install', '--database=pgsql',
 				'--database-host=' . dbAddress($c)[0], '--database-port=' . dbAddress($c)[1], '--database-name=' . $c['dbname'],
 				'--database-user=' . $c['dbuser'], '--admin-user=' . $admin, '--data-dir=' . $c['datadirectory']],
 				$c['dbpassword'] . "\n" . $adminPass . "\n", $pdo, ['SHELL_INTERACTIVE' => '1']);
@@ -308,12 +312,12 @@ final class Init {
 			if ($rc !== 0) {
 				return new Outcome('fail', 'install_failed', "occ maintenance:install failed (exit $rc): " . lastLine($out));
 			}
-			$status = $this->status($scratch);
+			$status = $this->occ->status($scratch);
 			if (($status['installed'] ?? false) !== true || !is_string($status['version'] ?? null)) {
 				return new Outcome('fail', 'install_failed', 'occ maintenance:install succeeded but occ status does not report an installation');
 			}
 			// The admin manual's background-jobs mode for anything but a single user: the host's timer runs cron.php.
-			[$rc, $out] = $this->occ($scratch, ['background:cron'], null, $pdo);
+			[$rc, $out] = $this->occ->run($scratch, ['background:cron'], null, $pdo);
 			if ($rc !== 0) {
 				return new Outcome('fail', 'install_failed', "occ background:cron failed (exit $rc): " . lastLine($out));
 			}
@@ -334,13 +338,13 @@ final class Init {
 		// Recorded before occ runs: serving nodes see the cluster busy, and an interrupted upgrade is resumed.
 		$pdo->prepare('UPDATE ' . STATE_TABLE . " SET state = 'upgrading', target_version = ?, updated_at = now(), updated_by = ?
 			WHERE id = 1")->execute([$code['version'], gethostname()]);
-		$scratch = $this->scratchConfig(['installed' => true, 'version' => $row['version'], 'maintenance' => false]);
+		$scratch = $this->occ->scratchConfig(['installed' => true, 'version' => $row['version'], 'maintenance' => false]);
 		try {
-			[$rc, $out] = $this->occ($scratch, ['upgrade', '--no-interaction'], null, $pdo);
+			[$rc, $out] = $this->occ->run($scratch, ['upgrade', '--no-interaction'], null, $pdo);
 			if ($rc !== 0) {
 				return new Outcome('fail', 'upgrade_failed', "occ upgrade from {$row['version']} failed (exit $rc): " . lastLine($out));
 			}
-			$status = $this->status($scratch);
+			$status = $this->occ->status($scratch);
 		} finally {
 			removeTree($scratch);
 		}
@@ -354,150 +358,6 @@ final class Init {
 		self::log("upgraded the cluster to {$status['version']}");
 		return new Outcome('ready', 'ready', '', clusterRow($pdo));
 	}
-
-	/**
-	 * A private config dir on tmpfs for one occ run (NEXTCLOUD_CONFIG_DIR): occ writes its config.php there
-	 * (secrets included) instead of into the image's webroot, and it is removed afterwards. It links the
-	 * webroot's *.config.php, so the cluster config still applies; only this occ process sees it writable.
-	 */
-	private function scratchConfig(?array $initial): string {
-		$owner = occOwner();
-		$dir = stateDir() . '/occ-config-' . getmypid();
-		removeTree($dir);
-		if (!mkdir($dir, 0700)) {
-			throw new \RuntimeException("cannot create $dir");
-		}
-		chown($dir, $owner['uid']);
-		foreach (glob(webroot() . '/config/*.config.php') ?: [] as $f) {
-			symlink($f, $dir . '/' . basename($f));
-		}
-		// occ insists on being run by the owner of config.php, like the web server user in the image.
-		$php = "<?php\n\$CONFIG = " . var_export($initial ?? [], true) . ";\n";
-		atomicWrite($dir . '/config.php', $php, 0640, $owner['uid'], $owner['gid']);
-		return $dir;
-	}
-
-	/**
-	 * Run occ as the webroot's owner with the scratch config; returns [exit code, combined output].
-	 * $stdin is written to occ's standard input (passwords: never in argv, which every local user can read in
-	 * /proc/<pid>/cmdline). With $heartbeat, the cluster row's updated_at is refreshed on that (lock) connection
-	 * every NEXTCLOUD_INIT_HEARTBEAT seconds while occ runs; a failed heartbeat kills occ at once. occ dies with
-	 * this process too (parent-death signal), so a killed init never leaves an install running behind it.
-	 */
-	private function occ(string $configDir, array $args, ?string $stdin = null, ?\PDO $heartbeat = null, array $extraEnv = []): array {
-		$owner = occOwner();
-		$cmd = ['setpriv', '--pdeathsig', 'KILL'];
-		if (posix_geteuid() === 0 && $owner['uid'] !== 0) {
-			$cmd = [...$cmd, '--reuid=' . $owner['uid'], '--regid=' . $owner['gid'], '--init-groups'];
-		}
-		$cmd = [...$cmd, '--', PHP_BINARY, '-d', 'apc.enable_cli=1', '-d', 'memory_limit=512M', webroot() . '/occ', ...$args];
-		$env = getenv();
-		$env['NEXTCLOUD_CONFIG_DIR'] = $configDir;
-		$env['NEXTCLOUD_CLUSTER_OCC_RUN'] = '1';
-		if ($owner['uid'] !== posix_geteuid()) {
-			$env['HOME'] = $owner['home'];
-			$env['USER'] = $env['LOGNAME'] = $owner['name'];
-		}
-		// Nextcloud's installer sets a fresh random passwordsalt/secret in its running config; NC_<key> values win
-		// over that inside the occ process too (and are never written back), so the install runs with the
-		// cluster identity from its first to its last step.
-		foreach (['instanceid', 'passwordsalt', 'secret'] as $key) {
-			$env['NC_' . $key] = (string)$this->config[$key];
-		}
-		$env = $extraEnv + $env;
-		$stdinSpec = $stdin === null ? ['file', '/dev/null', 'r'] : ['pipe', 'r'];
-		$proc = proc_open($cmd, [0 => $stdinSpec, 1 => ['pipe', 'w'], 2 => ['redirect', 1]], $pipes, webroot(), $env);
-		if (!is_resource($proc)) {
-			throw new \RuntimeException('cannot start occ');
-		}
-		if ($stdin !== null) {
-			fwrite($pipes[0], $stdin);
-			fclose($pipes[0]);
-			$stdin = null;
-		}
-		$interval = max(0.2, (float)envOr('NEXTCLOUD_INIT_HEARTBEAT', '5'));
-		$lastBeat = microtime(true);
-		$out = '';
-		stream_set_blocking($pipes[1], false);
-		while (true) {
-			$read = [$pipes[1]];
-			$write = $except = null;
-			$ready = @stream_select($read, $write, $except, 0, 200000);
-			if ($ready) {
-				$chunk = fread($pipes[1], 65536);
-				if ($chunk === '' || $chunk === false) {
-					if (feof($pipes[1])) {
-						break;
-					}
-				} else {
-					$out .= $chunk;
-				}
-			}
-			if ($heartbeat !== null && microtime(true) - $lastBeat >= $interval) {
-				try {
-					$heartbeat->exec("SET statement_timeout = '5s'");
-					$heartbeat->exec('UPDATE ' . STATE_TABLE . ' SET updated_at = now() WHERE id = 1');
-					$lastBeat = microtime(true);
-				} catch (\Throwable $e) {
-					proc_terminate($proc, 9);
-					fclose($pipes[1]);
-					proc_close($proc);
-					throw new \RuntimeException("lost the cluster lock connection during occ {$args[0]} (heartbeat failed: "
-						. describePdoError($e) . '); killed occ so that no other node races it');
-				}
-			}
-		}
-		fclose($pipes[1]);
-		$rc = proc_close($proc);
-		foreach (explode("\n", trim($out)) as $line) {
-			if ($line !== '' && $args[0] !== 'status') {
-				self::log("occ {$args[0]}: $line");
-			}
-		}
-		return [$rc, $out];
-	}
-
-	private function status(string $configDir): array {
-		[$rc, $out] = $this->occ($configDir, ['status', '--output=json']);
-		$start = strpos($out, '{');
-		$json = $start === false ? null : json_decode(substr($out, $start), true);
-		if ($rc !== 0 || !is_array($json)) {
-			throw new \RuntimeException("occ status failed (exit $rc): " . lastLine($out));
-		}
-		return $json;
-	}
-}
-
-function lastLine(string $out): string {
-	$lines = array_values(array_filter(array_map('trim', explode("\n", $out)), 'strlen'));
-	return redact($lines === [] ? '(no output)' : substr(end($lines), 0, 300));
-}
-
-function removeTree(string $dir): void {
-	if (!is_dir($dir) || is_link($dir)) {
-		return;
-	}
-	foreach (scandir($dir) ?: [] as $f) {
-		if ($f === '.' || $f === '..') {
-			continue;
-		}
-		$p = "$dir/$f";
-		is_dir($p) && !is_link($p) ? removeTree($p) : unlink($p);
-	}
-	rmdir($dir);
-}
-
-/**
- * occ runs as the owner of the data directory, the one part of the webroot the web server writes: www-data in the
- * image (the code itself is read-only for it), the test user on the host.
- */
-function occOwner(): array {
-	$uid = fileowner(webroot() . '/data');
-	$pw = $uid === false ? false : posix_getpwuid($uid);
-	if ($pw === false) {
-		throw new \RuntimeException('cannot determine the owner of ' . webroot() . '/data');
-	}
-	return ['uid' => $pw['uid'], 'gid' => $pw['gid'], 'name' => $pw['name'], 'home' => $pw['dir']];
 }
 
 /** Tables in the public schema whose name starts with the Nextcloud table prefix (literally: '_' is no wildcard). */
@@ -537,33 +397,6 @@ function fetchAdminPassword(): string {
 	return $value;
 }
 
-/** PHP session settings for Redis (phpredis handler); tls:// scheme when NEXTCLOUD_REDIS_TLS=1. */
-function writePhpIni(): void {
-	$dir = stateDir() . '/php';
-	if (!is_dir($dir) && !mkdir($dir, 0700, true)) {
-		throw new \RuntimeException("cannot create $dir");
-	}
-	$host = (string)getenv('NEXTCLOUD_REDIS_HOST');
-	$port = envOr('NEXTCLOUD_REDIS_PORT', '6379');
-	if ($host === '' || !preg_match('/^[A-Za-z0-9.:\[\]-]+$/', $host) || !ctype_digit($port)) {
-		// cluster.config.php reports the missing/invalid variable; sessions stay on PHP's default meanwhile.
-		@unlink("$dir/zz-nextcloud-cluster-session.ini");
-		return;
-	}
-	$scheme = envOr('NEXTCLOUD_REDIS_TLS', '0') === '1' ? 'tls' : 'tcp';
-	$path = "$scheme://$host:$port";
-	$pass = (string)getenv('NEXTCLOUD_REDIS_PASSWORD');
-	if ($pass !== '') {
-		$path .= '?auth=' . rawurlencode($pass);
-	}
-	$ini = "; Written at container start by cluster-init.php; on tmpfs because it holds the Redis password.\n"
-		. "session.save_handler = redis\n"
-		. "session.save_path = \"$path\"\n"
-		. "redis.session.locking_enabled = 1\n"
-		. "redis.session.lock_retries = -1\n"
-		. "redis.session.lock_wait_time = 10000\n";
-	atomicWrite("$dir/zz-nextcloud-cluster-session.ini", $ini, 0600);
-}
 
 /**
  * Give this node a serverid (Nextcloud's Snowflake ID node part, 1..511) no other live node of the cluster holds:
