@@ -46,7 +46,8 @@ def client(service: str, region: str, agent: str) -> Any:
     import boto3
     import botocore.config
 
-    suffix = {"autoscaling": "AUTO_SCALING", "logs": "CLOUDWATCH_LOGS"}.get(service, service.upper())
+    suffix = {"autoscaling": "AUTO_SCALING", "logs": "CLOUDWATCH_LOGS", "secretsmanager": "SECRETS_MANAGER"}.get(
+        service, service.upper())
     endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{suffix}") or os.environ.get("AWS_ENDPOINT_URL") or None
     retries: dict[str, Any] = {"mode": "standard"}
     if not os.environ.get("AWS_MAX_ATTEMPTS"):
