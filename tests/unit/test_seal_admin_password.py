@@ -18,19 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_resolve_secrets
 from test_host_agents import INSTANCE_ROLE_POLICY, RecordingProxy
-from test_resolve_secrets import (  # noqa: F401 - aws_endpoint and resolver are fixtures
+from test_resolve_secrets import (
     DUMMY_CREDENTIALS,
     INTERPRETERS,
     NEXTCLOUD_UNIT,
     UNIT_DIR,
     aws_client,
-    aws_endpoint,
     canary,
     instance_doc,
     literal_secrets,
     parse_unit,
-    resolver,
     words,
 )
 
@@ -45,9 +44,13 @@ from iam_coverage import missing  # noqa: E402
 OTHER_TAG = {"Key": "nextcloud-image:environment", "Value": "staging"}
 SEAL = ("--seal-admin-password",)
 
+# test_resolve_secrets' fixtures: the real script run on an instance.json, and the moto server.
+resolver = test_resolve_secrets.resolver
+aws_endpoint = test_resolve_secrets.aws_endpoint
+
 
 @pytest.fixture
-def proxy(aws_endpoint: str) -> Iterator[RecordingProxy]:  # noqa: F811
+def proxy(aws_endpoint: str) -> Iterator[RecordingProxy]:
     p = RecordingProxy(aws_endpoint)
     yield p
     p.close()
