@@ -1,10 +1,12 @@
-"""The host's ``nextcloud-admin-password.socket`` for the lane's nodes.
+"""The host's ``nextcloud-admin-password.socket`` and ``nextcloud-admin-seal.socket`` for the lane's nodes.
 
 On an instance systemd listens on ``/run/nextcloud-admin/password.sock`` (``Accept=yes``) and runs
 ``resolve-secrets --print-admin-password`` per connection, its stdout the connection; the directory is mounted
-into the container, and only the node that installs connects. Here there is no systemd unit per node, so this
-class plays systemd's part and nothing else: the program answering each connection is the image's own resolver,
-reading an instance document with ``literal:`` references (as the local twin's) and the image's reference contract.
+into the container, and only the node that installs connects. Beside it ``seal.sock`` runs
+``resolve-secrets --seal-admin-password`` once the cluster is installed (with literals: nothing to seal).
+Here there is no systemd unit per node, so this class plays systemd's part and nothing else: the program answering
+each connection is the image's own resolver, reading an instance document with ``literal:`` references (as the
+local twin's) and the image's reference contract.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ CONTAINER_DIR = "/run/nextcloud-admin"  # where nextcloud.service mounts the soc
 
 
 class AdminPasswordSocket:
-    """One real ``resolve-secrets --print-admin-password`` per connection; counts the connections."""
+    """One real ``resolve-secrets --print-admin-password`` per connection to ``path`` and one
+    ``--seal-admin-password`` per connection to ``seal_path``; counts both."""
 
     def __init__(self, secrets: dict[str, str], environment: str = "lane") -> None:
         """``secrets``: every value the instance document references (NEXTCLOUD_ADMIN_PASSWORD among them)."""
@@ -47,30 +50,40 @@ class AdminPasswordSocket:
         # literal values only on such an image.
         self._image_env = self.dir / "nextcloud.env"
         self._image_env.write_text("NEXTCLOUD_LOG_DESTINATION=journal\n", encoding="utf-8")
+        self.seal_path = self.dir / "seal.sock"
         self.fetches = 0
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(self.path))
-        self.path.chmod(0o600)  # SocketMode=0600: only root (the container's cluster init) connects
-        self._server.listen(4)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.seals = 0
+        self._servers = [self._listen(self.path, "--print-admin-password"),
+                         self._listen(self.seal_path, "--seal-admin-password")]
 
-    def _serve(self) -> None:
+    def _listen(self, path: Path, mode: str) -> socket.socket:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        path.chmod(0o600)  # SocketMode=0600: only root (the container's cluster init) connects
+        server.listen(4)
+        threading.Thread(target=self._serve, args=(server, mode), daemon=True).start()
+        return server
+
+    def _serve(self, server: socket.socket, mode: str) -> None:
         while True:
             try:
-                conn, _ = self._server.accept()
+                conn, _ = server.accept()
             except OSError:
                 return
             with conn:
-                self.fetches += 1
-                subprocess.run([sys.executable, "-I", str(RESOLVER), "--print-admin-password",
+                if mode == "--seal-admin-password":
+                    self.seals += 1
+                else:
+                    self.fetches += 1
+                subprocess.run([sys.executable, "-I", str(RESOLVER), mode,
                                 "--instance-json", str(self._instance_json), "--references", str(self._references),
                                 "--image-env", str(self._image_env)],
                                stdout=conn.fileno(), stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                timeout=60, check=False)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
+        for server in self._servers:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
         shutil.rmtree(self.dir, ignore_errors=True)

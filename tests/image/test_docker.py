@@ -131,7 +131,8 @@ NOT_BEFORE_CONTAINER = ("basic.target", "sysinit.target", "sockets.target", "net
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-admin-password.socket"])
+@pytest.mark.parametrize("unit", ["nextcloud.service", "nextcloud-admin-password.socket",
+                                  "nextcloud-admin-seal.socket"])
 def test_container_starts_beside_cloud_init(host, unit):
     waits_for = _waits_for(host, unit, NOT_BEFORE_CONTAINER)
     assert not waits_for, (f"{unit} waits for {waits_for}: creating and starting the container would wait for "

@@ -54,7 +54,7 @@ def test_container_health_follows_liveness(host):
 
 
 @pytest.mark.parametrize("unit", ["nextcloud-liveness.timer", "nextcloud-cron.timer",
-                                  "nextcloud-admin-password.socket"])
+                                  "nextcloud-admin-password.socket", "nextcloud-admin-seal.socket"])
 def test_runtime_units_are_active(host, unit):
     out = host.run(f"systemctl is-active {unit}")
     assert out.stdout.strip() == "active", f"{unit}: {out.stdout.strip() or out.stderr.strip()}"

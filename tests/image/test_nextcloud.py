@@ -22,6 +22,16 @@ def test_units_enabled(host, unit):
     assert out.stdout.strip() == "enabled", f"{unit} is {out.stdout.strip() or out.stderr.strip()!r}, not enabled"
 
 
+# Live: the file-level suite's target (tests/integration/test_image_suite_negative.py) enables only the two above.
+@pytest.mark.live
+@pytest.mark.parametrize("unit", ["nextcloud-admin-password.socket", "nextcloud-admin-seal.socket"])
+def test_admin_sockets_enabled_and_listening_in_the_containers_directory(host, unit):
+    out = host.run(f"systemctl is-enabled {unit}")
+    assert out.stdout.strip() == "enabled", f"{unit} is {out.stdout.strip() or out.stderr.strip()!r}, not enabled"
+    listens = host.check_output(f"systemctl show {unit} -p Listen --value")
+    assert listens.startswith("/run/nextcloud-admin/"), f"{unit} listens on {listens!r}, not where the container looks"
+
+
 @pytest.mark.live
 @pytest.mark.parametrize("tag_index", [0, 1], ids=["current", "fingerprint"])
 def test_derived_image_has_recorded_id(host, version_info, expected, tag_index):

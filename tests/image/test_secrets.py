@@ -166,3 +166,17 @@ def test_admin_password_fetched_only_by_the_node_that_installed(host):
                            "password' || true").stdout.strip() or 0)
     assert fetches == installs, (f"the admin password was handed out {fetches} time(s) on a node that installed "
                                  f"{installs} time(s): only the installing node may fetch it")
+
+
+@pytest.mark.live
+def test_the_node_that_installed_sealed_the_admin_password(host):
+    """Once installed, the node asks the host to remove the secret's install tag (nextcloud-admin-seal.socket); the
+    local twin's literal reference has no tag, and the host says so. A failure would be in this same journal."""
+    installs = int(host.run("journalctl --no-pager -o cat -u nextcloud.service | grep -c 'installed Nextcloud ' "
+                            "|| true").stdout.strip() or 0)
+    seal_log = host.run("journalctl --no-pager -o cat -t nextcloud-admin-seal").stdout
+    assert "error" not in seal_log, f"sealing failed: {seal_log.strip()}"
+    if installs:
+        sealed = [line for line in seal_log.splitlines() if "sealed the admin password" in line
+                  or "nothing to seal" in line]
+        assert sealed, "the node installed but never sealed the admin password (no line from nextcloud-admin-seal)"

@@ -145,7 +145,8 @@ class Node:
             "NEXTCLOUD_ALLOW_INSTALL": "0", "NEXTCLOUD_ALLOW_UPGRADE": "0", **IDENTITY,
         }
         # The host's socket (nextcloud-admin-password.socket, answered by the image's resolver from literal
-        # references, as in the local twin): the installing node only fetches the admin password over it.
+        # references, as in the local twin): the installing node only fetches the admin password over it, and every
+        # node that may install seals it over the socket beside it once the cluster is installed.
         self.admin_socket = AdminPasswordSocket({**IDENTITY, "NEXTCLOUD_DB_PASSWORD": DB_PASSWORD,
                                                  "NEXTCLOUD_REDIS_PASSWORD": REDIS_PASSWORD,
                                                  "NEXTCLOUD_ADMIN_PASSWORD": ADMIN_PASSWORD}, environment="test")
@@ -184,6 +185,7 @@ class Node:
             "NEXTCLOUD_WEBROOT": str(self.webroot), "NEXTCLOUD_CLUSTER_STATE_DIR": str(self.state_dir),
             "NEXTCLOUD_CLUSTER_LIB_DIR": str(CLUSTER_LIB), "NEXTCLOUD_INIT_BACKOFF_INITIAL": "0.2",
             "NEXTCLOUD_ADMIN_PASSWORD_SOCKET": str(self.admin_socket.path),
+            "NEXTCLOUD_ADMIN_SEAL_SOCKET": str(self.admin_socket.seal_path),
             "NEXTCLOUD_INIT_BACKOFF_MAX": "1", "NEXTCLOUD_INIT_WAIT_TIMEOUT": "120",
             # The occ double's stand-in for install/upgrade time: long enough that concurrent starters overlap.
             "NEXTCLOUD_OCC_DOUBLE_DELAY": "0.5",

@@ -66,6 +66,12 @@ def test_concurrent_starters_on_empty_db_install_exactly_once(make_node, pg):
     assert query(pg, "SELECT uid FROM oc_users") == [("admin",)]
     # Only the node that installed asked the host for the admin password; no other fetched or holds it.
     assert sorted(n.admin_socket.fetches for n in nodes) == [0] * (NODES - 1) + [1]
+    # Once installed, every node that may install asks the host to seal it (idempotent: whichever comes first removes
+    # the install tag; a node that died between install and seal is made good by the next). Literals, as on the local
+    # twin: the host says there is nothing to seal, and the init logs that line.
+    assert [n.admin_socket.seals for n in nodes] == [1] * NODES
+    (installer,) = [n for n in nodes if n.admin_socket.fetches]
+    assert "resolve-secrets: nothing to seal: the admin password comes from literal" in installer.last_log.read_text()
     # The background-jobs mode the admin manual recommends, set at install (cluster-wide, in the database).
     mode = "SELECT configvalue FROM oc_appconfig WHERE appid = 'core' AND configkey = 'backgroundjobs_mode'"
     assert query(pg, mode) == [("cron",)]
@@ -113,6 +119,18 @@ def test_node_without_install_permission_waits_then_joins(make_node, pg):
     install_cluster(make_node)
     assert proc.wait(timeout=30) == 0
     assert waiter.readyz_cli()["ready"] is True
+    assert waiter.admin_socket.seals == 0, "a node that may not install never seals"
+
+
+def test_a_failed_seal_is_logged_loudly_and_the_install_still_succeeds(make_node, pg):
+    node = make_node("installer")
+    rc, out = node.run_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_ADMIN_SEAL_SOCKET=str(node.dir / "no-such.sock"))
+    assert rc == 0, out
+    assert "WARNING: could not seal the admin password: every member can still read it" in out
+    assert f"the socket {node.dir / 'no-such.sock'} does not answer" in out
+    assert node.readyz_cli()["ready"] is True
+    assert len(occ_calls(pg, "maintenance:install")) == 1
+    assert ADMIN_PASSWORD not in out
 
 
 def test_db_unreachable_at_start_then_ready_when_it_comes_up(make_node, pg):

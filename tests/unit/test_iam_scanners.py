@@ -641,8 +641,13 @@ def test_the_runtime_role_cannot_read_the_admin_password():
                 for r in _list(s["Resource"])]
     admin = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:nextcloud/staging/admin-password-AbCdEf"
     assert readable and not any(fnmatch.fnmatchcase(admin, r) for r in readable)
-    (install,) = _statements(IAM / "instance-role" / "install.json")
+    install, seal = _statements(IAM / "instance-role" / "install.json")
     assert fnmatch.fnmatchcase(admin, install["Resource"])
+    # As in the stack: only while the secret carries the install tag, which the installing node then removes.
+    assert install["Condition"]["StringEquals"]["secretsmanager:ResourceTag/nextcloud-image:install"] == "pending"
+    assert seal["Action"] == ["secretsmanager:UntagResource"] and fnmatch.fnmatchcase(admin, seal["Resource"])
+    assert seal["Condition"] == {"ForAllValues:StringEquals": {"aws:TagKeys": ["nextcloud-image:install"]},
+                                 "Null": {"aws:TagKeys": "false"}}
     for s in [*_statements(runtime), install]:
         if set(_list(s["Action"])) & {"secretsmanager:GetSecretValue", "s3:GetObject"}:
             assert s["Condition"]["StringEquals"]["aws:ec2InstanceSourceVPC"] == "${aws:SourceVpc}", s["Sid"]

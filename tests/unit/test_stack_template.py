@@ -348,12 +348,45 @@ def test_the_instance_role_names_every_resource_it_can():
     assert health["Action"] == "autoscaling:SetInstanceHealth"
     assert health["Resource"]["Fn::Sub"].endswith(":autoScalingGroup:*:autoScalingGroupName/${GroupName}")
     assert "ManagedPolicyArns" not in props("InstanceRole"), "AmazonSSMManagedInstanceCore reads every parameter"
-    for st in statements.values():
-        assert st["Effect"] == "Allow" and not any(a.endswith(":*") or a == "*" for a in _list(st["Action"]))
+    for sid, st in statements.items():
+        # The one deny narrows a grant (the admin password, below); every other statement allows.
+        assert st["Effect"] == ("Deny" if sid == "AdminPasswordOnlyWhileInstalling" else "Allow"), sid
+        assert not any(a.endswith(":*") or a == "*" for a in _list(st["Action"]))
 
 
 def _list(v):
     return v if isinstance(v, list) else [v]
+
+
+INSTALL_TAG = "nextcloud-image:install"  # resolve-secrets --seal-admin-password removes it (test_seal_admin_password)
+
+
+def test_the_admin_password_is_readable_only_while_the_secret_carries_the_install_tag():
+    """Every member may be the one that installs, so each may read the admin password - until the installing node
+    removes the install tag (issue 23); then an explicit deny stops every member, whatever else grants it."""
+    assert props("AdminPasswordSecret")["Tags"] == [{"Key": INSTALL_TAG, "Value": "pending"}]
+    statements = _statements("InstanceRole")
+    reads = {sid for sid, st in statements.items() if "secretsmanager:GetSecretValue" in _list(st["Action"])
+             and {"Ref": "AdminPasswordSecret"} in _list(st["Resource"])}
+    assert reads == {"ClusterSecrets", "AdminPasswordOnlyWhileInstalling"}
+    deny = statements["AdminPasswordOnlyWhileInstalling"]
+    assert (deny["Effect"], deny["Action"], deny["Resource"]) == (
+        "Deny", "secretsmanager:GetSecretValue", {"Ref": "AdminPasswordSecret"})
+    # StringNotEquals is true when the tag is absent too: no tag, no read.
+    assert deny["Condition"] == {"StringNotEquals": {f"secretsmanager:ResourceTag/{INSTALL_TAG}": "pending"}}
+
+
+def test_a_member_may_remove_only_the_install_tag_and_only_from_the_admin_password():
+    statements = _statements("InstanceRole")
+    tagging = {sid: st for sid, st in statements.items()
+               if any(a.split(":")[1].startswith(("Tag", "Untag")) for a in _list(st["Action"]))}
+    assert list(tagging) == ["SealAdminPassword"], "no member may add tags (that would reopen the password)"
+    seal = tagging["SealAdminPassword"]
+    assert (seal["Effect"], seal["Action"], seal["Resource"]) == (
+        "Allow", "secretsmanager:UntagResource", {"Ref": "AdminPasswordSecret"})
+    # ForAllValues alone is true for an empty TagKeys; Null false requires the key to be there.
+    assert seal["Condition"] == {"ForAllValues:StringEquals": {"aws:TagKeys": [INSTALL_TAG]},
+                                 "Null": {"aws:TagKeys": "false"}}
 
 
 # ---- data-bearing resources survive a mistake ---------------------------------------------------------------------

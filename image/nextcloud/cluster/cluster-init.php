@@ -21,7 +21,9 @@
  * connection every NEXTCLOUD_INIT_HEARTBEAT seconds; if that fails (the lock may be gone) it kills occ at once.
  * A row whose heartbeat is older than NEXTCLOUD_INIT_STALE_AFTER seconds belongs to a dead node.
  * Passwords never appear in a command line: occ gets the DB and admin passwords on its standard input, and the
- * admin password is fetched from the host (NEXTCLOUD_ADMIN_PASSWORD_SOCKET) only by the node that installs.
+ * admin password is fetched from the host (NEXTCLOUD_ADMIN_PASSWORD_SOCKET) only by the node that installs. Once the
+ * cluster is installed, a node that may install asks the host to seal it (NEXTCLOUD_ADMIN_SEAL_SOCKET): from then on
+ * no member can read it.
  *
  * Exit codes: 0 joined; 1 terminal failure (state.json says why, the container keeps answering 503);
  * 75 gave up waiting (NEXTCLOUD_INIT_WAIT_TIMEOUT): the entrypoint stops the container so it is restarted.
@@ -136,6 +138,11 @@ final class Init {
 					'instanceid' => $row['instanceid'], 'serverid' => $serverid, 'node' => $node,
 				]);
 				self::log("ready: cluster {$row['instanceid']} at {$row['version']}, serverid $serverid");
+				// Installed (the row says so: no takeover can need the password any more), by this node just now or
+				// earlier - a node that died between its install and the seal is made good by the next that may install.
+				if (envOr('NEXTCLOUD_ALLOW_INSTALL', '0') === '1') {
+					sealAdminPassword();
+				}
 				return 0;
 			}
 			if ($outcome->kind === 'fail') {
@@ -397,6 +404,37 @@ function fetchAdminPassword(): string {
 	return $value;
 }
 
+/**
+ * Seal the admin password once the cluster is installed: nextcloud-admin-seal.socket removes its secret's install tag,
+ * after which the stack's member role cannot read it (infra/stack/nextcloud.yaml). Best effort: a failure is logged
+ * loudly and changes nothing else - the cluster is installed, this node is ready, and the next start of a node that
+ * may install tries again.
+ */
+function sealAdminPassword(): void {
+	$path = envOr('NEXTCLOUD_ADMIN_SEAL_SOCKET', '/run/nextcloud-admin/seal.sock');
+	$timeout = (float)envOr('NEXTCLOUD_ADMIN_SEAL_TIMEOUT', '120');
+	$failed = "WARNING: could not seal the admin password: every member can still read it until a node that may install "
+		. "seals it at its next start (journalctl -u 'nextcloud-admin-seal@*' says why)";
+	try {
+		$sock = @stream_socket_client('unix://' . $path, $errno, $errstr, 10);
+		if ($sock === false) {
+			Init::log("$failed; the socket $path does not answer ($errstr)");
+			return;
+		}
+		stream_set_timeout($sock, (int)ceil($timeout));
+		$reply = stream_get_contents($sock);
+		$meta = stream_get_meta_data($sock);
+		fclose($sock);
+		$line = trim(preg_replace('/[^\x20-\x7e]+/', ' ', is_string($reply) ? substr($reply, 0, 1000) : ''));
+		if ($meta['timed_out'] || $line === '') {
+			Init::log($failed . ($meta['timed_out'] ? "; no answer from $path within {$timeout}s" : "; $path gave nothing"));
+			return;
+		}
+		Init::log($line);
+	} catch (\Throwable $e) {
+		Init::log("$failed; " . $e->getMessage());
+	}
+}
 
 /**
  * Give this node a serverid (Nextcloud's Snowflake ID node part, 1..511) no other live node of the cluster holds:
