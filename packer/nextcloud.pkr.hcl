@@ -168,6 +168,16 @@ build {
     script           = "${path.root}/../image/scripts/install-os-packages.sh"
   }
 
+  # The database's CA bundle (RDS), downloaded and checked against its pinned sha256: verify-full from every client.
+  provisioner "shell" {
+    execute_command = local.sudo_execute
+    environment_vars = concat(local.common_env, [
+      "DB_CA_URL=${var.db_ca_bundle_url}",
+      "DB_CA_SHA256=${var.db_ca_bundle_sha256}",
+    ])
+    script = "${path.root}/../image/scripts/install-db-ca.sh"
+  }
+
   provisioner "shell" {
     execute_command = local.sudo_execute
     environment_vars = concat(local.common_env, [

@@ -286,6 +286,12 @@ class Database(_Section):
     port: int = Field(default=5432, ge=1, le=65535)
     name: PostgresName = "nextcloud"
     user: PostgresName = "nextcloud"
+    # verify-full to PostgreSQL (docs/security.md): the AWS bake downloads the RDS CA bundle from ca_bundle_url into
+    # the image and refuses it unless its sha256 is ca_bundle_sha256 (required for AWS: _aws_rules); every client of
+    # the node then uses sslmode=verify-full with it. Both are build inputs: a new bundle is a new image.
+    ca_bundle_url: str = Field(default="https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem",
+                               pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/%-]*$")
+    ca_bundle_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("host")
     @classmethod
@@ -731,6 +737,9 @@ class Settings(_Section):
             problems.append(("docker.version", "an AWS environment pins docker-ce, e.g. 5:27.3.1-1~debian.12~bookworm"))
         if not self.s3.bucket:
             problems.append(("s3.bucket", "required for AWS: the primary object storage bucket"))
+        if not self.database.ca_bundle_sha256:
+            problems.append(("database.ca_bundle_sha256", "required for AWS (verify-full to RDS): the sha256 of "
+                             f"the CA bundle, `curl -fsSL {self.database.ca_bundle_url} | sha256sum`"))
         for field in Secrets.model_fields:
             ref = classify(getattr(self.secrets, field))
             if ref.kind == "literal" and ref.literal:
