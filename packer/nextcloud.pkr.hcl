@@ -70,7 +70,10 @@ source "amazon-ebs" "nextcloud" {
     encrypted             = true
     delete_on_termination = true
   }
-  encrypt_boot = true
+  # No encrypt_boot: the root volume is encrypted at launch (above), so CreateImage makes an encrypted AMI directly.
+  # encrypt_boot would register an intermediate, unencrypted AMI under a random name, which Packer 1.6.6 never tags
+  # (CreateImage without tags, then CopyImage, then it deregisters it): an untagged image and an unencrypted snapshot
+  # of the whole disk, for minutes, that no tag condition can tell apart from any other of the account.
 
   # Tag keys are defined once, in render/tags.py; infra/aws/ami.py fills these maps. The
   # AMI and its snapshots (in every region) carry the provenance; the instance and its
