@@ -70,7 +70,10 @@ source "amazon-ebs" "nextcloud" {
     encrypted             = true
     delete_on_termination = true
   }
-  encrypt_boot = true
+  # No encrypt_boot: the root volume is encrypted at launch (above), so CreateImage makes an encrypted AMI directly.
+  # encrypt_boot would register an intermediate, unencrypted AMI under a random name, which Packer 1.6.6 never tags
+  # (CreateImage without tags, then CopyImage, then it deregisters it): an untagged image and an unencrypted snapshot
+  # of the whole disk, for minutes, that no tag condition can tell apart from any other of the account.
 
   # Tag keys are defined once, in render/tags.py; infra/aws/ami.py fills these maps. The
   # AMI and its snapshots (in every region) carry the provenance; the instance and its
@@ -166,6 +169,16 @@ build {
     execute_command  = local.sudo_execute
     environment_vars = concat(local.common_env, ["OS_PACKAGES=python3-boto3 curl"])
     script           = "${path.root}/../image/scripts/install-os-packages.sh"
+  }
+
+  # The database's CA bundle (RDS), downloaded and checked against its pinned sha256: verify-full from every client.
+  provisioner "shell" {
+    execute_command = local.sudo_execute
+    environment_vars = concat(local.common_env, [
+      "DB_CA_URL=${var.db_ca_bundle_url}",
+      "DB_CA_SHA256=${var.db_ca_bundle_sha256}",
+    ])
+    script = "${path.root}/../image/scripts/install-db-ca.sh"
   }
 
   provisioner "shell" {

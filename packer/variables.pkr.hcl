@@ -73,6 +73,16 @@ variable "nextcloud_version" {
   description = "Nextcloud version of nextcloud_image, e.g. 34.0.3."
 }
 
+variable "db_ca_bundle_url" {
+  type        = string
+  description = "Where the bake downloads the database's CA bundle (database.ca_bundle_url)."
+}
+
+variable "db_ca_bundle_sha256" {
+  type        = string
+  description = "The bundle's sha256 (database.ca_bundle_sha256); empty: no bundle (the local twin)."
+}
+
 variable "docker_version" {
   type        = string
   description = "\"debian\" for Debian's docker.io, otherwise the apt version pin of docker-ce."

@@ -104,6 +104,9 @@ def packer_variables(s: Settings, resolved: ResolvedInputs | None = None) -> dic
         "nextcloud_image": s.nextcloud.image,
         "nextcloud_version": s.nextcloud.version,
         "docker_version": s.docker.version,
+        # The database's CA bundle the bake downloads and checks (image/scripts/install-db-ca.sh); "" = none.
+        "db_ca_bundle_url": s.database.ca_bundle_url if s.database.ca_bundle_sha256 else "",
+        "db_ca_bundle_sha256": s.database.ca_bundle_sha256 or "",
         # Exact versions install-docker.sh installs and holds: "name=version ..." ("name" alone: not pinned).
         "docker_packages": " ".join(f"{n}={v}" if v else n for n, v in sorted(s.docker.packages().items())),
         "root_volume_size_gb": s.ami.root_volume_size_gb,
@@ -121,6 +124,7 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         "NEXTCLOUD_DB_PORT": str(s.database.port),
         "NEXTCLOUD_DB_NAME": s.database.name,
         "NEXTCLOUD_DB_USER": s.database.user,
+        **database_tls_environment(s),
         "NEXTCLOUD_REDIS_HOST": s.redis.host,
         "NEXTCLOUD_REDIS_PORT": str(s.redis.port),
         "NEXTCLOUD_REDIS_TLS": "1" if s.redis.tls else "0",
@@ -149,6 +153,22 @@ def nextcloud_environment(s: Settings) -> list[tuple[str, str]]:
         if "\n" in value:  # pragma: no cover - validators already refuse these
             raise ValueError(f"{name} contains a newline")
     return sorted(variables.items())
+
+
+# Where install-db-ca.sh puts the database's CA bundle; nextcloud.service mounts the directory at the same path.
+DB_CA_PATH = "/etc/nextcloud/tls/db-ca.pem"
+# RDS Proxy presents an ACM certificate (Amazon Trust Services roots): the container's own Debian CA store.
+PUBLIC_CA_PATH = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def database_tls_environment(s: Settings) -> dict[str, str]:
+    """verify-full with the baked CA bundle when the settings pin one (required for AWS), for every PostgreSQL client
+    of the node: Nextcloud's pgsql_ssl and the cluster init, /readyz and cron (cluster.config.php, lib.php). Through
+    RDS Proxy (stack.database.proxy) the node talks to the proxy, whose certificate ACM issued."""
+    if not s.database.ca_bundle_sha256:
+        return {}
+    rootcert = PUBLIC_CA_PATH if s.stack.database.proxy else DB_CA_PATH
+    return {"NEXTCLOUD_DB_SSLMODE": "verify-full", "NEXTCLOUD_DB_SSLROOTCERT": rootcert}
 
 
 def web_tier_environment(s: Settings) -> dict[str, str]:

@@ -242,7 +242,8 @@ def sweep(
 
 def _untagged_images_of_run(aws: Aws, settings: Any, regions: Sequence[str], run_id: str, image_name: str):
     """The AMIs a bake registered before Packer tagged them: the final copies carry the run's unique AMI name;
-    the intermediate one (Packer names it at random when encrypt_boot copies) is found through its snapshot,
+    an intermediate one (Packer names it at random when encrypt_boot copies; the template no longer sets it, but a
+    bake of an older commit may have left one) is found through its snapshot,
     whose description AWS writes as "Created by CreateImage(<the run's instance>) for ami-…"."""
     from infra.aws.ami import images_named
 

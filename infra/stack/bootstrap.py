@@ -29,6 +29,7 @@ from render.stack_outputs import outputs_path, read_outputs
 
 SCRIPT = Path(__file__).parent / "bootstrap" / "bootstrap-database"
 PURPOSE_BOOTSTRAP = "database-bootstrap"
+BOOTSTRAP_CA = "/etc/nextcloud-bootstrap-ca.pem"
 _NEEDED = ("DatabaseMasterSecretArn", "DatabasePasswordSecretArn", "DatabaseAddress", "DatabasePort",
            "PrivateSubnetIds", "BootstrapInstanceProfileName", "BootstrapSecurityGroupId")
 
@@ -50,7 +51,11 @@ def bootstrap_config(s: Settings, outputs: dict[str, str]) -> dict[str, Any]:
         "database": s.database.name,
         "user": s.database.user,
         "result_parameter": result_parameter(s.name),
-        "sslmode": "require",
+        # verify-full against the RDS CA bundle the settings pin (required for AWS); the script downloads it, as the
+        # user data's 16 KB could not carry the global bundle, and refuses any other file.
+        **({"sslmode": "verify-full", "sslrootcert": BOOTSTRAP_CA, "sslrootcert_url": s.database.ca_bundle_url,
+            "sslrootcert_sha256": s.database.ca_bundle_sha256} if s.database.ca_bundle_sha256 else
+           {"sslmode": "require"}),
     }
 
 

@@ -135,6 +135,9 @@ class Settings(_Section):
             problems.append(("docker.version", "an AWS environment pins docker-ce, e.g. 5:27.3.1-1~debian.12~bookworm"))
         if not self.s3.bucket:
             problems.append(("s3.bucket", "required for AWS: the primary object storage bucket"))
+        if not self.database.ca_bundle_sha256:
+            problems.append(("database.ca_bundle_sha256", "required for AWS (verify-full to RDS): the sha256 of "
+                             f"the CA bundle, `curl -fsSL {self.database.ca_bundle_url} | sha256sum`"))
         for field in Secrets.model_fields:
             ref = classify(getattr(self.secrets, field))
             if ref.kind == "literal" and ref.literal:

@@ -101,6 +101,12 @@ class Database(_Section):
     port: int = Field(default=5432, ge=1, le=65535)
     name: PostgresName = "nextcloud"
     user: PostgresName = "nextcloud"
+    # verify-full to PostgreSQL (docs/security.md): the AWS bake downloads the RDS CA bundle from ca_bundle_url into
+    # the image and refuses it unless its sha256 is ca_bundle_sha256 (required for AWS: _aws_rules); every client of
+    # the node then uses sslmode=verify-full with it. Both are build inputs: a new bundle is a new image.
+    ca_bundle_url: str = Field(default="https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem",
+                               pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/%-]*$")
+    ca_bundle_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("host")
     @classmethod

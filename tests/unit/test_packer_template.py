@@ -45,6 +45,8 @@ SAMPLE_VARS = {
     "nextcloud_image": "nextcloud:29.0.7-apache@sha256:" + "0" * 64,
     "nextcloud_version": "29.0.7",
     "docker_version": "5:27.3.1-1~debian.12~bookworm",
+    "db_ca_bundle_url": "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem",
+    "db_ca_bundle_sha256": "ab" * 32,
     "docker_packages": "containerd.io=1.7.22-1 docker-ce=5:27.3.1-1~debian.12~bookworm",
     "root_volume_size_gb": 20,
     "ssh_username": "admin",

@@ -939,6 +939,7 @@ def test_nextcloud_unit_runs_the_baked_container_as_the_contract_says():
     envs = [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "--env"]
     assert envs == ["NEXTCLOUD_RUNTIME_ENV_FILE=/run/secrets/nextcloud/runtime.env", "NEXTCLOUD_RUNTIME_ENV_WAIT=600"]
     assert volumes == [
+        "/etc/nextcloud/tls:/etc/nextcloud/tls:ro",  # the database's CA bundle (verify-full; empty on the twin)
         "/run/nextcloud:/run/secrets/nextcloud:ro",
         "/run/nextcloud-admin:/run/nextcloud-admin:ro",  # the installing init's admin password socket
         "/run/systemd/journal/dev-log:/dev/log",  # Nextcloud's syslog entries, into the journal once

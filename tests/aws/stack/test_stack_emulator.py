@@ -95,6 +95,8 @@ version = "5:27.3.1-1~debian.12~bookworm"
 containerd_version = "1.7.22-1"
 [site]
 domain = "cloud.example.com"
+[database]
+ca_bundle_sha256 = "{"b" * 64}"   # the RDS CA bundle's pin (verify-full); the endpoint comes from the stack
 [launch_template]
 name = "nextcloud-{ENV}"
 [autoscaling]
