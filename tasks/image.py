@@ -103,6 +103,8 @@ def build_ami(c, env=None, set_=None, force=False, dry_run=False):
         "one_at_a_time": "boot the instances one after another instead of side by side (slower, less CPU)",
         "ami": "AWS: the AMI to test (default: artifact_id of build/<env>/manifest.json)",
         "timeout": "AWS: how long the canary may take to become ready: seconds or 20m, 1h (default 1200)",
+        "accept_new_host_key": "AWS: when the canary's console output shows no SSH host keys within 3 minutes, "
+                               "trust the key it presents on first contact (weaker; default: refuse)",
         "dry_run": DRY_RUN_HELP,
     },
     types={"instances": Number(1, 16, whole=True), "timeout": Duration(1, 86400)},
@@ -110,7 +112,7 @@ def build_ami(c, env=None, set_=None, force=False, dry_run=False):
     interrupted="stopped by Ctrl-C; everything the run started was torn down",
 )
 def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_time=False, ami=None, timeout=None,
-             dry_run=False):
+             accept_new_host_key=False, dry_run=False):
     """Boot throwaway instances of the baked image (AWS: one canary) and run tests/image against them."""
     loaded = load(c, env, set_)
     if loaded.settings.builder == "aws":
@@ -119,9 +121,9 @@ def test_ami(c, env=None, set_=None, instances=None, keep_going=False, one_at_a_
         from infra.aws.canary import test_aws_image
 
         return test_aws_image(ROOT, loaded.settings, ami=ami, dry_run=dry_run, keep_going=keep_going,
-                              timeout_s=timeout, log=say)
-    if ami or dry_run:
-        raise Refusal("--ami and --dry-run are for AWS environments")
+                              timeout_s=timeout, log=say, accept_new_host_key=accept_new_host_key)
+    if ami or dry_run or accept_new_host_key:
+        raise Refusal("--ami, --accept-new-host-key and --dry-run are for AWS environments")
     from infra.localtwin.test_ami import test_local_image
 
     count = instances or int(c.config.pipeline.instances)

@@ -8,6 +8,8 @@ role narrowed: ``allow_install`` and ``allow_upgrade`` forced false, so it can n
 the cluster's state. It is tagged as throwaway (PURPOSE=canary, RUN=<run id>), reached over SSH only from the
 build host (its own security group, added to the group's), or through Session Manager.
 
+Before the first SSH contact it reads the canary's host keys from its console output (cloud-init prints them there:
+the hypervisor's record, not a network path) and trusts no other key; no keys before the timeout, no contact.
 It waits as a scale-out instance would: running, EC2 status checks passing (the group's liveness), ``/readyz``
 200 (the load balancer's readiness). An empty cluster database (``not_installed``) or a newer Nextcloud than the
 cluster's (``upgrade_pending``) is said so, and the suite checks everything up to the install or upgrade. Then
@@ -21,6 +23,7 @@ tests against the emulator replace only that (its instances have addresses that 
 
 from __future__ import annotations
 
+import base64
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from infra.aws.canary_access import AccessFactory, AccessFailed, InstanceAccess,
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run
 from infra.errors import PipelineError
+from infra.host_keys import HostKey, console_host_keys
 from infra.verdict import Verdict
 from render import tags as T
 
@@ -50,6 +54,8 @@ PARTIAL = {
     "upgrade_pending": "the AMI carries newer Nextcloud code than the cluster (that is `inv upgrade`); checked "
                        "everything up to the upgrade",
 }
+# With --accept-new-host-key: how long to look for the printed host keys before trusting the first key seen.
+ACCEPT_NEW_AFTER_S = 180.0
 # Suite checks that need a node serving the cluster; deselected when PARTIAL applies.
 NEEDS_READY = (
     "tests/image/test_nextcloud.py::test_readiness_endpoint",
@@ -243,6 +249,42 @@ def _address(aws: Aws, settings: Any, instance_id: str) -> str:
     return address
 
 
+def _console_text(ec2: Any, instance_id: str, latest: list[bool]) -> str:
+    """The instance's console output as text. ``Latest`` (the live buffer) only exists on Nitro instances; others
+    answer UnsupportedOperation and get the buffer AWS posts after each state change (``latest`` remembers)."""
+    while True:
+        try:
+            answer = ec2.get_console_output(InstanceId=instance_id, **({"Latest": True} if latest[0] else {}))
+            break
+        except ClientError as exc:
+            if not latest[0] or exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
+                raise
+            latest[0] = False
+    try:  # base64 on the wire; botocore leaves it so
+        return base64.b64decode(answer.get("Output") or "").decode(errors="replace")
+    except (ValueError, TypeError):
+        return ""
+
+
+def wait_for_host_keys(aws: Aws, instance_id: str, deadline: float, poll_s: float, log: Log) -> list[HostKey]:
+    """The SSH host keys cloud-init printed on the instance's console, polled until the deadline ([] if none).
+
+    AWS's copy of the console lags the instance by minutes at times, and cloud-init prints the keys in its final
+    stage (which this image runs at idle priority), so this polls; the keys are known before any SSH contact."""
+    ec2, latest, said = aws.client("ec2"), [True], False
+    while True:
+        keys = console_host_keys(_console_text(ec2, instance_id, latest))
+        if keys:
+            log(f"  host keys from the console: {', '.join(k.key_type for k in keys)}")
+            return keys
+        if not said:
+            log("  waiting for the SSH host keys on its console output (cloud-init prints them; AWS's copy lags)")
+            said = True
+        if time.monotonic() + poll_s > deadline:
+            return []
+        time.sleep(poll_s)
+
+
 def _wait_ready(access: InstanceAccess, deadline: float, poll_s: float, log: Log) -> tuple[str, str | None]:
     """Poll /readyz until 200, a PARTIAL code, or the deadline. Returns (last answer, partial reason)."""
     last = "no answer"
@@ -268,6 +310,7 @@ def _wait_ready(access: InstanceAccess, deadline: float, poll_s: float, log: Log
 def run_canary(
     root: Path, settings: Any, aws: Aws, image: dict[str, Any], launch: GroupLaunch, *, access_factory: AccessFactory,
     keep_going: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 5.0, log: Log = print,
+    accept_new_host_key: bool = False,
 ) -> CanaryReport:
     """One canary of ``image``: launch, wait, test, record the verdict, remove everything (whatever happens)."""
     run_id = throwaway.new_run_id()
@@ -296,7 +339,21 @@ def run_canary(
                 _wait(aws, "instance_running", instance_id, deadline, "did not start")
                 _wait(aws, "instance_status_ok", instance_id, deadline, "did not pass its EC2 status checks")
                 report.timings["status_ok_s"] = round(time.monotonic() - started, 1)
-                target = throwaway_target(aws, settings, instance_id, key_file)
+                keys = wait_for_host_keys(
+                    aws, instance_id, min(deadline, time.monotonic() + ACCEPT_NEW_AFTER_S) if accept_new_host_key
+                    else deadline, poll_s * 3, log)
+                if not keys and not accept_new_host_key:
+                    raise AwsError(
+                        f"{instance_id} showed no SSH host keys on its console output before the timeout, so its "
+                        "SSH server could not be told from an impostor and was never contacted; no verdict recorded. "
+                        "Run again with a longer --timeout (AWS's copy of the console can lag minutes), or pass "
+                        "--accept-new-host-key to trust the key it presents on first contact (weaker: an "
+                        "interception at that moment would go unnoticed)", exit_code=1)
+                if not keys:
+                    log("  no host keys on its console: trusting the key it presents on first contact "
+                        "(--accept-new-host-key)")
+                report.timings["host_keys_s"] = round(time.monotonic() - started, 1)
+                target = throwaway_target(aws, settings, instance_id, key_file, keys)
                 access = access_factory(target)
                 try:
                     access.wait_ssh(deadline)
@@ -341,15 +398,17 @@ def run_canary(
     return report
 
 
-def throwaway_target(aws: Aws, settings: Any, instance_id: str, key_file: Path) -> Target:
+def throwaway_target(aws: Aws, settings: Any, instance_id: str, key_file: Path,
+                     host_keys: list[HostKey] | tuple[HostKey, ...] = ()) -> Target:
+    """How to reach a throwaway instance; with ``host_keys`` none other is trusted, without them the first seen."""
     return Target(instance_id, _address(aws, settings, instance_id), aws.region, settings.bake.ssh_interface,
-                  key_file)
+                  key_file, host_keys=tuple(host_keys))
 
 
 def test_aws_image(
     root: Path, settings: Any, *, ami: str | None = None, dry_run: bool = False, keep_going: bool = False,
     timeout_s: float | None = None, log: Log = print, access_factory: AccessFactory | None = None,
-    poll_s: float = 5.0,
+    poll_s: float = 5.0, accept_new_host_key: bool = False,
 ) -> Verdict:
     """``inv test-ami --env E [--ami ID]`` on AWS; the verdict says passed / failed / dry run."""
     aws = Aws.for_settings(settings, dry_run=dry_run)
@@ -366,11 +425,14 @@ def test_aws_image(
             f"{', '.join(cidrs) or 'nowhere: Session Manager'}), one {instance_type} "
             f"canary of {image['ImageId']} in {launch.subnets[0]} with {', '.join(launch.security_groups) or 'no'} "
             f"security groups and profile {launch.instance_profile or 'none'}, user data with allow_install and "
-            "allow_upgrade false; then remove all three and tag the verdict on the AMI")
+            "allow_upgrade false; SSH only to the host keys its console output shows"
+            + (" (else the first key it presents)" if accept_new_host_key else "")
+            + "; then remove all three and tag the verdict on the AMI")
         return Verdict("dry run", f"would test {image['ImageId']} with a canary; nothing was changed")
     try:
         report = run_canary(root, settings, aws, image, launch, access_factory=access_factory or SshAccess,
-                            keep_going=keep_going, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, poll_s=poll_s, log=log)
+                            keep_going=keep_going, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, poll_s=poll_s, log=log,
+                            accept_new_host_key=accept_new_host_key)
     except CanaryFailed as exc:
         return Verdict("failed", f"{image['ImageId']}: {exc}; recorded on the AMI", exit_code=1)
     except (ClientError, BotoCoreError) as exc:

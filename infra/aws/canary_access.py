@@ -2,8 +2,11 @@
 
 SSH goes to the canary's public or private address from this host (its security group allows only this host), or
 through Session Manager (``aws ssm start-session`` as the ProxyCommand: no inbound rule at all). testinfra runs
-``tests/image`` over the same path. Tests against the AWS emulator replace this module's ``SshAccess`` with a
-double: an emulated instance's address belongs to nobody.
+``tests/image`` over the same path. Host keys: only those the canary printed on its console (``Target.host_keys``,
+read before the first contact) are trusted, by paramiko here and by testinfra (tests/image/conftest.py makes its
+paramiko backend honour ``StrictHostKeyChecking yes``); without any, the first key seen (``--accept-new-host-key``).
+Tests against the AWS emulator replace this module's ``SshAccess`` with a double: an emulated instance's address
+belongs to nobody.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.errors import PipelineError
+from infra.host_keys import HostKey
 
 SSH_USER = "admin"  # Debian's EC2 images
 
 
 class AccessFailed(PipelineError):
     """The canary could not be reached (SSH never answered)."""
+
+
+class HostKeyMismatch(PipelineError):
+    """The canary presented a host key that its console output did not show: never trusted, never retried."""
 
 
 class InstanceAccess(Protocol):
@@ -53,6 +61,13 @@ class Target:
     ssh_interface: str
     key_file: Path
     user: str = SSH_USER
+    host_keys: tuple[HostKey, ...] = ()  # from its console: the only keys trusted; none = the first key seen
+    port: int = 22
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name ssh and paramiko look the address up by in known_hosts."""
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
 
 AccessFactory = Callable[[Target], InstanceAccess]
@@ -61,7 +76,8 @@ AccessFactory = Callable[[Target], InstanceAccess]
 class SshAccess:
     """SSH (paramiko) to the canary, from this host or through Session Manager; testinfra over the same path.
 
-    Host keys: the canary is new, so its key is accepted on first contact into a known_hosts of this run only.
+    Host keys: the run's known_hosts holds the keys of ``target.host_keys`` and nothing else is accepted
+    (``StrictHostKeyChecking yes``, paramiko's ``RejectPolicy``); with none, the first key seen goes into it.
     """
 
     def __init__(self, target: Target) -> None:
@@ -72,12 +88,16 @@ class SshAccess:
         lines = [
             "Host canary",
             f"  HostName {target.address}",
+            f"  Port {target.port}",
             f"  User {target.user}",
             f"  IdentityFile {target.key_file}",
             "  IdentitiesOnly yes",
-            "  StrictHostKeyChecking accept-new",
+            f"  StrictHostKeyChecking {'yes' if target.host_keys else 'accept-new'}",
             f"  UserKnownHostsFile {self.known_hosts}",
         ]
+        # Host names in known_hosts are what ssh connects to: the address, or the instance id through the proxy.
+        self.known_hosts.write_text(
+            "".join(k.known_hosts_line(target.known_hosts_name) + "\n" for k in target.host_keys))
         if self.proxy_command:
             lines.append(f"  ProxyCommand {self.proxy_command}")
         self.ssh_config.write_text("\n".join(lines) + "\n")
@@ -94,22 +114,36 @@ class SshAccess:
         import paramiko
 
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # a fresh instance: first contact
+        client.load_host_keys(str(self.known_hosts))
+        # With keys from the console any other key is refused; without (--accept-new-host-key), the first is kept.
+        client.set_missing_host_key_policy(
+            paramiko.RejectPolicy() if self.target.host_keys else paramiko.AutoAddPolicy())
         sock = None
         if self.proxy_command:
-            sock = paramiko.ProxyCommand(self.proxy_command.replace("%h", self.target.address).replace("%p", "22"))
-        client.connect(self.target.address, username=self.target.user, key_filename=str(self.target.key_file),
-                       timeout=15, banner_timeout=30, auth_timeout=30, look_for_keys=False, allow_agent=False,
-                       sock=sock)
-        client.save_host_keys(str(self.known_hosts))
+            sock = paramiko.ProxyCommand(
+                self.proxy_command.replace("%h", self.target.address).replace("%p", str(self.target.port)))
+        client.connect(self.target.address, port=self.target.port, username=self.target.user,
+                       key_filename=str(self.target.key_file), timeout=15, banner_timeout=30, auth_timeout=30,
+                       look_for_keys=False, allow_agent=False, sock=sock)
+        if not self.target.host_keys:
+            client.save_host_keys(str(self.known_hosts))  # testinfra then sees the same key
         return client
 
     def wait_ssh(self, deadline: float) -> None:
+        import paramiko
+
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
                 self._client = self._connect()
                 return
+            except paramiko.BadHostKeyException as exc:
+                shown = ", ".join(k.key_type for k in self.target.host_keys)
+                raise HostKeyMismatch(
+                    f"{self.target.instance_id} at {self.target.address} presented a {exc.key.get_name()} host key "
+                    f"({exc.key.fingerprint}) that its console output did not show (it showed {shown}): something "
+                    "between this host and the canary may be impersonating it; not contacted further, no verdict "
+                    "recorded, what the run created was removed") from None
             except Exception as exc:  # noqa: BLE001 - sshd not up yet, refused, reset: all mean "try again"
                 last = exc
                 time.sleep(5)

@@ -18,6 +18,8 @@ from render.settings.image import Ami, Bake, BaseImage, Docker, Nextcloud
 from render.settings.service import S3, Cluster, Database, Logs, Redis, Secrets, Site, Web
 from render.stack_settings import Stack
 
+DEBIAN_AMI_OWNER = "136693071363"  # the account that publishes Debian's official AMIs
+
 
 class Settings(_Section):
     """One environment, fully validated."""
@@ -102,6 +104,11 @@ class Settings(_Section):
             problems.append(("base_image.owner", "required for AWS: set it to the AMI owner, e.g. '136693071363'"))
         if not self.base_image.name_filter:
             problems.append(("base_image.name_filter", "required for AWS: e.g. 'debian-12-amd64-*'"))
+        if self.bake.ssh_interface == "session_manager" and self.base_image.owner == DEBIAN_AMI_OWNER:
+            problems.append(("bake.ssh_interface", "'session_manager' needs the SSM agent on the bake and canary "
+                             f"instances; Debian's AMIs (base_image.owner = '{DEBIAN_AMI_OWNER}') do not carry it and "
+                             "the bake does not install it, so Packer and test-ami could never connect: use "
+                             "'public_ip', or 'private_ip' from a build host inside the VPC"))
         # A versioned tag without a digest is accepted: build-ami resolves its digest on the host before the bake
         # (infra/aws/image_digest.py) and bakes and fingerprints the pinned reference.
         image = parse_image_reference(self.nextcloud.image)

@@ -24,7 +24,47 @@ from bake_support import (
 
 from infra.aws import canary
 from infra.aws.session import AwsError
+from infra.host_keys import HostKey
 from render import tags as T
+
+
+def _public_key(private) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                             serialization.PublicFormat.OpenSSH).decode()
+
+
+def _canary_keys() -> list[str]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    return [_public_key(ec.generate_private_key(ec.SECP256R1())), _public_key(ed25519.Ed25519PrivateKey.generate())]
+
+
+# What cloud-init's write-ssh-key-fingerprints adds to a console (moto's GetConsoleOutput has a fixed text without).
+CANARY_KEYS = _canary_keys()
+KEYS_ON_CONSOLE = ("-----BEGIN SSH HOST KEY KEYS-----\r\n"
+                   + "".join(f"{k} root@ip-10-0-1-23\r\n" for k in CANARY_KEYS)
+                   + "-----END SSH HOST KEY KEYS-----\r\n")
+
+
+@pytest.fixture(autouse=True)
+def console(monkeypatch):
+    """The canary's console as the emulator returns it (GetConsoleOutput is really called), plus ``extra``: by
+    default the host key block cloud-init prints; a test sets ``console.extra = ""`` for a console without."""
+
+    class Console:
+        extra = KEYS_ON_CONSOLE
+        calls = 0
+
+    real = canary._console_text
+
+    def text(ec2, instance_id, latest):
+        Console.calls += 1
+        return real(ec2, instance_id, latest) + Console.extra
+
+    monkeypatch.setattr(canary, "_console_text", text)
+    return Console
 
 
 class InstanceDouble:
@@ -37,6 +77,7 @@ class InstanceDouble:
     def __init__(self, aws: Any, answers: list[tuple[int, dict]], suite_exit: int = 0, raise_in_suite=None):
         self.aws, self.answers, self.suite_exit, self.raise_in_suite = aws, list(answers), suite_exit, raise_in_suite
         self.target: canary.Target | None = None
+        self.contacted = False
         self.deselected: list[str] | None = None
         self.seen: dict[str, Any] = {}
         self.closed = False
@@ -47,6 +88,7 @@ class InstanceDouble:
 
     def wait_ssh(self, deadline: float) -> None:
         assert self.target is not None and self.target.key_file.is_file()
+        self.contacted = True
 
     def readyz(self) -> tuple[int, dict]:
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -128,6 +170,9 @@ def test_a_passing_canary_is_launched_like_the_group_and_leaves_nothing(aws, env
     assert instance["InstanceId"] not in registered_targets(aws, group["target_group"])
     assert registered_targets(aws, group["target_group"]) == targets_before
     assert double.deselected == [] and double.closed
+    # SSH trusts exactly the host keys the canary's console showed, read before the first contact.
+    assert double.target.host_keys == tuple(HostKey(*k.split()[:2]) for k in CANARY_KEYS)
+    assert any(line == "  host keys from the console: ecdsa-sha2-nistp256, ssh-ed25519" for line in lines)
 
     for region, image_id in amis.items():
         image_tags = tags_of(aws.client("ec2", region).describe_images(ImageIds=[image_id])["Images"][0])
@@ -202,5 +247,35 @@ def test_dry_run_plans_and_changes_nothing(aws, environment):
     verdict = run(settings, InstanceDouble(aws, [(200, {})]), lines, ami=amis[REGION], dry_run=True)
     assert verdict.word == "dry run" and "nothing was changed" in verdict.detail
     assert any(line.startswith("would create: a key pair, a security group") for line in lines)
+    assert any("SSH only to the host keys its console output shows" in line for line in lines)
     assert emulator_state(aws) == before
     assert not {op for _, op in aws.calls if not op.startswith(("Describe", "Get"))}
+
+
+def test_no_host_keys_on_the_console_is_refused_before_any_contact(aws, environment, console):
+    settings, amis, _ = environment
+    console.extra = ""  # moto's console text alone: a kernel banner, no keys
+    before = live(emulator_state(aws))
+    double = InstanceDouble(aws, [(200, {"ready": True})])
+    lines: list[str] = []
+    with pytest.raises(AwsError, match="showed no SSH host keys on its console output") as refused:
+        run(settings, double, lines, ami=amis[REGION], timeout_s=0.5)
+    assert refused.value.exit_code == 1
+    assert "--accept-new-host-key" in str(refused.value) and "no verdict recorded" in str(refused.value)
+    assert console.calls >= 1 and double.target is None and not double.contacted
+    image_tags = tags_of(aws.client("ec2").describe_images(ImageIds=[amis[REGION]])["Images"][0])
+    assert T.TEST_VERDICT not in image_tags
+    assert without_image_tags(live(emulator_state(aws))) == without_image_tags(before), lines
+    assert any(line.startswith("  removed: ") and "instance" in line for line in lines)
+
+
+def test_accept_new_host_key_is_an_explicit_weaker_choice(aws, environment, console, monkeypatch):
+    settings, amis, _ = environment
+    console.extra = ""
+    monkeypatch.setattr(canary, "ACCEPT_NEW_AFTER_S", 0.2)
+    double = InstanceDouble(aws, [(200, {"ready": True})])
+    lines: list[str] = []
+    verdict = run(settings, double, lines, ami=amis[REGION], accept_new_host_key=True)
+    assert verdict.word == "passed", (verdict.line(), lines)
+    assert double.target.host_keys == () and double.contacted
+    assert any("trusting the key it presents on first contact (--accept-new-host-key)" in line for line in lines)

@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # image_suite_support, whatever the import mode
 
-from image_suite_support import ON_DEMAND_SECRETS, ArtifactView  # noqa: E402
+from image_suite_support import ON_DEMAND_SECRETS, ArtifactView, honour_strict_host_key_checking  # noqa: E402
 
 VERSION_INFO = "/etc/nextcloud-image/version-info.json"
 
@@ -86,6 +86,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    honour_strict_host_key_checking()  # before testinfra connects: the canary's pinned host keys
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
 

@@ -20,6 +20,40 @@ CHUNK = 16 * 1024 * 1024
 ON_DEMAND_SECRETS = frozenset({"NEXTCLOUD_ADMIN_PASSWORD"})
 
 
+# ---- reaching the target -----------------------------------------------------------------------
+def honour_strict_host_key_checking() -> None:
+    """Make testinfra's paramiko backend check host keys as OpenSSH would with the same ssh_config.
+
+    testinfra (10.x) reads ``StrictHostKeyChecking`` only for ``no`` and never reads ``UserKnownHostsFile``: it
+    accepts any host key with a warning. inv test-ami on AWS writes the canary's keys (read from its console) into
+    the run's known_hosts and says ``StrictHostKeyChecking yes``; with this, a host whose key is not listed there is
+    refused (paramiko's ``BadHostKeyException`` / ``RejectPolicy``). ``accept-new`` checks the listed keys and
+    accepts an unlisted host; ``no`` and an absent option behave as before."""
+    try:
+        import paramiko
+        from testinfra.backend import paramiko as backend
+    except ImportError:
+        return
+    original = backend.ParamikoBackend._load_ssh_config
+    if getattr(original, "honours_known_hosts", False):
+        return
+
+    def load(self, client, cfg, ssh_config, ssh_config_dir="~/.ssh"):  # noqa: ANN001 - testinfra's signature
+        original(self, client, cfg, ssh_config, ssh_config_dir)
+        options = ssh_config.lookup(self.host.name)
+        strict = options.get("stricthostkeychecking")
+        if strict not in ("yes", "accept-new"):
+            return
+        for name in str(options.get("userknownhostsfile") or "").split():
+            path = os.path.expanduser(name)
+            if os.path.isfile(path):
+                client.load_host_keys(path)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy() if strict == "yes" else paramiko.AutoAddPolicy())
+
+    load.honours_known_hosts = True  # type: ignore[attr-defined]
+    backend.ParamikoBackend._load_ssh_config = load
+
+
 # ---- target command helpers -------------------------------------------------------------------
 def decode_on_target(value: str) -> str:
     """A shell fragment that yields ``value`` on the target without the value appearing in the command.

@@ -51,3 +51,14 @@ def test_bad_bake_settings_name_the_key_and_the_fix(key, value, message):
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")) as refusal:
         example(**{key: value})
     assert message in str(refusal.value)
+
+
+def test_session_manager_is_refused_on_debians_images_which_carry_no_ssm_agent():
+    """Debian's AMIs ship no SSM agent and the bake installs none: Session Manager could never reach the bake or
+    the canary, so the choice is refused up front, naming the key; a base image of one's own may carry it."""
+    chosen = {"bake.ssh_interface": "session_manager", "bake.instance_profile": "nextcloud-bake"}
+    with pytest.raises(SettingsError, match=r"bake\.ssh_interface") as refusal:
+        example(**chosen)
+    assert "SSM agent" in str(refusal.value) and "'public_ip'" in str(refusal.value)
+    own = example(**chosen, **{"base_image.owner": "123456789012"})
+    assert own.bake.ssh_interface == "session_manager"
