@@ -297,6 +297,8 @@ def test_bad_saturation_options_are_refused_before_anything_boots(tmp_path):
         run_drills(tmp_path, object(), scenarios=["saturation"], opts=Options(max_rate=5000))
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 def test_on_a_real_server_the_ramp_finds_what_its_workers_can_serve():
     """Two workers, 50 ms a request: 40/s at most. The ramp, on the real open-loop client, must saturate it
     between 40 and 60/s and measure a capacity near 40."""
@@ -580,6 +582,8 @@ def _run_on_loopback(status: int, kernel_log: str = ""):
     return result, took
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 @needs_haproxy
 @needs_postgres
 def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_queues():
@@ -594,6 +598,8 @@ def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_que
     assert result.details["figures"]["requests_per_s_per_instance"] > 0
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 @needs_haproxy
 @needs_postgres
 def test_the_scenario_end_to_end_on_loopback_fails_a_fleet_whose_nodes_answer_500_or_oom():
