@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -465,7 +467,8 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
         port = free_port()
         server = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", "-t", str(web)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL,
-                                  env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"})
+                                  env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"},
+                                  start_new_session=True)  # its workers too are ended below, not left running
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -508,7 +511,7 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
             time.sleep(0.2)
             assert too_many_clients_in_log(Path(pg.logfile).read_text()) >= 1
         finally:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(10)
 
 
