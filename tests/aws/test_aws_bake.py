@@ -34,6 +34,8 @@ from infra.aws.session import AwsError
 from render import tags as T
 
 pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="packer not installed (apt-get install packer)")
+# The tests that run Packer against the emulator (5-9 s each on 2 cores): in the full suite, not the quick one.
+PACKER_RUNS = pytest.mark.slow
 
 PROVENANCE = (T.MANAGED, T.ENVIRONMENT, T.FINGERPRINT, T.GIT_SHA, T.BUILD_TIME, T.SOURCE_AMI, T.SOURCE_AMI_NAME,
               T.NEXTCLOUD_IMAGE, T.NEXTCLOUD_VERSION, T.DOCKER_VERSION, T.RUN)
@@ -50,6 +52,7 @@ def bake(settings, tmp_path: Path, lines: list[str] | None = None, **kwargs):
     return verdict, manifest
 
 
+@PACKER_RUNS
 def test_packer_bakes_the_aws_side_end_to_end_with_copies_tags_imds_and_ssm(aws, tmp_path):
     settings = settings_for(aws, ami__regions=[COPY_REGION], ami__ssm_parameter="/nextcloud/example/ami-id")
     lines: list[str] = []
@@ -106,6 +109,7 @@ def test_packer_bakes_the_aws_side_end_to_end_with_copies_tags_imds_and_ssm(aws,
     assert any("Creating AMI" in line for line in lines) and any(line.startswith("[00:") for line in lines)
 
 
+@PACKER_RUNS
 def test_the_same_inputs_reuse_without_packer_and_a_newer_source_ami_bakes_again(aws, tmp_path):
     hide_newer_debian(aws)
     settings = settings_for(aws, ami__regions=[COPY_REGION])
@@ -127,6 +131,7 @@ def test_the_same_inputs_reuse_without_packer_and_a_newer_source_ami_bakes_again
     assert m3["fingerprint"] != m1["fingerprint"] and set(m3["amis"].values()).isdisjoint(m1["amis"].values())
 
 
+@PACKER_RUNS
 def test_force_bakes_again_and_the_manifest_follows_the_last_run(aws, tmp_path):
     settings = settings_for(aws, ami__regions=[COPY_REGION])
     _, m1 = bake(settings, tmp_path)
@@ -138,6 +143,7 @@ def test_force_bakes_again_and_the_manifest_follows_the_last_run(aws, tmp_path):
     assert last["artifact_id"] == f"{REGION}:{m2['amis'][REGION]},{COPY_REGION}:{m2['amis'][COPY_REGION]}"
 
 
+@PACKER_RUNS
 def test_a_failing_packer_run_removes_what_the_run_created(aws, tmp_path):
     settings = settings_for(aws)
     before = emulator_state(aws)
@@ -159,6 +165,7 @@ def test_a_failing_packer_run_removes_what_the_run_created(aws, tmp_path):
     assert any(line.startswith("  removed security-group") for line in lines)
 
 
+@PACKER_RUNS
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
 def test_ctrl_c_or_a_failure_after_registration_removes_the_amis_too(aws, tmp_path, monkeypatch, interruption):
     settings = settings_for(aws, ami__regions=[COPY_REGION])
@@ -225,6 +232,7 @@ def children_named(name: str) -> list[int]:
     return found
 
 
+@PACKER_RUNS
 def test_packer_killed_after_creating_the_image_still_leaves_nothing(aws, tmp_path):
     """Packer SIGKILLed (no cleanup of its own) right after CreateImage, then Ctrl-C: the AMI Packer registered
     untagged under a random name is found through its snapshot ("Created by CreateImage(<the run's instance>)"),

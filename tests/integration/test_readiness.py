@@ -126,6 +126,25 @@ def test_missing_variable_is_named(make_node):
     assert "NEXTCLOUD_DB_PASSWORD is not set" in node.last_log.read_text()
 
 
+def test_a_stop_signal_to_the_whole_group_ends_the_container_at_once(make_node):
+    """SIGTERM to every process of the container at once (as `end_group` sends it): the web server dies while the
+    entrypoint's trap runs, and the entrypoint must still exit then, not spin until SIGKILL. A race: several tries."""
+    import os
+    import signal
+
+    for attempt in range(6):
+        node = make_node(f"stop{attempt}")
+        node.secret_env.pop("NEXTCLOUD_DB_PASSWORD")  # the init ends at once; the web server keeps serving
+        entrypoint = node.start_container()
+        node.wait_state("config_error")
+        os.killpg(entrypoint.pid, signal.SIGTERM)
+        try:
+            entrypoint.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"try {attempt + 1}: the entrypoint was still running 5 s after SIGTERM "
+                        f"({node.last_log.read_text()[-400:]})")
+
+
 def test_wrong_redis_password_is_not_ready(ready_node):
     result = ready_node.readyz_cli(NEXTCLOUD_REDIS_PASSWORD="wrong-password")
     assert result["code"] == "redis_unreachable"

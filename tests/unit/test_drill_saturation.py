@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -298,6 +300,8 @@ def test_bad_saturation_options_are_refused_before_anything_boots(tmp_path):
         run_drills(tmp_path, object(), scenarios=["saturation"], opts=Options(max_rate=5000))
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 def test_on_a_real_server_the_ramp_finds_what_its_workers_can_serve():
     """Two workers, 50 ms a request: 40/s at most. The ramp, on the real open-loop client, must saturate it
     between 40 and 60/s and measure a capacity near 40."""
@@ -464,7 +468,8 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
         port = free_port()
         server = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", "-t", str(web)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL,
-                                  env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"})
+                                  env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"},
+                                  start_new_session=True)  # its workers too are ended below, not left running
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -507,7 +512,7 @@ def test_the_standin_propfind_holds_a_connection_checks_the_password_and_fails_w
             time.sleep(0.2)
             assert too_many_clients_in_log(Path(pg.logfile).read_text()) >= 1
         finally:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(10)
 
 
@@ -581,6 +586,8 @@ def _run_on_loopback(status: int, kernel_log: str = ""):
     return result, took
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 @needs_haproxy
 @needs_postgres
 def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_queues():
@@ -595,6 +602,8 @@ def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_que
     assert result.details["figures"]["requests_per_s_per_instance"] > 0
 
 
+# A real-time load ramp on loopback (steps of seconds; 15-30 s a test on 2 cores): in the full suite, not the quick one.
+@pytest.mark.slow
 @needs_haproxy
 @needs_postgres
 def test_the_scenario_end_to_end_on_loopback_fails_a_fleet_whose_nodes_answer_500_or_oom():

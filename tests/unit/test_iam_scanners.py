@@ -44,6 +44,9 @@ CLOUDSPLAINING_HIGH = {"PrivilegeEscalation", "ResourceExposure", "DataExfiltrat
 # and resources. It is the only HIGH the allowlist may carry, and only where test_passrole_is_scoped_where_parliament
 # _cannot_see_it proves what parliament cannot: which roles can be passed, to which service.
 CONDITION_BLIND_HIGH = ("parliament", "PRIVILEGE_ESCALATION", "CreateEC2WithExistingIP")
+# The tests that run the three scanners (about 30 s on 2 cores, most of it their interpreters starting and checkov
+# loading its checks): in the full suite (.venv/bin/pytest, CI), not in the quick one (-m "not slow").
+SCANNERS_RUN = pytest.mark.slow
 
 
 def tool(name: str, program: str) -> Path:
@@ -282,6 +285,7 @@ def stale(found: list[Finding], entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if not any(e.matches(f) and e.high == f.high for f in found)]
 
 
+@SCANNERS_RUN
 def test_every_finding_is_fixed_or_explained_in_the_allowlist(findings):
     gaps = unexplained(findings, load_allowlist())
     assert not gaps, (
@@ -291,12 +295,14 @@ def test_every_finding_is_fixed_or_explained_in_the_allowlist(findings):
     )
 
 
+@SCANNERS_RUN
 def test_no_allowlist_entry_outlives_its_finding(findings):
     old = stale(findings, load_allowlist())
     assert not old, "allowlist entries that match no finding any more (remove them):\n" + "\n".join(
         f"  {e.scanner} {e.id} {e.file} {e.match!r}" for e in old)
 
 
+@SCANNERS_RUN
 def test_no_high_finding_but_the_condition_blind_one(findings):
     high = [f for f in findings if f.high]
     assert all((f.scanner, f.id, f.detail) == CONDITION_BLIND_HIGH for f in high), "\n".join(map(str, high))
@@ -700,6 +706,7 @@ def test_the_allowlist_check_fails_on_a_new_finding_and_on_a_stale_entry(tmp_pat
         load_allowlist(allow)
 
 
+@SCANNERS_RUN
 def test_the_scanners_find_what_the_audit_found_in_the_original_service_role(tmp_path):
     """The scanners are wired so that they see: the service role of before this fix fails all three."""
     before = tmp_path / "service-role.json"

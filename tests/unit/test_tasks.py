@@ -142,6 +142,8 @@ def test_validates_first_help_line_names_every_linter_it_runs():
         assert linter in listed, listed
 
 
+# Every linter of `inv validate`, checkov's tens of seconds among them: in the full suite, not the quick one.
+@pytest.mark.slow
 def test_validate_passes_on_the_shipped_environments_and_names_every_check():
     for env in ("local", "example"):
         proc = inv("validate", "--env", env)
@@ -150,6 +152,8 @@ def test_validate_passes_on_the_shipped_environments_and_names_every_check():
             assert check in proc.stdout, f"{check} missing from:\n{proc.stdout}"
 
 
+# Every linter of `inv validate`, checkov's tens of seconds among them: in the full suite, not the quick one.
+@pytest.mark.slow
 def test_validate_fails_when_a_linter_fails(tmp_path):
     """A broken user-data template must turn validate red (cloud-init schema), without touching the repo."""
     import shutil
