@@ -283,7 +283,7 @@ def test_a_step_counts_what_was_served_within_it_not_what_was_sent():
     outcomes = [Outcome(i / 10, 0.01 if i < 50 else 20.0, "ok", 200) for i in range(100)]
     s = Step.of(10, outcomes, 0.0, 10.0)
     assert s.offered_per_s == 10.0
-    assert s.served_per_s == 3.8  # 30 answered within [2 s warm-up, 10 s], over 8 s
+    assert s.served_per_s == 3.75  # 30 answered within [2 s warm-up, 10 s], over 8 s
     assert saturation_reason(s, 10.0)
 
 
@@ -404,7 +404,7 @@ def passing_facts(**over):
 def test_a_fleet_that_queues_and_sheds_at_the_balancer_meets_the_target():
     assert judge(passing_facts()) == []
     f = sat.figures(passing_facts())
-    assert (f["requests_per_s_per_instance"], f["connections_peak"], f["max_connections"]) == (20.2, 42, 53)
+    assert (f["requests_per_s_per_instance"], f["connections_peak"], f["max_connections"]) == (20.25, 42, 53)
 
 
 def _broken(mutate):
@@ -422,7 +422,7 @@ def _broken(mutate):
     (lambda f: f["errors"].update(node_500=1), "answered by a node"),
     (lambda f: f["errors"].update(node_503=4), "answered by a node"),
     (lambda f: f["errors"].update(timeout=2), "neither queueing nor the balancer's 503"),
-    (lambda f: f["errors"].update(balancer_504=2), "neither queueing nor the balancer's 503"),
+    (lambda f: f["errors"].update(balancer_502=2), "neither queueing nor the balancer's 503"),
     (lambda f: f["overload"].update(offered_per_s=39.0), "not more than the 40.0/s"),
     (lambda f: f["connections"].update(samples=0), "no sample"),
     (lambda f: f["connections"].update(peak_application_role=45), "more than the budget's 44"),
@@ -430,6 +430,20 @@ def _broken(mutate):
 def test_each_broken_rule_fails_the_verdict_with_its_reason(mutate, problem):
     problems = _broken(mutate)
     assert any(problem in p for p in problems), problems
+
+
+def test_a_request_that_queued_past_the_balancers_timeout_is_queueing_not_a_node_error():
+    assert _broken(lambda f: f["errors"].update(balancer_504=7)) == []
+
+
+def test_the_overload_queues_more_requests_than_the_fleet_has_workers_within_the_hold():
+    # Real Nextcloud under TCG: capacity 0.1/s, 40 workers, 60 s: 1.5 x 0.1 = 0.15/s would queue 3 requests;
+    # 0.1 + 40/60 = 0.767/s queues 40 (the excess 0.667/s x 60 s).
+    assert sat.overload_rate(0.1, 0.15, 0.1, 40, 60) == 0.767
+    # A fast fleet: 1.5 x 40 = 60/s is more than 40 + 40/60 = 40.67/s, so the overload factor decides.
+    assert sat.overload_rate(40.0, 56.97, 5.0, 40, 60) == 60.0
+    # Never more than the client may send.
+    assert sat.overload_rate(900.0, 900.0, 5.0, 40, 60) == sat.RATE_CEILING
 
 
 # ---- the stand-in's remote.php double: holds a database connection as a Nextcloud request does ---------------------
