@@ -7,6 +7,7 @@ for /dev/console.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -16,8 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 
+from infra.aws.console import console_text
 from infra.rollout.upgrade_instance import MARK, console_readiness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,3 +167,17 @@ def test_the_unit_is_enabled_and_conditioned_on_the_role():
     assert "ExecCondition=/usr/local/libexec/nextcloud-image/upgrade-readiness-console --is-upgrade-instance" in text
     assert "WantedBy=multi-user.target" in text and "DeviceAllow=/dev/console w" in text
     assert os.access(SCRIPT, os.X_OK)
+
+
+# --------------------------------------------------------------------------- EC2's answer, as botocore hands it over
+
+
+def test_the_console_text_is_read_once_decoded_as_botocore_hands_it_over():
+    # GetConsoleOutput's Output is base64 on the wire; botocore decodes it itself, so the reader must not again.
+    ec2 = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    text = BOOT + marked({"ready": True, "version": "34.0.1"})
+    with Stubber(ec2) as stub:
+        stub.add_response("get_console_output", {"InstanceId": "i-0abc", "Output": base64.b64encode(
+            text.encode()).decode()}, {"InstanceId": "i-0abc", "Latest": True})
+        got = console_text(ec2, "i-0abc", [True])
+    assert got == text and console_readiness(got) == {"ready": True, "version": "34.0.1"}
