@@ -23,7 +23,6 @@ tests against the emulator replace only that (its instances have addresses that 
 
 from __future__ import annotations
 
-import base64
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from infra import build_record
 from infra.aws import ami as amis
 from infra.aws import throwaway
 from infra.aws.canary_access import AccessFactory, AccessFailed, InstanceAccess, SshAccess, Target
+from infra.aws.console import console_text as _console_text
 from infra.aws.session import Aws, AwsError, describe_client_error
 from infra.aws.sweep import remove_run
 from infra.errors import PipelineError
@@ -247,23 +247,6 @@ def _address(aws: Aws, settings: Any, instance_id: str) -> str:
             "bake.ssh_interface = 'private_ip' on a build host inside the VPC, or 'session_manager'", exit_code=1
         )
     return address
-
-
-def _console_text(ec2: Any, instance_id: str, latest: list[bool]) -> str:
-    """The instance's console output as text. ``Latest`` (the live buffer) only exists on Nitro instances; others
-    answer UnsupportedOperation and get the buffer AWS posts after each state change (``latest`` remembers)."""
-    while True:
-        try:
-            answer = ec2.get_console_output(InstanceId=instance_id, **({"Latest": True} if latest[0] else {}))
-            break
-        except ClientError as exc:
-            if not latest[0] or exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
-                raise
-            latest[0] = False
-    try:  # base64 on the wire; botocore leaves it so
-        return base64.b64decode(answer.get("Output") or "").decode(errors="replace")
-    except (ValueError, TypeError):
-        return ""
 
 
 def wait_for_host_keys(aws: Aws, instance_id: str, deadline: float, poll_s: float, log: Log) -> list[HostKey]:

@@ -157,7 +157,7 @@ class Upgrade:
         deadline = self.clock() + self.settings.upgrade.timeout_minutes * 60
         last: dict[str, Any] | None = None
         while True:
-            answer = upgrade_instance.probe(self.aws, instance, self.settings.rollout.poll_seconds)
+            answer = upgrade_instance.probe(self.aws, instance)
             if answer is not None:
                 last = answer
                 code = answer.get("code", "")

@@ -5,9 +5,13 @@ role) with the fleet's user data changed in one place: ``allow_upgrade`` is true
 is not in the Auto Scaling group and not registered with the load balancer. Its cluster init takes the cluster lock
 and runs ``occ upgrade`` exactly once (image/nextcloud/cluster/cluster-init.php); the fleet's instances never may.
 
-Its progress is read the way the load balancer reads readiness: GET /readyz inside the instance, through SSM Run
-Command (the operator's machine cannot reach the instance's private address). The answer is cluster-init's JSON:
-``{"ready": true, "version": ...}`` once upgraded, else a code: ``upgrading``, ``upgrade_failed``, ``db_unreachable``…
+Its progress is read from its console output (EC2 GetConsoleOutput: the operator's machine cannot reach the
+instance's private address, and the image carries no SSM agent). Only on the upgrade instance (role.allow_upgrade
+in its instance.json) the image's nextcloud-upgrade-readiness.service GETs /readyz on loopback every few seconds and
+prints the answer on the console as one marked line, ``NEXTCLOUD-UPGRADE-READINESS {json}`` (image/rootfs/usr/local/
+libexec/nextcloud-image/upgrade-readiness-console); the last such line is the instance's latest word. The JSON is
+cluster-init's, cut to what this reads: ``{"ready": true, "version": ...}`` once upgraded, else a code:
+``upgrading``, ``upgrade_failed``, ``db_unreachable``… with its reason.
 """
 
 from __future__ import annotations
@@ -15,17 +19,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import botocore.exceptions
-
+from infra.aws.console import console_text
 from infra.aws.session import Aws
 from render import tags as T
 from render.outputs import render_user_data
 
-# HTTP GET of /readyz inside the container, as the image's own HEALTHCHECK does; prints the JSON body on 503 too.
-READINESS_PROBE = (
-    "docker exec nextcloud php -r 'echo @file_get_contents(\"http://127.0.0.1/readyz\", false, "
-    "stream_context_create([\"http\" => [\"timeout\" => 5, \"ignore_errors\" => true]]));'"
-)
+# What the image's upgrade-readiness-console prints before the JSON (keep the two in step).
+MARK = "NEXTCLOUD-UPGRADE-READINESS "
 
 
 def upgrade_user_data(settings: Any) -> str:
@@ -65,33 +65,29 @@ def launch(aws: Aws, settings: Any, group: dict[str, Any], template_id: str, ver
     return instance
 
 
-def probe(aws: Aws, instance_id: str, poll_seconds: float) -> dict[str, Any] | None:
-    """The instance's readiness JSON, or None while it cannot answer yet (SSM agent or container not up)."""
-    ssm = aws.client("ssm")
-    try:
-        command = ssm.send_command(
-            InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", TimeoutSeconds=60,
-            Comment="nextcloud-image upgrade: readiness of the upgrade instance",
-            Parameters={"commands": [READINESS_PROBE]},
-        )["Command"]["CommandId"]
-    except botocore.exceptions.ClientError as exc:
-        if exc.response["Error"]["Code"] in ("InvalidInstanceId", "InvalidTarget"):
-            return None  # the SSM agent has not registered yet
-        raise
-    try:
-        ssm.get_waiter("command_executed").wait(
-            CommandId=command, InstanceId=instance_id,
-            WaiterConfig={"Delay": max(int(poll_seconds), 1) if poll_seconds else 0, "MaxAttempts": 30},
-        )
-    except botocore.exceptions.WaiterError:
-        return None  # the command failed (the container is not up yet) or did not finish
-    answer = ssm.get_command_invocation(CommandId=command, InstanceId=instance_id)
-    text = answer.get("StandardOutputContent", "").strip()
-    try:
-        doc = json.loads(text[text.index("{"):]) if "{" in text else None
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+def console_readiness(text: str) -> dict[str, Any] | None:
+    """The readiness JSON of the last marked line in console ``text`` that is whole, or None when there is none.
+
+    The last, because the instance prints a fresh one every few seconds and the console keeps them all; a line cut
+    short (the buffer's edge, kernel messages interleaved) or not a JSON object with a boolean ``ready`` is skipped
+    in favour of the one before it."""
+    for line in reversed(text.replace("\r", "\n").split("\n")):
+        at = line.find(MARK)
+        if at < 0:
+            continue
+        try:
+            doc = json.loads(line[at + len(MARK):].strip())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("ready"), bool):
+            return doc
+    return None
+
+
+def probe(aws: Aws, instance_id: str) -> dict[str, Any] | None:
+    """The instance's latest readiness from its console output, or None while it has printed none (booting, the
+    container not answering yet, or AWS's copy of the console lagging)."""
+    return console_readiness(console_text(aws.client("ec2"), instance_id, [True]))
 
 
 def terminate(aws: Aws, instance_id: str) -> None:

@@ -223,6 +223,11 @@ def encode_result(op: OperationModel, result: dict[str, Any]) -> tuple[int, dict
     if model.protocol == "json":
         body = json.dumps(_json_ready(result, op.output_shape) if op.output_shape else {}).encode()
         headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": rid}
+    elif model.protocol == "ec2":  # members straight under the root element, with the request id beside them
+        inner = _members_xml(result, op.output_shape) if op.output_shape else ""
+        ns = model.metadata.get("xmlNamespace", "")
+        body = f'<{op.name}Response xmlns="{ns}"><requestId>{rid}</requestId>{inner}</{op.name}Response>'.encode()
+        headers = {"Content-Type": "text/xml;charset=UTF-8", "x-amzn-RequestId": rid}
     else:
         wrapper = op.output_shape.serialization.get("resultWrapper") if op.output_shape else None
         inner = _members_xml(result, op.output_shape) if wrapper else ""

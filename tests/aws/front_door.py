@@ -11,8 +11,8 @@ endpoint variable), signing its requests for the real service names. What it ans
   device mappings are dropped (ec2 API reference, CreateLaunchTemplateVersion SourceVersion).
 - The launch template version each Auto Scaling instance reports: moto reports the template's default version for
   every instance; the answer is corrected to the version the instance was launched from.
-- ssm:SendCommand / ssm:GetCommandInvocation and ELBv2 target health: what the instances' Nextcloud would answer
-  (nextcloud_double.py); the emulator's instances run nothing.
+- ec2:GetConsoleOutput and ELBv2 target health: what the instances' Nextcloud would print or answer
+  (nextcloud_double.py) is added to the emulator's answer; the emulator's instances run nothing.
 
 Model checks: every query/ec2/json request is decoded along the operation's input shape and checked
 (aws_wire.check_shape); every response, the doubles' and the emulator's, is parsed with botocore's parser and
@@ -22,6 +22,7 @@ CloudWatch speaks smithy-rpc-v2-cbor and is forwarded without a check (only Desc
 
 from __future__ import annotations
 
+import base64
 import http.client
 import threading
 import urllib.parse
@@ -144,16 +145,6 @@ class FrontDoor:
             return None
         if service == "autoscaling" and op.name in REFRESH_OPS:
             return getattr(self.refresh, REFRESH_OPS[op.name])(region, params)
-        if service == "ssm" and op.name == "SendCommand":
-            for iid in params.get("InstanceIds") or []:
-                if self.nextcloud._node(iid) is None:
-                    raise RefreshError("InvalidInstanceId", f"Instance {iid} is not in a valid state for SSM")
-            return self.nextcloud.send_command(params)
-        if service == "ssm" and op.name == "GetCommandInvocation":
-            try:
-                return self.nextcloud.get_command_invocation(params)
-            except KeyError:
-                raise RefreshError("InvocationDoesNotExist", "no such command invocation") from None
         return None
 
     def inherit(self, params: dict[str, Any]) -> bool:
@@ -181,6 +172,11 @@ class FrontDoor:
                     instances = group.get("Instances", [])
                     self._fix_versions(region, instances)
                 self._fix_versions(region, parsed.get("AutoScalingInstances", []))
+            return parsed
+        if service == "ec2" and name == "GetConsoleOutput" and parsed.get("InstanceId"):
+            moto = base64.b64decode(parsed.get("Output") or "").decode(errors="replace")
+            text = moto + self.nextcloud.console(parsed["InstanceId"])
+            parsed["Output"] = base64.b64encode(text.encode()).decode()
             return parsed
         if service == "elbv2" and name == "DescribeTargetHealth":
             for desc in parsed.get("TargetHealthDescriptions", []):

@@ -4,9 +4,10 @@ Stands in for Nextcloud's own code and the image's cluster init on each emulated
 cluster/cluster-init.php, lib.php's readiness(), the table in image/nextcloud/README.md), so that the parts of
 AWS that look at a running instance can be answered:
 
-- SSM Run Command: ``SendCommand`` with the readiness probe (the only command the production code sends, an HTTP
-  GET of http://127.0.0.1/readyz inside the container) and ``GetCommandInvocation`` answering with the JSON
-  /readyz would print. moto's own SendCommand "succeeds" with empty output and runs nothing.
+- EC2 console output: what the image's upgrade-readiness-console prints there on an instance whose role allows
+  the upgrade (image/rootfs/usr/local/libexec/nextcloud-image/, nextcloud-upgrade-readiness.service): one marked
+  line with its /readyz answer each time the console is read, kept like a console keeps it; the lines are made by
+  that script's own functions. moto's GetConsoleOutput answers a fixed text for every instance.
 - ELBv2 target health: the load balancer's health check is /readyz, so an instance target is healthy exactly when
   its readiness is; moto reports every target healthy at once.
 
@@ -25,10 +26,12 @@ an upgrade a node that joined at the old version is cluster_changed until it is 
 from __future__ import annotations
 
 import base64
+import importlib.machinery
+import importlib.util
 import json
 import threading
-import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -37,7 +40,19 @@ from virtual_clock import VirtualClock
 
 from render import tags as T
 
-PROBE_MARKER = "http://127.0.0.1/readyz"
+REPORTER = (Path(__file__).resolve().parents[2] / "image" / "rootfs" / "usr" / "local" / "libexec" / "nextcloud-image"
+            / "upgrade-readiness-console")
+
+
+def _load_reporter() -> Any:
+    """The image's readiness reporter as a module (a script without .py), for its line format."""
+    loader = importlib.machinery.SourceFileLoader("upgrade_readiness_console", str(REPORTER))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+_REPORTER = _load_reporter()
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -72,7 +87,7 @@ class NextcloudClusterDouble:
     db_unreachable: bool = False  # no new node reaches the database (a security group, a failover...)
     upgrades: list[tuple[str, str, str]] = field(default_factory=list)  # (instance, from, to)
     nodes: dict[str, Node] = field(default_factory=dict)
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    consoles: dict[str, str] = field(default_factory=dict)  # instance -> what it printed on its console
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     clients: dict[str, Any] = field(default_factory=dict)
@@ -184,37 +199,18 @@ class NextcloudClusterDouble:
         for iid in instance_ids:
             self.readiness(iid)
 
-    # ---- SSM Run Command --------------------------------------------------------------------------------------
-    def send_command(self, params: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            commands = (params.get("Parameters") or {}).get("commands") or []
-            command_id = str(uuid.uuid4())
-            self.commands[command_id] = {
-                "instances": list(params.get("InstanceIds") or []), "script": "\n".join(commands),
-                "document": params["DocumentName"],
-            }
-            now = self.clock.timestamp()
-            return {"Command": {
-                "CommandId": command_id, "DocumentName": params["DocumentName"], "InstanceIds": params["InstanceIds"],
-                "Parameters": params.get("Parameters") or {}, "Status": "Pending", "RequestedDateTime": now,
-                "TargetCount": len(params["InstanceIds"]), "CompletedCount": 0, "ErrorCount": 0,
-            }}
-
-    def get_command_invocation(self, params: dict[str, Any]) -> dict[str, Any]:
+    # ---- EC2 console output ---------------------------------------------------------------------------------
+    def console(self, instance_id: str) -> str:
+        """The console text the instance has printed by now: on the upgrade instance one more marked readiness line
+        (its reporter prints every few seconds; each read is one such moment), on any other nothing."""
         with self.lock:
             self.clock.tick()
-            command = self.commands.get(params["CommandId"])
-            instance = params["InstanceId"]
-            if command is None or instance not in command["instances"]:
-                raise KeyError("InvocationDoesNotExist")
-            base = {"CommandId": params["CommandId"], "InstanceId": instance, "DocumentName": command["document"],
-                    "PluginName": "aws:runShellScript"}
-            if command["document"] != "AWS-RunShellScript" or PROBE_MARKER not in command["script"]:
-                return {**base, "Status": "Failed", "StatusDetails": "Failed", "ResponseCode": 127,
-                        "StandardOutputContent": "", "StandardErrorContent": "the double only runs the readiness probe"}
-            answer = self.readiness(instance)
-            return {**base, "Status": "Success", "StatusDetails": "Success", "ResponseCode": 0,
-                    "StandardOutputContent": json.dumps(answer) + "\n", "StandardErrorContent": ""}
+            node = self._node(instance_id)
+            if node is not None and node.allow_upgrade:
+                answer = self.readiness(instance_id)
+                small = {k: answer[k] for k in _REPORTER.KEYS if isinstance(answer.get(k), (bool, str))}
+                self.consoles[instance_id] = self.consoles.get(instance_id, "") + _REPORTER.line(small)
+            return self.consoles.get(instance_id, "")
 
 
 def _allow_upgrade(user_data_b64: str | None) -> bool:

@@ -1,7 +1,7 @@
 """Time for the doubles: virtual, advanced only when someone watches, so a refresh that takes an hour in AWS runs
 in milliseconds here and the same way every time.
 
-Every poll of a double's progress (DescribeInstanceRefreshes, GetCommandInvocation) advances the clock by
+Every poll of a double's progress (DescribeInstanceRefreshes, GetConsoleOutput) advances the clock by
 ``step`` seconds before answering; tests can also ``advance`` it explicitly. Timestamps the doubles report are
 a fixed real start plus the virtual seconds elapsed.
 """

@@ -82,3 +82,19 @@ def test_liveness_watchdog_probes_and_counts_no_failure_on_a_live_instance(host)
     if "NEXTCLOUD_LIVENESS_REPORT=log" in env:  # no Auto Scaling group: it could only ever log
         log = host.run("journalctl -b --no-pager -o cat -u nextcloud-liveness.service").stdout
         assert "reported instance" not in log, log[-1000:]
+
+
+def test_upgrade_readiness_reporter_runs_only_on_the_upgrade_instance(host):
+    # `inv upgrade` reads its upgrade instance's readiness from the console output, which only that instance
+    # (role.allow_upgrade) writes; on any other instance the enabled unit is skipped by its ExecCondition.
+    unit = "nextcloud-upgrade-readiness.service"
+    assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    role = json.loads(host.file("/etc/nextcloud/instance.json").content_string).get("role", {})
+    props = dict(line.split("=", 1) for line in host.check_output(
+        f"systemctl show {unit} -p ActiveState -p ExecMainStartTimestampMonotonic").splitlines())
+    if role.get("allow_upgrade") is True:
+        assert props["ActiveState"] == "active", props
+    else:
+        assert props["ActiveState"] != "active" and props["ExecMainStartTimestampMonotonic"] == "0", props
+        assert host.run("/usr/local/libexec/nextcloud-image/upgrade-readiness-console "
+                        "--is-upgrade-instance").rc == 1

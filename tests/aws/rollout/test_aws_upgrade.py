@@ -2,7 +2,7 @@
 
 The emulated instances run nothing; what Nextcloud's cluster init would do on each of them (upgrade once under the
 lock, wait, join, stay not ready) is the Nextcloud cluster double's (nextcloud_double.py), reached through the same
-AWS calls the production code makes on AWS: SSM Run Command for the upgrade instance's readiness, the target
+AWS calls the production code makes on AWS: the upgrade instance's console output for its readiness, the target
 groups' health for the fleet's.
 """
 
@@ -12,6 +12,7 @@ import base64
 import json
 
 import pytest
+from iam_coverage import load_statements, missing
 from rollout_fixtures import ROOT, InterruptAt, mutating, rollout, upgrade_to
 
 from infra.rollout import outcome
@@ -70,6 +71,11 @@ def test_an_upgrade_runs_once_in_maintenance_then_refreshes_and_serves_the_new_v
     assert order.index("CreateRule") < order.index("RunInstances", order.index("CreateRule"))
     assert order.index("CreateRule") < order.index("StartInstanceRefresh") < order.index("DeleteRule")
     assert order.index("DescribeTargetHealth", order.index("StartInstanceRefresh")) < order.index("DeleteRule")
+    # Its readiness came from its console output (the image has no SSM agent), which the rollout role may read.
+    assert "GetConsoleOutput" in order and "SendCommand" not in order and "GetCommandInvocation" not in order
+    rollout_role = [st for st in load_statements() if st["_file"] == "rollout.json"]
+    assert not missing([("ec2", "GetConsoleOutput")], rollout_role)
+    assert any("upgrading the cluster from 33.0.8" in line for line in report.text.splitlines()), report.text
     snapshot = fleet.client("rds").describe_db_snapshots(DBInstanceIdentifier=database, SnapshotType="manual")[
         "DBSnapshots"]
     assert len(snapshot) == 1 and snapshot[0]["DBSnapshotIdentifier"].startswith("nextcloud-example-before-34-0-3")
