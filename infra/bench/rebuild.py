@@ -74,7 +74,7 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
         return {"samples": [], "stats": summarize([]), "error": reason, "measured_at": now_iso()}
     # The artifact the rebuild must reuse: the one recorded for the current inputs (it may be newer than the one
     # this run booted, when someone baked in between).
-    record = _record(manifest_path) or inputs.artifact_record
+    record = build_record.read(manifest_path) or inputs.artifact_record
     artifact = Path(str(record.get("artifact_id") or inputs.artifact.disk))
     before = (artifact.stat().st_mtime_ns, record.get("sha256"))
     inv = Path(sys.executable).with_name("inv")
@@ -92,7 +92,7 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
         if r["stopped"]:
             errors.append(f"run {n}: {r['stopped']} - the inputs changed during the run; the bake was stopped")
         try:
-            manifest = _record(manifest_path) or {"error": f"{manifest_path} not found"}
+            manifest = build_record.read(manifest_path) or {"error": f"{manifest_path} not found"}
         except build_record.RecordError as e:
             manifest = {"error": str(e)}
         r["manifest_reused"] = manifest.get("reused")
@@ -122,11 +122,6 @@ def measure_noop(inputs: Inputs, runs: int, log: Log) -> dict[str, Any]:
     if errors:
         entry["error"] = "; ".join(errors)
     return entry
-
-
-def _record(path: Path) -> dict[str, Any] | None:
-    """The build record at ``path`` (infra/build_record.py), None when there is none."""
-    return build_record.read(path)
 
 
 def full_bake_from_record(record: dict[str, Any]) -> dict[str, Any]:
