@@ -24,17 +24,23 @@ typical Nextcloud request (infra/localtwin/standin/nextcloud/remote.php says whi
 from __future__ import annotations
 
 import base64
-import re
 import subprocess
-import threading
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from infra.drill.balancer import TARGET_HEADER
+from infra.drill.evidence import (
+    INSTANCE_FACTS,
+    TOO_MANY_CLIENTS,
+    ConnectionSampler,
+    instance_facts,
+    pg_connections,
+    too_many_clients_in_log,
+)
 from infra.drill.load import Load, LoadSummary, Outcome, Request, percentile
 from infra.errors import Refusal
 from infra.localtwin.instance import Instance
@@ -56,7 +62,7 @@ OVERLOAD = 1.5  # the hold offers this multiple of the measured capacity
 RATE_CEILING = 1000.0  # the most the loopback client is asked to send
 CLIENT_TIMEOUT_S = 75.0  # longer than HAProxy's 60 s server timeout: the balancer gives up first, and says so
 MAX_IN_FLIGHT = 1024  # the client's own limit; beyond it a request is counted client_saturated, never hidden
-SAMPLE_INTERVAL_S = 0.5
+WARM_UP_ROUNDS = 2  # before the ramp: each page this many times per instance, one at a time, not counted
 
 # Saturation: a step is saturated when one of these holds.
 SERVED_SHARE = 0.9  # served less than this share of what it was offered
@@ -69,7 +75,6 @@ FAILED_SHARE = 0.01  # more than this share of the step's requests failed
 # timeout): queueing seen through the balancer, not an error of the node. Under TCG real Nextcloud takes seconds per
 # request, so a queue as long as the workers reaches that timeout; it is counted and reported apart from the 503s.
 ALLOWED_KINDS = frozenset({"ok", "balancer_503", "balancer_504", "client_saturated"})
-TOO_MANY_CLIENTS = ("too many clients", "remaining connection slots are reserved")
 PROPFIND_BODY = (b'<?xml version="1.0" encoding="utf-8"?>\n<d:propfind xmlns:d="DAV:"><d:prop><d:resourcetype/>'
                  b"<d:getlastmodified/><d:getetag/><d:quota-used-bytes/></d:prop></d:propfind>\n")
 
@@ -159,7 +164,7 @@ class Step:
     seconds: float
     sent: int
     offered_per_s: float  # requests the client put on the wire per second (not counting client_saturated)
-    served_per_s: float  # successful answers completed per second within the step (after its warm-up)
+    served_per_s: float  # successful answers completed per second within the step (from start + one answer's time)
     p50_ms: float | None
     p95_ms: float | None
     failed: dict[str, int]
@@ -170,11 +175,16 @@ class Step:
     def of(cls, rate: float, outcomes: Sequence[Outcome], start: float, end: float) -> Step:
         """The step that sent ``outcomes`` between ``start`` and ``end`` (the load's clock)."""
         seconds = max(end - start, 1e-9)
-        warm = min(2.0, seconds / 4)
         on_wire = [o for o in outcomes if o.kind != "client_saturated"]
-        done = [o for o in outcomes if o.ok and o.latency_s is not None and start + warm <= o.t + o.latency_s <= end]
         ms = [o.latency_s * 1000 for o in outcomes if o.ok and o.latency_s is not None]
         p50, p95 = percentile(ms, 50), percentile(ms, 95)
+        # Answers are counted from the step's start plus the time one takes (its median, at least 2 s, at most half
+        # the step; a quarter of a step shorter than 8 s) to its end: a request sent in the last L seconds of a step
+        # of answers taking L is answered after the step whether the fleet keeps up or not, and one sent in the first
+        # L was answered within it; without the shift a fleet answering in seconds under TCG looked saturated at any
+        # rate.
+        warm = min(max(min(2.0, seconds / 4), (p50 or 0.0) / 1000), seconds / 2)
+        done = [o for o in outcomes if o.ok and o.latency_s is not None and start + warm <= o.t + o.latency_s <= end]
         return cls(rate=rate, seconds=round(seconds, 1), sent=len(outcomes),
                    offered_per_s=round(len(on_wire) / seconds, 3),
                    served_per_s=round(len(done) / (seconds - warm), 3),
@@ -222,94 +232,6 @@ def find_saturation(measure: Callable[[float], Step], *, start_rate: float, max_
 def capacity_of(steps: Sequence[Step]) -> float:
     """The most the fleet served in any step: its capacity once a step saturated it."""
     return max((s.served_per_s for s in steps), default=0.0)
-
-
-# ---- evidence from PostgreSQL and the instances ------------------------------------------------------------------
-def too_many_clients_in_log(text: str) -> int:
-    """PostgreSQL's refusals for want of a connection slot in its log."""
-    return sum(1 for line in text.splitlines() if any(m in line.lower() for m in TOO_MANY_CLIENTS))
-
-
-_KILLED = re.compile(r"(Out of memory|Memory cgroup out of memory)[^\n]*: Killed process \d+")
-
-
-def oom_kills(kernel_log: str) -> list[str]:
-    """The OOM killer's kills in a kernel log (the 'Killed process' line it writes for each)."""
-    return [line.strip() for line in kernel_log.splitlines() if _KILLED.search(line)]
-
-
-INSTANCE_FACTS = ("sudo journalctl -k -b --no-pager -o cat; echo @@oomkilled@@; "
-                  "sudo docker inspect -f '{{.State.OOMKilled}} {{.RestartCount}}' nextcloud; echo @@workers@@; "
-                  "sudo docker exec nextcloud nextcloud-size-workers 2>/dev/null")
-
-
-def instance_facts(output: str) -> dict[str, Any]:
-    """What INSTANCE_FACTS printed: the kernel's OOM kills, the container's OOMKilled flag and restarts, and the
-    workers its Apache runs (nextcloud-size-workers's answer)."""
-    kernel, _, rest = output.partition("@@oomkilled@@")
-    docker, _, workers = rest.partition("@@workers@@")
-    flag, _, restarts = docker.strip().partition(" ")
-    found = re.search(r"^NEXTCLOUD_APACHE_MAX_WORKERS=(\d+)$", workers, re.M)
-    return {"oom_kills": oom_kills(kernel), "container_oom_killed": flag == "true",
-            "container_restarts": int(restarts) if restarts.strip().isdigit() else None,
-            "workers": int(found.group(1)) if found else None, "read": bool(rest)}
-
-
-@dataclass
-class ConnectionSampler:
-    """Samples (application role's, all) client connections every ``interval_s`` with ``query``; keeps the peaks."""
-
-    query: Callable[[], tuple[int, int]]
-    interval_s: float = SAMPLE_INTERVAL_S
-    samples: int = 0
-    peak_app: int = 0
-    peak_total: int = 0
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-
-    def sample(self) -> None:
-        try:
-            app, total = self.query()
-        except Exception as exc:  # noqa: BLE001 - a failed sample is recorded, the drill goes on
-            if len(self.errors) < 5:
-                self.errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return
-        self.samples += 1
-        self.peak_app, self.peak_total = max(self.peak_app, app), max(self.peak_total, total)
-
-    def __enter__(self) -> ConnectionSampler:
-        def loop() -> None:
-            while True:
-                self.sample()
-                if self._stop.wait(self.interval_s):
-                    return
-
-        self._thread = threading.Thread(target=loop, name="drill-connections", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "peak_application_role": self.peak_app, "peak_all_clients": self.peak_total,
-                "sample_errors": self.errors}
-
-
-def pg_connections(pg: Any) -> Callable[[], tuple[int, int]]:
-    """A query for ConnectionSampler: client backends of the application role, and all of them but its own."""
-    role = pg.user.replace("'", "''")
-    sql = (f"SELECT count(*) FILTER (WHERE usename = '{role}'), count(*) FROM pg_stat_activity "
-           "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();")
-
-    def query() -> tuple[int, int]:
-        app, total = pg.psql(sql, dbname="postgres").strip().split("|")
-        return int(app), int(total)
-
-    return query
 
 
 # ---- the verdict -------------------------------------------------------------------------------------------------
@@ -388,6 +310,12 @@ def overload_rate(capacity: float, saturated_rate: float, start_rate: float, fle
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
+def one_request(port: int, request: Request, origin: float) -> Outcome:
+    """``request`` once through the balancer on ``port``, waiting for its answer (the load client, one request)."""
+    return Load(port, rate=1 / CLIENT_TIMEOUT_S, duration_s=1e-3, requests=[request], answer=answer_kind,
+                timeout_s=CLIENT_TIMEOUT_S, origin=origin).run()[0]
+
+
 @dataclass
 class SaturationOptions:
     instances: int = 2
@@ -435,6 +363,14 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
         outcomes.extend(got)
         return got, start, start + seconds
 
+    # Warm-up, not counted: each page a few times on every instance (the balancer takes turns), one at a time, so
+    # that the ramp's first step does not pay for a cold PHP opcache and Nextcloud's first-request caches (a first
+    # PROPFIND after boot took 37 s under TCG where the next took 2).
+    warm_up = [one_request(fleet.balancer.port, request, fleet.origin)
+               for _ in range(WARM_UP_ROUNDS * len(members)) for request in requests]
+    fleet.log(f"saturation: warm-up {sum(o.ok for o in warm_up)} of {len(warm_up)} answered, one at a time "
+              f"(not counted)")
+
     def measure(rate: float) -> Step:
         step = Step.of(rate, *load(rate, max(opts.step_s, MIN_STEP_REQUESTS / rate)))
         fleet.log(f"saturation: {rate}/s offered -> served {step.served_per_s}/s, p95 {step.p95_ms} ms, "
@@ -448,6 +384,8 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
                                   budget.instances * budget.workers, opts.hold_s)
         fleet.log(f"saturation: capacity {served}/s; holding {hold_rate}/s for {opts.hold_s:g} s")
         hold = Step.of(hold_rate, *load(hold_rate, opts.hold_s))
+        why = saturation_reason(hold, steps[0].p95_ms)
+        hold.saturated, hold.why = bool(why), why
     log_text = log_path.read_bytes()[log_offset:].decode(errors="replace") if log_path.exists() else ""
     inst = {}
     for name, member in fleet.members().items():
@@ -461,6 +399,7 @@ def run_saturation(fleet: Any, opts: SaturationOptions) -> dict[str, Any]:
     errors = Counter(o.kind for o in outcomes if not o.ok)
     return {
         "pages": pages,
+        "warm_up": LoadSummary.of(warm_up).as_dict(),
         "budget": {**asdict(budget), "fleet": budget.fleet, "max_connections_took": took},
         "max_rate": opts.max_rate,
         "steps": [asdict(s) for s in steps],

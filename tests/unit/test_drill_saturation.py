@@ -21,8 +21,8 @@ from infra.drill import saturation as sat
 from infra.drill.balancer import TARGET_HEADER, Balancer, BalancerError, mark_target_answers, stack_target_group
 from infra.drill.load import Load, Outcome, Request
 from infra.drill.run import run_drills
+from infra.drill.evidence import ConnectionSampler, instance_facts, oom_kills, too_many_clients_in_log
 from infra.drill.saturation import (
-    ConnectionSampler,
     SaturationOptions,
     SaturationUsageError,
     Step,
@@ -30,12 +30,9 @@ from infra.drill.saturation import (
     apply_max_connections,
     capacity_of,
     find_saturation,
-    instance_facts,
     judge,
-    oom_kills,
     request_plan,
     saturation_reason,
-    too_many_clients_in_log,
     twin_budget,
 )
 from render.haproxy import TargetGroupHealth, render_haproxy_cfg
@@ -285,6 +282,20 @@ def test_a_step_counts_what_was_served_within_it_not_what_was_sent():
     assert s.offered_per_s == 10.0
     assert s.served_per_s == 3.75  # 30 answered within [2 s warm-up, 10 s], over 8 s
     assert saturation_reason(s, 10.0)
+
+
+def test_answers_slow_against_the_step_are_not_mistaken_for_saturation():
+    # Real Nextcloud under TCG: 80 s at 0.1/s, every answer after 12 s. The fleet keeps up (a request every 10 s,
+    # one at a time); the last request's answer simply arrives after the step. Counting from start + 2 s called
+    # this saturated (7 answers in 78 s = 0.09/s < 90 % of 0.1/s); counting from start + one answer's time does not.
+    outcomes = [Outcome(i * 10.0, 12.0, "ok", 200) for i in range(8)]
+    s = Step.of(0.1, outcomes, 0.0, 80.0)
+    assert s.offered_per_s == 0.1
+    assert s.served_per_s >= 0.09, s
+    assert saturation_reason(s, None) == ""
+    # The same step where the answers took ever longer (a queue that grows) is still saturated.
+    queued = [Outcome(i * 10.0, 12.0 + 15 * i, "ok", 200) for i in range(8)]
+    assert saturation_reason(Step.of(0.1, queued, 0.0, 80.0), None)
 
 
 @pytest.mark.parametrize("bad", [dict(max_rate=2000), dict(start_rate=50, max_rate=10), dict(hold_s=0)])
@@ -612,6 +623,10 @@ def test_the_scenario_end_to_end_on_loopback_meets_its_target_when_the_fleet_que
     assert 50 <= facts["capacity_per_s"] <= 90, facts["steps"]
     assert facts["overload"]["offered_per_s"] > facts["capacity_per_s"]
     assert facts["connections"]["samples"] > 0
+    # Before the ramp, each page twice per instance, one at a time, answered and not counted in the load.
+    assert facts["warm_up"]["sent"] == facts["warm_up"]["ok"] == 2 * 2 * 2, facts["warm_up"]
+    assert facts["load"]["sent"] == sum(s["sent"] for s in facts["steps"]) + facts["overload"]["sent"]
+    assert facts["overload"]["saturated"], facts["overload"]
     assert result.passed, result.problems
     assert result.details["figures"]["requests_per_s_per_instance"] > 0
 
