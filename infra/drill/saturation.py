@@ -54,9 +54,10 @@ STEP_S = 20.0  # one ramp step
 # measured: status.php and a PROPFIND), so that the first step is not saturated already; the stand-in's much higher
 # capacity is reached a few steps later (x 1.5 every 20 s).
 START_RATE = 0.1
-# A step lasts at least this many requests (longer than STEP_S at low rates): a step of one or two requests, one of
-# them still running when the step ends, would be called saturated by chance.
-MIN_STEP_REQUESTS = 8
+# A step lasts at least this many requests (longer than STEP_S at low rates): one request answered just before or
+# after a step's window is 1/N of what it served, and must stay well inside the 10 % the saturation rule allows (with
+# 8, a run on Nextcloud 34.0.1 called its first step saturated for a single answer: 7 of 8, 0.09/s of 0.1/s).
+MIN_STEP_REQUESTS = 20
 RAMP_FACTOR = 1.5  # each step offers this much more than the one before
 OVERLOAD = 1.5  # the hold offers this multiple of the measured capacity
 RATE_CEILING = 1000.0  # the most the loopback client is asked to send
