@@ -146,7 +146,7 @@ class SshAccess:
                     "recorded, what the run created was removed") from None
             except Exception as exc:  # noqa: BLE001 - sshd not up yet, refused, reset: all mean "try again"
                 last = exc
-                time.sleep(5)
+                time.sleep(max(0.0, min(5.0, deadline - time.monotonic())))  # never past the deadline
         raise AccessFailed(f"SSH to {self.target.address} did not answer before the timeout ({last})")
 
     def readyz(self) -> tuple[int, dict[str, Any]]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def engine(tmp_path_factory):
     registry = f"127.0.0.1:{port}"
     (tmp / "registry.yml").write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'registry'}\nhttp:\n  addr: {registry}\n")
+    runroot = None
     procs = [subprocess.Popen(["docker-registry", "serve", str(tmp / "registry.yml")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
@@ -96,10 +98,12 @@ def engine(tmp_path_factory):
         (tmp / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
         (tmp / "containers.conf").write_text('[engine]\nruntime = "runc"\n')
         socket = tmp / "podman.sock"
+        # Podman refuses a runroot longer than 50 characters, which a pytest-xdist worker's tmp path is.
+        runroot = Path(tempfile.mkdtemp(prefix="podman-run-"))
         env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(tmp / "registries.conf"),
                "CONTAINERS_CONF": str(tmp / "containers.conf")}
         procs.append(subprocess.Popen(
-            ["podman", "--root", str(tmp / "storage"), "--runroot", str(tmp / "run"), "--storage-driver", "vfs",
+            ["podman", "--root", str(tmp / "storage"), "--runroot", str(runroot), "--storage-driver", "vfs",
              "system", "service", "--time=0", f"unix://{socket}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_for("podman system service", socket.exists, procs[1])
@@ -111,6 +115,8 @@ def engine(tmp_path_factory):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if runroot is not None:
+            shutil.rmtree(runroot, ignore_errors=True)
 
 
 def test_a_tag_is_pinned_to_the_digest_the_registry_serves(engine, monkeypatch):

@@ -111,6 +111,10 @@ def occ_calls(pg: ThrowawayPostgres, verb: str) -> list[tuple]:
 def end_group(proc: subprocess.Popen[str], timeout: float) -> None:
     """End a child started with its own session, and everything in it: SIGTERM, ``timeout`` s, then SIGKILL."""
     if proc.poll() is not None:
+        # The leader is gone, not necessarily its group: an entrypoint that gives up (exit 75) leaves its `php -S`
+        # behind, as a container's would without the runtime to kill its cgroup.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)

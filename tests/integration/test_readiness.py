@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def ready_node(make_node):
     """An installed cluster and one node that joined it, serving /readyz over HTTP."""
     installer = make_node("installer")
-    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="0")  # arranging only
     assert rc == 0, out
     node = make_node("web")
     node.start_container()
@@ -160,7 +160,7 @@ def redis_tls():
 
 def test_redis_tls_readiness_and_sessions(make_node, redis_tls):
     installer = make_node("installer")
-    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="0")  # arranging only
     assert rc == 0, out
     node = make_node("tls")
     # "localhost": the name in the server certificate; verification stays on (trusting the test CA).
@@ -252,7 +252,7 @@ def test_who_may_see_details(sapi, server, expected):
 
 def test_instance_id_never_reaches_a_proxied_caller(make_node):
     installer = make_node("installer")
-    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1")
+    rc, out = installer.run_init(NEXTCLOUD_ALLOW_INSTALL="1", NEXTCLOUD_OCC_DOUBLE_DELAY="0")  # arranging only
     assert rc == 0, out
     stranger = make_node("stranger")
     stranger.secret_env["NEXTCLOUD_INSTANCEID"] = "ocother12345"

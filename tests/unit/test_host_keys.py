@@ -200,11 +200,13 @@ def test_a_port_that_never_answers_is_a_timeout_not_a_mismatch(client_key):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: connection refused
     access = SshAccess(target(port, client_key, (key(ED25519),)))
+    started = time.monotonic()
     try:
         with pytest.raises(AccessFailed, match="did not answer before the timeout"):
-            access.wait_ssh(time.monotonic() + 0.5)
+            access.wait_ssh(started + 0.5)
     finally:
         access.close()
+    assert time.monotonic() - started < 3, "the wait ends at its deadline, not a retry interval after it"
 
 
 # ---- testinfra honours the same ssh_config --------------------------------------------------------------------
