@@ -11,8 +11,8 @@ What it does, on the drill's fleet (fleet.py):
    failed, or the client's in-flight limit reached); the best served rate is the fleet's capacity;
 4. the overload: OVERLOAD x that capacity for ``--hold`` seconds, while PostgreSQL's client connections are sampled
    twice a second;
-5. the evidence: "too many clients" in PostgreSQL's log and in the answers, OOM kills in each guest's kernel log
-   and the container's OOMKilled flag, every answer classified (the balancer's own 503 carries no
+5. the evidence (evidence.py): "too many clients" in PostgreSQL's log and in the answers, OOM kills in each
+   guest's kernel log and the container's OOMKilled flag, every answer classified (the balancer's own 503 carries no
    balancer.TARGET_HEADER, a node's answer does).
 
 The load hits real Nextcloud pages when the twin runs a release (``nextcloud.release``): ``GET /status.php`` and a

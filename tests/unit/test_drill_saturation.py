@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.drill import evidence
 from infra.drill import saturation as sat
 from infra.drill.balancer import TARGET_HEADER, Balancer, BalancerError, mark_target_answers, stack_target_group
 from infra.drill.evidence import ConnectionSampler, instance_facts, oom_kills, too_many_clients_in_log
@@ -126,7 +127,7 @@ def test_a_real_postgres_refuses_the_client_past_the_budget_and_logs_it():
 
 
 def pg_connections_peak(pg) -> tuple[int, int]:
-    return sat.pg_connections(pg)()
+    return evidence.pg_connections(pg)()
 
 
 # ---- answers: the balancer's 503, a node's error, PostgreSQL's refusal ---------------------------------------------
@@ -560,7 +561,7 @@ class LoopbackMember:
         self.instance = self
 
     def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        assert command == sat.INSTANCE_FACTS
+        assert command == evidence.INSTANCE_FACTS
         out = self.kernel_log + "@@oomkilled@@\nfalse 0\n@@workers@@\nNEXTCLOUD_APACHE_MAX_WORKERS=2\n"
         return subprocess.CompletedProcess([command], 0, out, "")
 
